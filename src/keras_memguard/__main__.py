@@ -1,0 +1,7 @@
+"""``python -m keras_memguard`` runs the ``memguard`` command line."""
+
+import sys
+
+from keras_memguard.cli import main
+
+sys.exit(main())

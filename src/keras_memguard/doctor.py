@@ -1,0 +1,223 @@
+"""``memguard doctor``: what this machine's memory looks like to a TensorFlow job.
+
+It gathers versions, the memory snapshot, TensorFlow's GPU configuration state and
+the environment variables that change memory behaviour, then turns what it sees into
+warnings a user can act on. It never initializes TensorFlow's GPUs.
+
+Example:
+    >>> report = doctor_report()
+    >>> print(format_doctor(report))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from dataclasses import asdict
+from importlib import metadata
+from typing import Any
+
+from keras_memguard import nvml, tf_devices
+from keras_memguard.memory_snapshot import MemorySnapshot, snapshot
+from keras_memguard.sizes import format_bytes
+
+__all__ = ["ENVIRONMENT_VARIABLES", "diagnose", "doctor_report", "format_doctor"]
+
+ENVIRONMENT_VARIABLES = (
+    "TF_FORCE_GPU_ALLOW_GROWTH",
+    "TF_GPU_ALLOCATOR",
+    "CUDA_VISIBLE_DEVICES",
+    "TF_CPP_MIN_LOG_LEVEL",
+    "KERAS_BACKEND",
+    "XLA_PYTHON_CLIENT_PREALLOCATE",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    "XLA_PYTHON_CLIENT_ALLOCATOR",
+)
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _keras_backend() -> str:
+    backend = os.environ.get("KERAS_BACKEND")
+    if backend:
+        return backend
+    config = os.path.join(
+        os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "keras.json"
+    )
+    try:
+        with open(config) as f:
+            return str(json.load(f).get("backend", "tensorflow"))
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+def _gpu_configuration() -> dict[str, Any]:
+    """TensorFlow's GPU state, read without initializing anything.
+
+    TensorFlow is imported (seconds) only where NVML shows GPUs to ask it about.
+    """
+    from keras_memguard.gpu_config import current_gpu_configuration
+
+    if nvml.visible_devices():
+        import tensorflow  # noqa: F401
+
+    return current_gpu_configuration()
+
+
+def diagnose(snap: MemorySnapshot, env: dict[str, str], installed: dict[str, Any]) -> list[str]:
+    """Turns a snapshot and the environment into warnings a user can act on."""
+    advice = []
+    if (
+        snap.container_limit is not None
+        and snap.system_total
+        and snap.container_limit < 0.75 * snap.system_total
+    ):
+        advice.append(
+            f"The container limit ({format_bytes(snap.container_limit)}) is far below host "
+            f"RAM ({format_bytes(snap.system_total)}). tf.data's autotune budget defaults to "
+            "half of *host* available RAM and can overrun the container: set "
+            "tf.data.Options().autotune.ram_budget, or build the pipeline with "
+            "keras_memguard.dataset_from_tfds, which sizes it from the container limit."
+        )
+    if snap.container_oom_kills:
+        advice.append(
+            f"The OOM killer has already killed {snap.container_oom_kills} process(es) in this "
+            "container: bound the run with MemGuardCallback(max_process_memory=...)."
+        )
+    if snap.swap_used and snap.swap_used > 256 * 2**20:
+        advice.append(
+            f"{format_bytes(snap.swap_used)} of swap is in use: a training step that touches "
+            "swapped pages runs orders of magnitude slower. Free memory or lower the batch size."
+        )
+    limit, available = snap.effective_limit, snap.effective_available
+    if limit and available is not None and available < 0.10 * limit:
+        advice.append(
+            f"Only {format_bytes(available)} of {format_bytes(limit)} is available: close other "
+            "programs or expect the OOM killer."
+        )
+    for gpu in snap.gpus:
+        if gpu.total and gpu.used is not None:
+            others = gpu.used - (gpu.process_used or 0)
+            if others > 0.5 * gpu.total:
+                advice.append(
+                    f"Other processes hold {format_bytes(others)} of GPU {gpu.index}'s "
+                    f"{format_bytes(gpu.total)}: check nvidia-smi, or pick another GPU with "
+                    "CUDA_VISIBLE_DEVICES."
+                )
+    if installed.get("pynvml-distribution"):
+        advice.append(
+            "The deprecated 'pynvml' distribution is installed and may shadow nvidia-ml-py: "
+            "pip uninstall pynvml && pip install --force-reinstall nvidia-ml-py"
+        )
+    if env.get("TF_FORCE_GPU_ALLOW_GROWTH", "").lower() not in ("", "true", "false"):
+        advice.append("TF_FORCE_GPU_ALLOW_GROWTH must be 'true' or 'false'; TensorFlow ignores it.")
+    return advice
+
+
+def doctor_report() -> dict[str, Any]:
+    """Everything ``memguard doctor`` shows, as plain data."""
+    snap = snapshot()
+    env = {name: os.environ[name] for name in ENVIRONMENT_VARIABLES if name in os.environ}
+    versions: dict[str, Any] = {
+        "python": platform.python_version(),
+        "keras-memguard": _version("keras-memguard"),
+        "tensorflow": _version("tensorflow") or _version("tensorflow-cpu"),
+        "keras": _version("keras"),
+        "keras_backend": _keras_backend(),
+        "tensorflow-datasets": _version("tensorflow-datasets"),
+        "nvidia-ml-py": _version("nvidia-ml-py"),
+        "nvidia_driver": nvml.driver_version(),
+        "pynvml-distribution": _version("pynvml"),
+    }
+    return {
+        "versions": versions,
+        "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "snapshot": asdict(snap),
+        "effective_limit": snap.effective_limit,
+        "effective_available": snap.effective_available,
+        "gpu_configuration": _gpu_configuration(),
+        "environment": env,
+        "warnings": diagnose(snap, env, versions),
+        "tensorflow_initialized": tf_devices.is_initialized(),
+    }
+
+
+def _row(label: str, value: object) -> str:
+    return f"  {label:<28} {value}"
+
+
+def format_doctor(report: dict[str, Any]) -> str:
+    """Formats :func:`doctor_report`'s data as a readable report."""
+    snap = report["snapshot"]
+    b = format_bytes
+    lines = ["keras-memguard doctor", "", "Versions"]
+    for name, value in report["versions"].items():
+        if value is not None and name != "pynvml-distribution":
+            lines.append(_row(name, value))
+    lines.append(_row("platform", report["platform"]))
+    lines += ["", "Process"]
+    lines.append(_row("rss", b(snap["process_rss"])))
+    lines.append(
+        _row(
+            "rss with children",
+            f"{b(snap['process_tree_rss'])} ({snap['child_processes']} children)",
+        )
+    )
+    lines.append(_row("peak rss", b(snap["process_peak_rss"])))
+    lines += ["", "Host"]
+    lines.append(_row("total", b(snap["system_total"])))
+    lines.append(_row("available", b(snap["system_available"])))
+    lines.append(_row("used", f"{snap['system_used_percent']}%"))
+    lines.append(_row("swap used", b(snap["swap_used"])))
+    if snap["container_usage"] is not None:
+        lines += ["", "Container (cgroup)"]
+        limit = snap["container_limit"]
+        lines.append(_row("limit", b(limit) if limit is not None else "none"))
+        lines.append(_row("usage (with page cache)", b(snap["container_usage"])))
+        lines.append(_row("working set", b(snap["container_working_set"])))
+        if snap["container_oom_kills"] is not None:
+            lines.append(_row("oom kills", snap["container_oom_kills"]))
+    lines += ["", "Effective"]
+    lines.append(_row("limit (min host, container)", b(report["effective_limit"])))
+    lines.append(_row("available", b(report["effective_available"])))
+    if snap["gpus"]:
+        lines += ["", "GPUs"]
+        for gpu in snap["gpus"]:
+            own = b(gpu["process_used"]) if gpu["process_used"] is not None else "n/a"
+            lines.append(
+                _row(
+                    f"GPU {gpu['index']} {gpu['name'] or ''}".strip(),
+                    f"{b(gpu['used'])} / {b(gpu['total'])} used, this process {own}",
+                )
+            )
+    config = report["gpu_configuration"]
+    if config.get("gpus"):
+        lines += ["", "TensorFlow GPU configuration"]
+        lines.append(_row("initialized", "yes" if config["initialized"] else "no"))
+        for gpu in config["gpus"]:
+            lines.append(_row(gpu["device"], gpu["setting"]))
+    if report["environment"]:
+        lines += ["", "Environment"]
+        for name, value in report["environment"].items():
+            lines.append(_row(name, value))
+    lines += ["", "Warnings" if report["warnings"] else "No warnings."]
+    for text in report["warnings"]:
+        lines.append(f"  - {text}")
+    return "\n".join(lines)
+
+
+def print_doctor(as_json: bool = False, stream: Any = None) -> None:
+    """Prints the report (``memguard doctor``)."""
+    stream = stream or sys.stdout
+    report = doctor_report()
+    if as_json:
+        stream.write(json.dumps(report, indent=2, default=str) + "\n")
+    else:
+        stream.write(format_doctor(report) + "\n")

@@ -1,0 +1,94 @@
+"""What keras-memguard raises and warns.
+
+``MemGuardError`` is the base of every exception the package raises on purpose;
+``MemGuardWarning`` the category of every warning. A failing probe (no NVML, an
+unreadable cgroup file, an unwritable log directory) warns once per cause per process
+through :func:`warn_once` and never raises into a training run.
+
+Example:
+    >>> try:
+    ...     model.fit(x, y, callbacks=[MemGuardCallback(max_process_memory="8GiB",
+    ...                                                 on_exceed="raise")])
+    ... except MemoryLimitExceededError as err:
+    ...     print(err.snapshot.process_tree_rss)
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from keras_memguard.memory_snapshot import MemorySnapshot
+
+__all__ = [
+    "MemGuardError",
+    "MemGuardWarning",
+    "MemoryLimitExceededError",
+    "reset_warnings",
+    "warn_once",
+]
+
+
+class MemGuardError(Exception):
+    """Base class of the errors keras-memguard raises."""
+
+
+class MemoryLimitExceededError(MemGuardError):
+    """A memory bound was crossed with ``on_exceed="raise"``.
+
+    Attributes:
+        snapshot: the :class:`MemorySnapshot` that crossed the bound.
+        metric: what crossed (for example ``"process_tree_rss"``).
+        value: its value in bytes.
+        bound: the bound in bytes.
+        epoch: the epoch (0-based) in which it crossed.
+        batch: the batch within that epoch, or ``None`` at an epoch end.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        snapshot: MemorySnapshot | None = None,
+        metric: str = "",
+        value: int = 0,
+        bound: int = 0,
+        epoch: int | None = None,
+        batch: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.snapshot = snapshot
+        self.metric = metric
+        self.value = value
+        self.bound = bound
+        self.epoch = epoch
+        self.batch = batch
+
+
+class MemGuardWarning(RuntimeWarning):
+    """Category of the warnings keras-memguard emits."""
+
+
+_warned: set[str] = set()
+_lock = threading.Lock()
+
+
+def warn_once(cause: str, message: str, stacklevel: int = 2) -> bool:
+    """Warns ``message`` the first time ``cause`` is seen in this process.
+
+    Returns whether the warning was emitted.
+    """
+    with _lock:
+        if cause in _warned:
+            return False
+        _warned.add(cause)
+    warnings.warn(message, MemGuardWarning, stacklevel=stacklevel + 1)
+    return True
+
+
+def reset_warnings() -> None:
+    """Forgets which causes have warned (for tests and long-lived notebooks)."""
+    with _lock:
+        _warned.clear()

@@ -1,0 +1,142 @@
+"""Memory sizes as users write them: bytes, ``"12GiB"``, ``"512MB"``, ``0.8`` or ``"80%"``.
+
+Every public parameter that takes an amount of memory goes through :func:`parse_size`,
+so the accepted forms and the error messages are the same everywhere.
+
+Example:
+    >>> parse_size("512MiB", name="max_process_memory").resolve(None)
+    536870912
+    >>> parse_size("80%", name="max_process_memory").resolve(1000)
+    800
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+__all__ = ["Size", "format_bytes", "parse_size"]
+
+_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+_PERCENT_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*%\s*$")
+
+ACCEPTED_FORMS = (
+    "bytes as a positive int (e.g. 2**30), a size string with a unit "
+    "('512MB', '12GiB'; units B, kB, MB, GB, TB, KiB, MiB, GiB, TiB), "
+    "a fraction in (0, 1] such as 0.8, or a percentage such as '80%'"
+)
+
+
+@dataclass(frozen=True)
+class Size:
+    """An amount of memory: absolute ``bytes``, or a ``fraction`` of some total.
+
+    Exactly one of the two fields is set. A fraction is resolved against the total
+    that gives it meaning (the effective memory limit, a GPU's total memory).
+    """
+
+    bytes: int | None = None
+    fraction: float | None = None
+
+    def resolve(self, total: int | None) -> int | None:
+        """Returns the size in bytes; ``None`` for a fraction of an unknown total."""
+        if self.bytes is not None:
+            return self.bytes
+        if total is None or self.fraction is None:
+            return None
+        return int(total * self.fraction)
+
+    def __str__(self) -> str:
+        if self.bytes is not None:
+            return format_bytes(self.bytes)
+        return f"{(self.fraction or 0) * 100:g}%"
+
+
+def _invalid(name: str, value: object, why: str = "", forms: str = ACCEPTED_FORMS) -> ValueError:
+    reason = f" ({why})" if why else ""
+    return ValueError(
+        f"Invalid value for argument `{name}`. Received: {name}={value!r}{reason}. "
+        f"Expected {forms}."
+    )
+
+
+def _fraction(name: str, value: object, fraction: float) -> Size:
+    if not math.isfinite(fraction) or fraction <= 0:
+        raise _invalid(name, value, "must be positive")
+    if fraction > 1:
+        raise _invalid(name, value, "a fraction cannot exceed 1 (100%)")
+    return Size(fraction=fraction)
+
+
+def parse_size(value: object, *, name: str, allow_fraction: bool = True) -> Size:
+    """Parses a user-given memory size; raises ``ValueError`` naming ``name`` if it is bad.
+
+    Args:
+        value: bytes (``int``), a fraction (``float`` in (0, 1]), or a string such as
+            ``"512MB"``, ``"12GiB"``, ``"80%"`` or ``"0.8"``.
+        name: the parameter's name, used in the error message.
+        allow_fraction: whether fractions and percentages are accepted.
+
+    Example:
+        >>> parse_size(0.5, name="memory_limit")
+        Size(bytes=None, fraction=0.5)
+    """
+    forms = ACCEPTED_FORMS if allow_fraction else ACCEPTED_FORMS.split(", a fraction")[0]
+    if isinstance(value, bool) or value is None:
+        raise _invalid(name, value, forms=forms)
+    if isinstance(value, int):
+        if value <= 0:
+            raise _invalid(name, value, "must be positive", forms)
+        return Size(bytes=value)
+    if isinstance(value, float):
+        if not allow_fraction:
+            raise _invalid(name, value, "fractions are not accepted here", forms)
+        return _fraction(name, value, value)
+    if not isinstance(value, str):
+        raise _invalid(name, value, f"unsupported type {type(value).__name__}", forms)
+
+    percent = _PERCENT_RE.match(value)
+    if percent:
+        if not allow_fraction:
+            raise _invalid(name, value, "percentages are not accepted here", forms)
+        return _fraction(name, value, float(percent.group(1)) / 100)
+    match = _SIZE_RE.match(value)
+    if not match:
+        raise _invalid(name, value, forms=forms)
+    number, unit = float(match.group(1)), match.group(2).lower()
+    if not unit:
+        if "." in match.group(1):
+            if not allow_fraction:
+                raise _invalid(name, value, "fractions are not accepted here", forms)
+            return _fraction(name, value, number)
+        unit = "b"
+    if unit not in _UNITS:
+        raise _invalid(name, value, f"unknown unit {match.group(2)!r}", forms)
+    size = int(number * _UNITS[unit])
+    if size <= 0:
+        raise _invalid(name, value, "must be positive", forms)
+    return Size(bytes=size)
+
+
+def format_bytes(size: float | None) -> str:
+    """Formats bytes for people: ``format_bytes(3 * 2**30) == "3.0 GiB"``."""
+    if size is None:
+        return "n/a"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

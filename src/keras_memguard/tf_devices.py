@@ -1,0 +1,147 @@
+"""The TensorFlow device boundary: every call keras-memguard makes into ``tf.config``.
+
+Two rules hold here. Probes (:func:`read_allocator_memory`) never import TensorFlow and
+never initialize its devices: they read only once TensorFlow has initialized them
+itself, because after that ``configure_gpus`` can no longer take effect. The
+configuration calls are thin wrappers, so tests can stand in a fake adapter.
+
+Example:
+    >>> is_initialized()        # False until TensorFlow runs its first op
+    False
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from keras_memguard.errors import warn_once
+
+__all__ = [
+    "AllocatorMemory",
+    "TensorFlowDevices",
+    "is_initialized",
+    "read_allocator_memory",
+    "reset_allocator_peaks",
+]
+
+
+@dataclass(frozen=True)
+class AllocatorMemory:
+    """TensorFlow's allocator figures for one logical GPU, in bytes."""
+
+    index: int
+    current: int
+    peak: int
+
+
+def _context() -> Any:
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return None
+    from tensorflow.python.eager import context
+
+    return context.context()
+
+
+def is_initialized() -> bool:
+    """Whether TensorFlow has initialized its devices (never imports TensorFlow)."""
+    ctx = _context()
+    return ctx is not None and getattr(ctx, "_context_handle", None) is not None
+
+
+def _logical_gpus() -> list[Any]:
+    import tensorflow as tf
+
+    return list(tf.config.list_logical_devices("GPU"))
+
+
+def read_allocator_memory() -> list[AllocatorMemory] | None:
+    """Current and peak bytes of each logical GPU; ``None`` before initialization.
+
+    On a machine without GPUs it returns an empty list once TensorFlow runs.
+    """
+    if not is_initialized():
+        return None
+    import tensorflow as tf
+
+    result = []
+    try:
+        for index, _device in enumerate(_logical_gpus()):
+            info = tf.config.experimental.get_memory_info(f"GPU:{index}")
+            result.append(AllocatorMemory(index, int(info["current"]), int(info["peak"])))
+    except (ValueError, RuntimeError, tf.errors.OpError) as err:
+        warn_once("tf-allocator", f"keras-memguard cannot read TensorFlow's GPU allocator: {err}")
+        return None
+    return result
+
+
+def reset_allocator_peaks() -> None:
+    """Resets each logical GPU's peak to its current use (start of an epoch)."""
+    if not is_initialized():
+        return
+    import tensorflow as tf
+
+    try:
+        for index, _device in enumerate(_logical_gpus()):
+            tf.config.experimental.reset_memory_stats(f"GPU:{index}")
+    except (ValueError, RuntimeError, tf.errors.OpError) as err:
+        warn_once("tf-allocator-reset", f"keras-memguard cannot reset GPU memory stats: {err}")
+
+
+class TensorFlowDevices:
+    """The ``tf.config`` calls that ``configure_gpus`` makes, in one narrow adapter."""
+
+    def is_initialized(self) -> bool:
+        return is_initialized()
+
+    def physical_gpus(self) -> list[Any]:
+        import tensorflow as tf
+
+        return list(tf.config.list_physical_devices("GPU"))
+
+    def get_visible_gpus(self) -> list[Any]:
+        import tensorflow as tf
+
+        return list(tf.config.get_visible_devices("GPU"))
+
+    def set_visible_gpus(self, devices: list[Any]) -> None:
+        import tensorflow as tf
+
+        tf.config.set_visible_devices(devices, "GPU")
+
+    def get_memory_growth(self, device: Any) -> bool:
+        import tensorflow as tf
+
+        return bool(tf.config.experimental.get_memory_growth(device))
+
+    def set_memory_growth(self, device: Any, enable: bool) -> None:
+        import tensorflow as tf
+
+        tf.config.experimental.set_memory_growth(device, enable)
+
+    def get_memory_limits(self, device: Any) -> list[int] | None:
+        """The logical devices' limits in MiB set on ``device``, or ``None``."""
+        import tensorflow as tf
+
+        configs = tf.config.get_logical_device_configuration(device)
+        if not configs:
+            return None
+        return [int(c.memory_limit) if c.memory_limit is not None else -1 for c in configs]
+
+    def set_memory_limits(self, device: Any, limits_mib: list[int]) -> None:
+        import tensorflow as tf
+
+        tf.config.set_logical_device_configuration(
+            device, [tf.config.LogicalDeviceConfiguration(memory_limit=m) for m in limits_mib]
+        )
+
+    def gpu_name(self, device: Any) -> str:
+        import tensorflow as tf
+
+        try:
+            details = tf.config.experimental.get_device_details(device)
+        except (ValueError, RuntimeError):
+            details = {}
+        return str(details.get("device_name") or device.name)

@@ -1,0 +1,116 @@
+"""The NVML boundary against a fake pynvml module."""
+
+import warnings
+
+import pytest
+from conftest import GIB
+from fake_nvml import NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_UNKNOWN
+
+from keras_memguard import nvml, snapshot
+from keras_memguard.errors import MemGuardWarning
+
+
+def test_devices_and_memory(fake_nvml):
+    devices = nvml.visible_devices()
+    assert [(d.index, d.nvml_index, d.name, d.total) for d in devices] == [
+        (0, 0, "Fake A100", 16 * GIB),
+        (1, 1, "Fake A100", 16 * GIB),
+    ]
+    gpus = nvml.read_gpu_memory()
+    assert gpus[0].used == 3 * GIB
+    assert gpus[0].free == 13 * GIB
+    assert gpus[0].process_used == GIB  # only this pid's entry, not pid 99999's
+    assert gpus[1].process_used is None  # this process has not touched GPU 1
+    assert nvml.driver_version() == "550.54.15"
+    assert fake_nvml.init_calls == 1  # initialized once, not per read
+
+
+@pytest.mark.parametrize(
+    "visible, expected",
+    [
+        ("1", [(0, 1)]),
+        ("1,0", [(0, 1), (1, 0)]),
+        ("GPU-bbbb", [(0, 1)]),
+        ("0,7,1", [(0, 0)]),
+        ("", []),
+        ("-1", []),
+        ("0,0", [(0, 0)]),
+    ],
+)
+def test_cuda_visible_devices_remaps_indices(fake_nvml, monkeypatch, visible, expected):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    nvml.reset()
+    assert [(g.index, g.nvml_index) for g in nvml.read_gpu_memory()] == expected
+
+
+def test_visible_device_figures_follow_the_remapping(fake_nvml, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    nvml.reset()
+    gpus = nvml.read_gpu_memory()
+    assert gpus[1].used == 3 * GIB and gpus[1].process_used == GIB
+    assert gpus[0].used == 0
+
+
+def test_mig_uuid_warns_once_and_leaves_gpus_out(fake_nvml, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-1234")
+    nvml.reset()
+    with pytest.warns(MemGuardWarning, match="MIG"):
+        assert nvml.read_gpu_memory() == []
+
+
+@pytest.mark.parametrize("code", [NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_DRIVER_NOT_LOADED])
+def test_no_driver_is_silent(fake_nvml, code):
+    fake_nvml.init_error = code
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert nvml.read_gpu_memory() is None
+        assert nvml.visible_devices() is None
+        assert not nvml.is_available()
+
+
+def test_module_missing_is_silent(no_nvml):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert nvml.read_gpu_memory() is None
+        assert snapshot().gpus == ()
+
+
+def test_other_init_failure_warns_once(fake_nvml):
+    fake_nvml.init_error = NVML_ERROR_UNKNOWN
+    with pytest.warns(MemGuardWarning, match="cannot initialize NVML"):
+        assert nvml.read_gpu_memory() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert nvml.read_gpu_memory() is None
+
+
+def test_error_mid_call_returns_none_and_warns_once(fake_nvml):
+    assert nvml.read_gpu_memory() is not None
+    fake_nvml.memory_reads_left = 1  # GPU 0 reads, GPU 1 is lost mid-call
+    with pytest.warns(MemGuardWarning, match="cannot read GPU memory"):
+        assert nvml.read_gpu_memory() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert nvml.read_gpu_memory() is None
+    fake_nvml.memory_reads_left = None
+    assert len(nvml.read_gpu_memory()) == 2  # recovers when NVML does
+
+
+def test_snapshot_carries_gpu_metrics(fake_nvml):
+    snap = snapshot()
+    assert [g.index for g in snap.gpus] == [0, 1]
+    metrics = snap.metrics()
+    assert metrics["gpu0_used_mib"] == 3 * 1024
+    assert metrics["gpu0_total_mib"] == 16 * 1024
+    assert metrics["gpu0_process_mib"] == 1024
+    assert "gpu1_process_mib" not in metrics
+    assert snap.gpus[0].guarded_usage == GIB  # this process's share, not the device's
+    assert snap.gpus[1].guarded_usage == 0
+
+
+def test_parse_visible_devices_examples():
+    uuids = ["GPU-a1", "GPU-b2", "GPU-c3"]
+    assert nvml.parse_visible_devices(None, uuids) is None
+    assert nvml.parse_visible_devices("2,0", uuids) == [2, 0]
+    assert nvml.parse_visible_devices("GPU-c", uuids) == [2]
+    assert nvml.parse_visible_devices("GPU-", uuids) == []  # ambiguous prefix stops parsing

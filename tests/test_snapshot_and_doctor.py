@@ -1,0 +1,150 @@
+"""snapshot(), its flat metrics, and `memguard doctor` through the console script."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import GIB
+
+from keras_memguard import MemorySnapshot, snapshot
+from keras_memguard.doctor import diagnose, doctor_report, format_doctor
+
+MIB = 2**20
+
+
+def memguard_command():
+    script = shutil.which("memguard", path=os.path.dirname(sys.executable))
+    return [script] if script else [sys.executable, "-m", "keras_memguard"]
+
+
+def test_snapshot_fields_and_metrics():
+    snap = snapshot()
+    assert snap.process_rss > 0 and snap.process_tree_rss >= snap.process_rss
+    assert snap.effective_limit <= snap.system_total
+    assert 0 < snap.effective_available <= snap.effective_limit
+    metrics = snap.metrics()
+    assert metrics["process_rss_mib"] == pytest.approx(snap.process_rss / MIB, abs=0.01)
+    assert metrics["effective_limit_mib"] == pytest.approx(snap.effective_limit / MIB, abs=0.01)
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert all(v is not None for v in metrics.values())
+
+
+def test_effective_limit_and_available_take_the_container_into_account():
+    snap = MemorySnapshot(
+        timestamp=0.0,
+        system_total=64 * GIB,
+        system_available=60 * GIB,
+        container_limit=8 * GIB,
+        container_working_set=6 * GIB,
+    )
+    assert snap.effective_limit == 8 * GIB
+    assert snap.effective_available == 2 * GIB
+    assert "container_limit_mib" in snap.metrics()
+    bare = MemorySnapshot(timestamp=0.0)
+    assert bare.effective_limit is None and bare.metrics() == {}
+
+
+def test_snapshot_does_not_initialize_tensorflow_devices():
+    code = textwrap.dedent(
+        """
+        import tensorflow as tf
+        import keras_memguard
+        from keras_memguard import tf_devices
+        from keras_memguard.doctor import doctor_report
+        keras_memguard.snapshot()
+        doctor_report()
+        assert not tf_devices.is_initialized(), "snapshot initialized TensorFlow"
+        # Proof from TensorFlow itself: devices can still be configured.
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        tf.constant(1.0)
+        assert tf_devices.is_initialized()
+        assert len(tf.config.list_logical_devices("CPU")) == 2
+        assert keras_memguard.snapshot().process_rss > 0
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_doctor_console_script_text():
+    out = subprocess.run(
+        [*memguard_command(), "doctor"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    for heading in ("Versions", "Process", "Host", "Effective"):
+        assert f"\n{heading}\n" in out.stdout
+    assert "tensorflow" in out.stdout and "keras" in out.stdout
+    assert "GPUs" not in out.stdout  # no GPU here: no section
+    assert "Warning" not in out.stderr  # and no noise
+
+
+def test_doctor_console_script_json():
+    env = {**os.environ, "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+    out = subprocess.run(
+        [*memguard_command(), "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["versions"]["tensorflow"]
+    assert report["snapshot"]["process_rss"] > 0
+    assert report["effective_limit"] <= report["snapshot"]["system_total"]
+    assert report["environment"]["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    assert report["tensorflow_initialized"] is False
+    assert isinstance(report["warnings"], list)
+
+
+def test_doctor_unknown_command_exits_non_zero():
+    out = subprocess.run(
+        [*memguard_command(), "nonsense"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2
+    assert "invalid choice" in out.stderr
+
+
+def test_diagnose_container_far_below_host():
+    snap = MemorySnapshot(
+        timestamp=0.0,
+        system_total=64 * GIB,
+        system_available=60 * GIB,
+        container_limit=8 * GIB,
+        container_working_set=GIB,
+        container_oom_kills=2,
+        swap_used=GIB,
+    )
+    advice = "\n".join(diagnose(snap, {}, {}))
+    assert "autotune" in advice and "8.0 GiB" in advice and "64.0 GiB" in advice
+    assert "OOM killer has already killed 2" in advice
+    assert "swap" in advice
+
+
+def test_diagnose_nearly_out_of_memory():
+    snap = MemorySnapshot(timestamp=0.0, system_total=16 * GIB, system_available=GIB)
+    assert any("Only 1.0 GiB of 16.0 GiB" in a for a in diagnose(snap, {}, {}))
+
+
+def test_doctor_reports_gpus_and_other_processes(fake_nvml):
+    fake_nvml.gpus[1].used = 12 * GIB  # someone else holds 12 of GPU 1's 16 GiB
+    report = doctor_report()
+    assert [g["index"] for g in report["snapshot"]["gpus"]] == [0, 1]
+    assert report["versions"]["nvidia_driver"] == "550.54.15"
+    assert any("Other processes hold 12.0 GiB of GPU 1" in w for w in report["warnings"])
+    text = format_doctor(report)
+    assert "GPUs" in text and "GPU 0 Fake A100" in text
+
+
+def test_doctor_healthy_machine_has_no_gpu_section(no_nvml):
+    report = doctor_report()
+    assert not report["snapshot"]["gpus"]
+    assert "GPUs\n" not in format_doctor(report)
