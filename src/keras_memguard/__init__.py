@@ -1,20 +1,67 @@
-"""keras-memguard: make Keras 3 / TensorFlow training memory visible, bounded and safe."""
+"""keras-memguard: make Keras 3 / TensorFlow training memory visible, bounded and safe.
+
+The probes, ``snapshot()``, ``configure_gpus()`` and ``release_memory()`` import without
+TensorFlow; the names that need it (``MemGuardCallback``, ``dataset_from_tfds``) load it
+on first use, so ``memguard doctor`` and ``configure_gpus`` stay quick and early.
+
+Example:
+    >>> import keras_memguard as mg
+    >>> mg.configure_gpus(memory_growth=True)
+    >>> model.fit(train, callbacks=[mg.MemGuardCallback(log_dir="logs")])
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from keras_memguard.errors import MemGuardError, MemGuardWarning, MemoryLimitExceededError
+from keras_memguard.gpu_config import GpuConfigError, GpuConfigReport, configure_gpus
 from keras_memguard.memory_snapshot import GpuSnapshot, MemorySnapshot, snapshot
+from keras_memguard.release import ReleaseResult, release_memory
 from keras_memguard.sizes import Size, format_bytes, parse_size
+
+if TYPE_CHECKING:
+    from keras_memguard.callback import Halt, MemGuardCallback, MemGuardSummary
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "MemGuardCallback": "keras_memguard.callback",
+    "MemGuardSummary": "keras_memguard.callback",
+    "Halt": "keras_memguard.callback",
+}
+
 __all__ = [
+    "GpuConfigError",
+    "GpuConfigReport",
     "GpuSnapshot",
+    "Halt",
+    "MemGuardCallback",
     "MemGuardError",
+    "MemGuardSummary",
     "MemGuardWarning",
     "MemoryLimitExceededError",
     "MemorySnapshot",
+    "ReleaseResult",
     "Size",
     "__version__",
+    "configure_gpus",
     "format_bytes",
     "parse_size",
+    "release_memory",
     "snapshot",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'keras_memguard' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,634 @@
+"""``MemGuardCallback``: memory in TensorBoard and ``logs``, and a clean stop before OOM.
+
+Logged keys (TensorBoard tags are ``memory/<key>`` in the run ``<log_dir>/memory``; the
+Keras ``logs`` get a short subset, see ``LOG_KEYS``) are documented with their units in
+docs/metrics.md. Every key ends in its unit: ``_mib`` (MiB), ``_percent``.
+
+Example:
+    >>> guard = MemGuardCallback(log_dir="logs", max_process_memory="80%",
+    ...                          checkpoint_path="checkpoints/guard.keras")
+    >>> model.fit(train, epochs=20, callbacks=[guard])
+    >>> print(guard.summary)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from keras_memguard import tf_devices
+from keras_memguard.errors import MemGuardWarning, MemoryLimitExceededError, warn_once
+from keras_memguard.memory_snapshot import MIB, MemorySnapshot, snapshot
+from keras_memguard.release import ReleaseResult, release_memory
+from keras_memguard.sizes import Size, format_bytes, parse_size
+
+__all__ = ["LOG_KEYS", "Halt", "MemGuardCallback", "MemGuardSummary"]
+
+ON_EXCEED = ("stop", "raise", "warn")
+PREFIX = "memory/"
+# The keys added to Keras `logs` at each epoch end (History, CSVLogger, progress bar),
+# plus `memory/gpu<i>_used_mib` and `memory/gpu<i>_peak_mib` for each GPU.
+LOG_KEYS = (
+    "memory/process_tree_rss_mib",
+    "memory/process_tree_rss_peak_mib",
+    "memory/effective_available_mib",
+)
+LOW_MEMORY_WARNING = 0.10  # warn (never halt) below this fraction of the effective limit
+
+
+@dataclass(frozen=True)
+class Halt:
+    """One crossing of a bound that stopped (or would have stopped) training."""
+
+    metric: str
+    value: int
+    bound: int
+    epoch: int
+    batch: int | None
+    action: str
+    checkpoint: str | None
+
+    def describe(self) -> str:
+        where = f"epoch {self.epoch}" + (f", batch {self.batch}" if self.batch is not None else "")
+        relation = "fell below" if self.metric == "effective_available" else "crossed"
+        return (
+            f"{self.metric} {format_bytes(self.value)} {relation} the bound "
+            f"{format_bytes(self.bound)} at {where}"
+        )
+
+
+@dataclass
+class MemGuardSummary:
+    """What one ``fit`` did to memory. ``print(summary)`` gives a compact report."""
+
+    epochs: int = 0
+    start_process_tree_rss: int | None = None
+    peak_process_tree_rss: int | None = None
+    end_process_tree_rss: int | None = None
+    min_effective_available: int | None = None
+    peak_gpu: dict[int, int] = field(default_factory=dict)
+    leak_slope_mib_per_epoch: float | None = None
+    halts: list[Halt] = field(default_factory=list)
+    release: ReleaseResult | None = None
+
+    def __str__(self) -> str:
+        b = format_bytes
+        lines = [
+            f"keras-memguard: {self.epochs} epoch(s); process tree RSS "
+            f"{b(self.start_process_tree_rss)} -> {b(self.end_process_tree_rss)} "
+            f"(peak {b(self.peak_process_tree_rss)}); lowest available "
+            f"{b(self.min_effective_available)}"
+        ]
+        for index, peak in sorted(self.peak_gpu.items()):
+            lines.append(f"  GPU {index}: peak {b(peak)}")
+        if self.leak_slope_mib_per_epoch is not None:
+            lines.append(f"  growth: {self.leak_slope_mib_per_epoch:+.1f} MiB/epoch")
+        for halt in self.halts:
+            saved = f"; saved {halt.checkpoint}" if halt.checkpoint else ""
+            lines.append(f"  {halt.action}: {halt.describe()}{saved}")
+        if self.release is not None and self.release.freed:
+            lines.append(f"  released {b(self.release.freed)} at train end")
+        return "\n".join(lines)
+
+
+def _invalid(name: str, value: object, expected: str) -> ValueError:
+    return ValueError(
+        f"Invalid value for argument `{name}`. Received: {name}={value!r}. Expected {expected}."
+    )
+
+
+def _optional_size(value: Any, name: str, allow_fraction: bool = True) -> Size | None:
+    return None if value is None else parse_size(value, name=name, allow_fraction=allow_fraction)
+
+
+def _check_checkpoint_path(path: str | os.PathLike[str] | None) -> str | None:
+    if path is None:
+        return None
+    path = os.fspath(path)
+    if not path.endswith((".keras", ".h5")):
+        raise _invalid(
+            "checkpoint_path",
+            path,
+            "a file path ending in '.keras' (whole model) or '.weights.h5' (weights only)",
+        )
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise _invalid(
+            "checkpoint_path",
+            path,
+            f"a path whose directory can be created and written ({parent!r} is not a "
+            "writable directory)",
+        )
+    return path
+
+
+def _positive_int(value: Any, name: str, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _invalid(name, value, "a positive int" + (" or None" if allow_none else ""))
+    return value
+
+
+class MemGuardCallback(keras.callbacks.Callback):
+    """Logs memory to TensorBoard and ``logs``; stops training before memory runs out.
+
+    With no arguments it logs, warns when less than 10% of the effective memory limit
+    is available, and halts (as `on_exceed` says) only as a last resort, when less than
+    `emergency_available_memory` (2%) is left: at that point the OOM killer is seconds
+    away, and a graceful stop that keeps the model beats a SIGKILL that loses it.
+
+    Fractions (`0.8`, `"80%"`) are of the *effective limit*: the smaller of the
+    machine's RAM and the container's cgroup limit.
+
+    Args:
+        log_dir: TensorBoard directory; the guard writes the run `<log_dir>/memory`,
+            beside `keras.callbacks.TensorBoard`'s `train/` and `validation/`.
+            Defaults to `None` (no TensorBoard output).
+        max_process_memory: bound on this process tree's RSS (children included).
+            Defaults to `None`.
+        min_available_memory: floor on the machine's / container's available memory.
+            Defaults to `None`.
+        max_gpu_memory: per-GPU bound, a fraction of each GPU's total or bytes; compared
+            with TensorFlow's live bytes on that GPU (NVML's figure when TensorFlow's is
+            unknown). Defaults to `None`.
+        on_exceed: `"stop"` (save, then `model.stop_training = True`), `"raise"` (save,
+            then raise `MemoryLimitExceededError`) or `"warn"`. Defaults to `"stop"`.
+        checkpoint_path: where the model is saved before a halt (`.keras` for the whole
+            model, `.weights.h5` for weights). Defaults to `None` (nothing saved).
+        check_interval: seconds between threshold checks during an epoch; one check
+            costs about 100 µs, so the default costs < 0.1% of a step. Defaults to `0.1`.
+        check_every_n_batches: check every N batch-end hooks instead of by time. With
+            `steps_per_execution > 1`, Keras calls batch hooks once per execution.
+            Defaults to `None`.
+        log_every_n_batches: also write `memory_batch/<key>` scalars every N batches.
+            Defaults to `None`.
+        add_to_logs: add `LOG_KEYS` (and GPU keys) to each epoch's `logs`. Callbacks
+            listed *before* this one in `callbacks=[...]` do not see them.
+            Defaults to `True`.
+        leak_warmup_epochs: epochs ignored by leak detection. Defaults to `1`.
+        leak_threshold: growth per epoch above which memory counts as leaking.
+            Defaults to `"4MiB"`.
+        leak_patience: epochs the growth must persist before the warning.
+            Defaults to `3`.
+        emergency_available_memory: last-resort floor applied when
+            `min_available_memory` is not given; `None` disables it. Defaults to `"2%"`.
+        release_on_train_end: run `release_memory()` (gc only) when training ends.
+            Defaults to `True`.
+        verbose: `1` prints the summary at train end. Defaults to `1`.
+
+    Raises:
+        ValueError: a bad argument, named in the message.
+
+    Example:
+        >>> guard = MemGuardCallback(log_dir="logs", max_process_memory="12GiB",
+        ...                          checkpoint_path="guard.keras")
+        >>> model.fit(x, y, epochs=5, callbacks=[guard])
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike[str] | None = None,
+        max_process_memory: int | float | str | None = None,
+        min_available_memory: int | float | str | None = None,
+        max_gpu_memory: int | float | str | None = None,
+        on_exceed: str = "stop",
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        *,
+        check_interval: float = 0.1,
+        check_every_n_batches: int | None = None,
+        log_every_n_batches: int | None = None,
+        add_to_logs: bool = True,
+        leak_warmup_epochs: int = 1,
+        leak_threshold: int | str = "4MiB",
+        leak_patience: int = 3,
+        emergency_available_memory: int | float | str | None = "2%",
+        release_on_train_end: bool = True,
+        verbose: int = 1,
+    ) -> None:
+        super().__init__()
+        if on_exceed not in ON_EXCEED:
+            raise _invalid("on_exceed", on_exceed, f"one of {', '.join(map(repr, ON_EXCEED))}")
+        if (
+            isinstance(check_interval, bool)
+            or not isinstance(check_interval, (int, float))
+            or (not math.isfinite(check_interval) or check_interval < 0)
+        ):
+            raise _invalid("check_interval", check_interval, "seconds as a number >= 0")
+        if (
+            isinstance(leak_warmup_epochs, bool)
+            or not isinstance(leak_warmup_epochs, int)
+            or (leak_warmup_epochs < 0)
+        ):
+            raise _invalid("leak_warmup_epochs", leak_warmup_epochs, "an int >= 0")
+        self.log_dir = os.fspath(log_dir) if log_dir is not None else None
+        self.max_process_memory = _optional_size(max_process_memory, "max_process_memory")
+        self.min_available_memory = _optional_size(min_available_memory, "min_available_memory")
+        self.max_gpu_memory = _optional_size(max_gpu_memory, "max_gpu_memory")
+        self.emergency_available_memory = _optional_size(
+            emergency_available_memory, "emergency_available_memory"
+        )
+        self.leak_threshold = parse_size(
+            leak_threshold, name="leak_threshold", allow_fraction=False
+        )
+        self.on_exceed = on_exceed
+        self.checkpoint_path = _check_checkpoint_path(checkpoint_path)
+        self.check_interval = float(check_interval)
+        self.check_every_n_batches = _positive_int(check_every_n_batches, "check_every_n_batches")
+        self.log_every_n_batches = _positive_int(log_every_n_batches, "log_every_n_batches")
+        self.leak_patience = _positive_int(leak_patience, "leak_patience", allow_none=False) or 1
+        self.leak_warmup_epochs = leak_warmup_epochs
+        self.add_to_logs = bool(add_to_logs)
+        self.release_on_train_end = bool(release_on_train_end)
+        self.verbose = verbose
+        self.summary = MemGuardSummary()
+        self.last_snapshot: MemorySnapshot | None = None
+        self._writer: Any = None
+        self._reset_run_state()
+
+    # ----------------------------------------------------------------- run state
+    def _reset_run_state(self) -> None:
+        self.summary = MemGuardSummary()
+        self._epoch = 0
+        self._global_batch = 0
+        self._batches_since_check = 0
+        self._last_check = float("-inf")
+        self._epoch_peak_rss: int | None = None
+        self._epoch_min_available: int | None = None
+        self._epoch_rss: list[tuple[int, float]] = []
+        self._leak_streak = 0
+        self._leak_warned = False
+        self._halted = False
+        self._over: set[str] = set()  # bounds currently crossed (warn mode, low memory)
+        self._log_keys: list[str] | None = None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._reset_run_state()
+        self._open_writer()
+        snap = self._sample()
+        self.summary.start_process_tree_rss = snap.process_tree_rss
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = epoch
+        self._epoch_peak_rss = None
+        self._epoch_min_available = None
+        tf_devices.reset_allocator_peaks()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._global_batch += 1
+        self._batches_since_check += 1
+        if self.check_every_n_batches is not None:
+            due = self._batches_since_check >= self.check_every_n_batches
+        else:
+            due = time.monotonic() - self._last_check >= self.check_interval
+        log_due = (
+            self.log_every_n_batches is not None
+            and self._global_batch % self.log_every_n_batches == 0
+        )
+        if not (due or log_due):
+            return
+        snap = self._sample()
+        if log_due:
+            self._write_scalars("memory_batch/", snap.metrics(), self._global_batch)
+        if due:
+            self._batches_since_check = 0
+            self._check(snap, batch)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        snap = self._sample()
+        metrics = snap.metrics()
+        metrics["process_tree_rss_peak_mib"] = _mib(self._epoch_peak_rss)
+        metrics["effective_available_min_mib"] = _mib(self._epoch_min_available)
+        for gpu in snap.gpus:
+            if gpu.tf_peak is not None:
+                metrics[f"gpu{gpu.index}_peak_mib"] = _mib(gpu.tf_peak)
+        metrics.update(self._bounds_mib(snap))
+        slope = self._update_leak(epoch, snap)
+        if slope is not None:
+            metrics["leak_slope_mib_per_epoch"] = slope
+        metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
+        self._write_scalars(PREFIX, metrics, epoch)
+        if self.add_to_logs and logs is not None:
+            self._add_to_logs(logs, metrics, snap)
+        self.summary.epochs += 1
+        self._check(snap, None)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.release_on_train_end:
+            self.summary.release = release_memory(clear_session=False)
+        snap = self._sample()
+        self.summary.end_process_tree_rss = snap.process_tree_rss
+        self._close_writer()
+        if self.verbose:
+            print(self.summary, file=sys.stderr)
+
+    # ------------------------------------------------------------------ sampling
+    def _sample(self) -> MemorySnapshot:
+        snap = snapshot()
+        self.last_snapshot = snap
+        self._last_check = time.monotonic()
+        summary = self.summary
+        rss, available = snap.process_tree_rss, snap.effective_available
+        if rss is not None:
+            self._epoch_peak_rss = _extreme(max, self._epoch_peak_rss, rss)
+            summary.peak_process_tree_rss = _extreme(max, summary.peak_process_tree_rss, rss)
+        if available is not None:
+            self._epoch_min_available = _extreme(min, self._epoch_min_available, available)
+            summary.min_effective_available = _extreme(
+                min, summary.min_effective_available, available
+            )
+        for gpu in snap.gpus:
+            usage = gpu.tf_peak if gpu.tf_peak is not None else gpu.guarded_usage
+            if usage is not None:
+                summary.peak_gpu[gpu.index] = max(summary.peak_gpu.get(gpu.index, 0), usage)
+        return snap
+
+    def _bounds_mib(self, snap: MemorySnapshot) -> dict[str, float]:
+        bounds = {}
+        if self.max_process_memory is not None:
+            bounds["bound_process_mib"] = _mib(
+                self.max_process_memory.resolve(snap.effective_limit)
+            )
+        floor = self._available_floor(snap)
+        if floor is not None:
+            bounds["bound_available_mib"] = _mib(floor[1])
+        if self.max_gpu_memory is not None:
+            for gpu in snap.gpus:
+                bounds[f"gpu{gpu.index}_bound_mib"] = _mib(self.max_gpu_memory.resolve(gpu.total))
+        return bounds
+
+    def _available_floor(self, snap: MemorySnapshot) -> tuple[str, int] | None:
+        size, name = self.min_available_memory, "min_available_memory"
+        if size is None:
+            size, name = self.emergency_available_memory, "emergency_available_memory"
+        value = size.resolve(snap.effective_limit) if size is not None else None
+        return None if value is None else (name, value)
+
+    # ---------------------------------------------------------------- thresholds
+    def _crossings(self, snap: MemorySnapshot) -> list[tuple[str, str, int, int]]:
+        """(metric, parameter, value, bound) for each bound crossed now."""
+        found = []
+        rss = snap.process_tree_rss
+        if self.max_process_memory is not None and rss is not None:
+            bound = self.max_process_memory.resolve(snap.effective_limit)
+            if bound is not None and rss > bound:
+                found.append(("process_tree_rss", "max_process_memory", rss, bound))
+        floor = self._available_floor(snap)
+        available = snap.effective_available
+        if floor is not None and available is not None and available < floor[1]:
+            found.append(("effective_available", floor[0], available, floor[1]))
+        if self.max_gpu_memory is not None:
+            for gpu in snap.gpus:
+                bound, usage = self.max_gpu_memory.resolve(gpu.total), gpu.guarded_usage
+                if bound is not None and usage is not None and usage > bound:
+                    found.append((f"gpu{gpu.index}_memory", "max_gpu_memory", usage, bound))
+        return found
+
+    def _check(self, snap: MemorySnapshot, batch: int | None) -> None:
+        if self._halted:
+            return
+        self._warn_low_memory(snap)
+        crossings = self._crossings(snap)
+        crossed_now = {c[0] for c in crossings}
+        self._over &= crossed_now | {"low-memory"}
+        for metric, parameter, value, bound in crossings:
+            halt = Halt(metric, value, bound, self._epoch, batch, self.on_exceed, None)
+            if self.on_exceed == "warn":
+                if metric not in self._over:
+                    self._over.add(metric)
+                    self.summary.halts.append(halt)
+                    warnings.warn(
+                        f"keras-memguard: {halt.describe()} ({parameter}); training continues "
+                        "because on_exceed='warn'.",
+                        MemGuardWarning,
+                        stacklevel=2,
+                    )
+                continue
+            self._halt(halt, parameter, snap)
+            return
+
+    def _warn_low_memory(self, snap: MemorySnapshot) -> None:
+        limit, available = snap.effective_limit, snap.effective_available
+        if limit is None or available is None:
+            return
+        low = available < LOW_MEMORY_WARNING * limit
+        if low and "low-memory" not in self._over:
+            self._over.add("low-memory")
+            warnings.warn(
+                f"keras-memguard: only {format_bytes(available)} of {format_bytes(limit)} is "
+                "available; set max_process_memory or min_available_memory to stop cleanly "
+                "before the OOM killer acts.",
+                MemGuardWarning,
+                stacklevel=2,
+            )
+        elif not low:
+            self._over.discard("low-memory")
+
+    def _halt(self, halt: Halt, parameter: str, snap: MemorySnapshot) -> None:
+        self._halted = True
+        saved = self._save_checkpoint()
+        halt = Halt(halt.metric, halt.value, halt.bound, halt.epoch, halt.batch, halt.action, saved)
+        self.summary.halts.append(halt)
+        verb = "stopping training" if self.on_exceed == "stop" else "raising"
+        line = f"keras-memguard: {verb}: {halt.describe()} ({parameter})"
+        if saved:
+            line += f"; model saved to {saved}"
+        elif self.checkpoint_path is None:
+            line += "; no checkpoint_path was given, so nothing was saved"
+        print(line, file=sys.stderr, flush=True)
+        self._write_text("memory/halt", line, self._epoch)
+        if self.on_exceed == "raise":
+            self._close_writer()
+            raise MemoryLimitExceededError(
+                line,
+                snapshot=snap,
+                metric=halt.metric,
+                value=halt.value,
+                bound=halt.bound,
+                epoch=halt.epoch,
+                batch=halt.batch,
+            )
+        self.model.stop_training = True
+
+    def _save_checkpoint(self) -> str | None:
+        path = self.checkpoint_path
+        if path is None:
+            return None
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            if path.endswith(".weights.h5"):
+                self.model.save_weights(path)
+            else:
+                self.model.save(path)
+            return path
+        except Exception as err:  # a halt must happen even when saving fails
+            message = (
+                f"keras-memguard: COULD NOT SAVE the checkpoint to {path}: {err}. Training "
+                "halts anyway; the model is still in memory: save it from your script."
+            )
+            print(message, file=sys.stderr, flush=True)
+            warnings.warn(message, MemGuardWarning, stacklevel=3)
+            return None
+
+    # ----------------------------------------------------------- leak detection
+    def _update_leak(self, epoch: int, snap: MemorySnapshot) -> float | None:
+        if snap.process_tree_rss is None:
+            return None
+        self._epoch_rss.append((epoch, snap.process_tree_rss / MIB))
+        points = [p for i, p in enumerate(self._epoch_rss) if i >= self.leak_warmup_epochs]
+        points = points[-max(self.leak_patience + 2, 5) :]
+        if len(points) < 3:
+            return None
+        slope = _slope(points)
+        self.summary.leak_slope_mib_per_epoch = slope
+        threshold = (self.leak_threshold.bytes or 0) / MIB
+        self._leak_streak = self._leak_streak + 1 if slope > threshold else 0
+        if self._leak_streak >= self.leak_patience and not self._leak_warned:
+            self._leak_warned = True
+            warnings.warn(self._leak_message(epoch, slope, snap), MemGuardWarning, stacklevel=3)
+        return slope
+
+    def _leak_message(self, epoch: int, slope: float, snap: MemorySnapshot) -> str:
+        size = self.max_process_memory
+        bound = size.resolve(snap.effective_limit) if size else snap.effective_limit
+        message = (
+            f"keras-memguard: process memory grows by {slope:.1f} MiB/epoch "
+            f"(above {self.leak_threshold} for {self.leak_patience} epochs)"
+        )
+        if bound is not None and snap.process_tree_rss is not None and slope > 0:
+            epochs_left = (bound - snap.process_tree_rss) / MIB / slope
+            name = "max_process_memory" if size else "the effective memory limit"
+            message += (
+                f"; at this rate it reaches {name} ({format_bytes(bound)}) around epoch "
+                f"{epoch + max(1, math.ceil(epochs_left))}"
+            )
+        return message + "."
+
+    # --------------------------------------------------------------- TensorBoard
+    def _open_writer(self) -> None:
+        if self.log_dir is None or self._writer is not None:
+            return
+        try:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "memory"))
+            self._write_layout()
+        except Exception as err:
+            self._writer = None
+            warn_once(
+                f"tensorboard-open:{self.log_dir}",
+                f"keras-memguard cannot write TensorBoard logs to {self.log_dir!r}: {err}. "
+                "Training continues without them.",
+            )
+
+    def _close_writer(self) -> None:
+        if self._writer is None:
+            return
+        try:
+            self._writer.close()
+        except Exception as err:
+            warn_once(
+                "tensorboard-write", f"keras-memguard could not flush TensorBoard logs: {err}"
+            )
+        self._writer = None
+
+    def _write_scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        if self._writer is None:
+            return
+        try:
+            with self._writer.as_default(), tf.summary.record_if(True):
+                for key, value in values.items():
+                    tf.summary.scalar(prefix + key, value, step=step)
+            self._writer.flush()
+        except Exception as err:
+            warn_once(
+                "tensorboard-write",
+                f"keras-memguard cannot write TensorBoard logs to {self.log_dir!r}: {err}. "
+                "Training continues.",
+            )
+
+    def _write_text(self, tag: str, text: str, step: int) -> None:
+        if self._writer is None:
+            return
+        try:
+            with self._writer.as_default(), tf.summary.record_if(True):
+                tf.summary.text(tag, text, step=step)
+            self._writer.flush()
+        except Exception as err:
+            warn_once("tensorboard-write", f"keras-memguard cannot write TensorBoard logs: {err}")
+
+    def _write_layout(self) -> None:
+        from tensorboard.plugins.custom_scalar import layout_pb2
+        from tensorboard.plugins.custom_scalar import summary as custom_scalar
+
+        def chart(title: str, regex: str) -> Any:
+            return layout_pb2.Chart(
+                title=title, multiline=layout_pb2.MultilineChartContent(tag=[regex])
+            )
+
+        layout = layout_pb2.Layout(
+            category=[
+                layout_pb2.Category(
+                    title="keras-memguard",
+                    chart=[
+                        chart(
+                            "Process memory against its bound (MiB)",
+                            r"memory/(process_tree_rss_mib|process_tree_rss_peak_mib|"
+                            r"bound_process_mib|effective_limit_mib)",
+                        ),
+                        chart(
+                            "Available memory against its floor (MiB)",
+                            r"memory/(effective_available_mib|effective_available_min_mib|"
+                            r"bound_available_mib)",
+                        ),
+                        chart("GPU memory (MiB)", r"memory/gpu\d+_.*_mib"),
+                    ],
+                )
+            ]
+        )
+        with self._writer.as_default():
+            tf.summary.experimental.write_raw_pb(
+                custom_scalar.pb(layout).SerializeToString(), step=0
+            )
+
+    # --------------------------------------------------------------------- logs
+    def _add_to_logs(
+        self, logs: dict[str, Any], metrics: dict[str, float], snap: MemorySnapshot
+    ) -> None:
+        if self._log_keys is None:
+            keys = list(LOG_KEYS)
+            for gpu in snap.gpus:
+                keys += [f"{PREFIX}gpu{gpu.index}_used_mib", f"{PREFIX}gpu{gpu.index}_peak_mib"]
+            self._log_keys = keys
+        values = dict(metrics)
+        for gpu in snap.gpus:
+            values[f"gpu{gpu.index}_used_mib"] = _mib(gpu.guarded_usage)
+        for key in self._log_keys:
+            logs[key] = values.get(key[len(PREFIX) :], float("nan"))
+
+
+def _extreme(pick: Any, current: int | None, value: int) -> int:
+    return value if current is None else pick(current, value)
+
+
+def _mib(value: int | None) -> float:
+    return float("nan") if value is None else round(value / MIB, 3)
+
+
+def _slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares slope of (epoch, MiB) points, in MiB per epoch."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    if var == 0:
+        return 0.0
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / var

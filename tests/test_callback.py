@@ -1,0 +1,256 @@
+"""MemGuardCallback in real fit() runs, with TensorBoard event files read back."""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from training import Leak, read_scalars, read_texts, tiny_data, tiny_model
+
+from keras_memguard import MemGuardCallback, MemoryLimitExceededError
+from keras_memguard.callback import LOG_KEYS
+from keras_memguard.errors import MemGuardWarning
+
+HERE = os.path.dirname(__file__)
+MIB = 2**20
+
+# The epoch tags on a machine without GPUs and without a container limit, with
+# max_process_memory set (the bounds are logged so charts can show usage against them).
+BASE_TAGS = {
+    "memory/process_rss_mib",
+    "memory/process_tree_rss_mib",
+    "memory/process_peak_rss_mib",
+    "memory/process_tree_rss_peak_mib",
+    "memory/system_available_mib",
+    "memory/system_used_percent",
+    "memory/swap_used_mib",
+    "memory/effective_limit_mib",
+    "memory/effective_available_mib",
+    "memory/effective_available_min_mib",
+    "memory/bound_process_mib",
+    "memory/bound_available_mib",
+}
+
+
+@pytest.fixture(scope="module")
+def leaky_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("leaky")
+    env = {**os.environ, "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "leaky_training.py"), str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(workdir / "result.json") as f:
+        return workdir, json.load(f), proc.stderr
+
+
+def test_leak_is_halted_before_bound_plus_one_check(leaky_run):
+    _, result, stderr = leaky_run
+    halt = result["halt"]
+    assert halt is not None, "the guard never halted a 25 MiB/batch leak"
+    assert halt["metric"] == "process_tree_rss"
+    assert halt["bound"] == result["bound"]
+    # Checked every batch: the halt comes within one batch's leak (plus a little slack
+    # for TensorFlow's own allocations) of the bound.
+    assert result["bound"] < halt["value"] <= result["bound"] + result["leak"] + 16 * MIB
+    assert result["stop_training"] is True
+    assert result["epochs_run"] == halt["epoch"] + 1  # fit stopped in the halting epoch
+    # One clear stderr line with the numbers.
+    line = [x for x in stderr.splitlines() if "keras-memguard: stopping training" in x]
+    assert len(line) == 1
+    assert "max_process_memory" in line[0] and f"epoch {halt['epoch']}" in line[0]
+    assert f"batch {halt['batch']}" in line[0] and "guard.keras" in line[0]
+
+
+def test_checkpoint_loads_and_resumed_fit_continues(leaky_run):
+    _, result, _ = leaky_run
+    path = result["halt"]["checkpoint"]
+    assert path and os.path.exists(path)
+    model = keras.models.load_model(path)
+    # The checkpoint holds the trained state: the optimizer's step count at the halt.
+    assert int(model.optimizer.iterations.numpy()) == result["iterations"] > 0
+    x, y = tiny_data(samples=640)
+    epoch = result["halt"]["epoch"]
+    history = model.fit(x, y, batch_size=32, initial_epoch=epoch, epochs=epoch + 2, verbose=0)
+    assert len(history.history["loss"]) == 2
+    assert int(model.optimizer.iterations.numpy()) == result["iterations"] + 2 * 20
+
+
+def test_tensorboard_events_hold_the_documented_tags(leaky_run):
+    workdir, result, _ = leaky_run
+    run_dir = os.path.join(workdir, "logs", "memory")
+    scalars = read_scalars(run_dir)
+    tags = set(scalars)
+    container = {t for t in tags if t.startswith("memory/container_")}
+    assert tags - container == BASE_TAGS
+    steps = [step for step, _ in scalars["memory/process_tree_rss_mib"]]
+    assert steps == list(range(result["epochs_run"]))
+    bound_mib = scalars["memory/bound_process_mib"][0][1]
+    assert bound_mib == pytest.approx(result["bound"] / MIB, abs=0.01)
+    halt_texts = read_texts(run_dir, "memory/halt")
+    assert len(halt_texts) == 1 and "max_process_memory" in halt_texts[0]
+
+
+def test_history_and_csv_hold_the_memory_keys(leaky_run):
+    workdir, result, _ = leaky_run
+    assert set(LOG_KEYS) <= set(result["history_keys"])
+    with open(os.path.join(workdir, "history.csv")) as f:
+        header = f.readline()
+    assert all(key in header for key in LOG_KEYS)
+
+
+def fit(model, callbacks, epochs=2, **kwargs):
+    x, y = tiny_data()
+    return model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=callbacks, **kwargs)
+
+
+def test_raise_saves_then_raises_with_the_snapshot(tmp_path):
+    guard = MemGuardCallback(
+        max_process_memory=MIB,
+        on_exceed="raise",
+        checkpoint_path=tmp_path / "weights" / "g.weights.h5",
+        check_every_n_batches=1,
+        verbose=0,
+    )
+    model = tiny_model()
+    with pytest.raises(MemoryLimitExceededError) as info:
+        fit(model, [guard])
+    err = info.value
+    assert err.metric == "process_tree_rss" and err.bound == MIB
+    assert err.snapshot.process_tree_rss == err.value > MIB
+    assert (err.epoch, err.batch) == (0, 0)
+    assert "raising" in str(err) and "max_process_memory" in str(err)
+    restored = tiny_model()
+    restored.load_weights(tmp_path / "weights" / "g.weights.h5")
+    for a, b in zip(model.get_weights(), restored.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_warn_warns_once_per_crossing_and_trains_on():
+    guard = MemGuardCallback(
+        max_process_memory=MIB, on_exceed="warn", check_every_n_batches=1, verbose=0
+    )
+    with pytest.warns(MemGuardWarning, match="on_exceed='warn'") as record:
+        history = fit(tiny_model(), [guard], epochs=3)
+    crossing = [w for w in record if "on_exceed='warn'" in str(w.message)]
+    assert len(crossing) == 1  # stays above the bound: one crossing, one warning
+    assert len(history.history["loss"]) == 3
+    assert [h.action for h in guard.summary.halts] == ["warn"]
+
+
+def test_stop_without_checkpoint_says_nothing_was_saved(capsys):
+    model = tiny_model()
+    guard = MemGuardCallback(max_process_memory=MIB, check_every_n_batches=1, verbose=0)
+    history = fit(model, [guard], epochs=5)
+    assert len(history.history["loss"]) == 1
+    assert "no checkpoint_path was given" in capsys.readouterr().err
+    assert model.stop_training
+
+
+def test_record_if_trap_with_keras_tensorboard_update_freq(tmp_path):
+    # Keras's TensorBoard(update_freq=3) installs a global record condition; with 4
+    # steps per epoch and validation, it is False from epoch 1 on. The guard's epoch
+    # scalars must be written regardless.
+    x, y = tiny_data(samples=128)
+    model = tiny_model()
+    model.fit(
+        x,
+        y,
+        batch_size=32,
+        epochs=3,
+        verbose=0,
+        validation_data=(x[:32], y[:32]),
+        callbacks=[
+            keras.callbacks.TensorBoard(str(tmp_path), update_freq=3),
+            MemGuardCallback(log_dir=tmp_path, verbose=0),
+        ],
+    )
+    scalars = read_scalars(str(tmp_path / "memory"))
+    assert [s for s, _ in scalars["memory/process_tree_rss_mib"]] == [0, 1, 2]
+    assert {"train", "validation", "memory"} <= set(os.listdir(tmp_path))
+
+
+def test_one_instance_two_fits_resets_per_run_state(tmp_path):
+    model = tiny_model()
+    guard = MemGuardCallback(
+        max_process_memory=MIB,
+        check_every_n_batches=1,
+        verbose=0,
+        checkpoint_path=tmp_path / "g.keras",
+    )
+    first = fit(model, [guard], epochs=3)
+    assert len(first.history["loss"]) == 1 and len(guard.summary.halts) == 1
+    second = fit(model, [guard], epochs=3)
+    # The second run is guarded afresh: it halts again rather than staying "halted".
+    assert len(second.history["loss"]) == 1
+    assert len(guard.summary.halts) == 1 and guard.summary.epochs == 1
+
+    quiet = MemGuardCallback(verbose=0)
+    fit(model, [quiet], epochs=3)
+    fit(model, [quiet], epochs=2)
+    assert quiet.summary.epochs == 2 and quiet.summary.halts == []
+
+
+def test_leak_detection_warns_with_slope_and_projection(tmp_path):
+    guard = MemGuardCallback(
+        log_dir=tmp_path,
+        max_process_memory="95%",
+        leak_threshold="4MiB",
+        leak_patience=2,
+        leak_warmup_epochs=1,
+        verbose=0,
+    )
+    with pytest.warns(MemGuardWarning, match=r"grows by \d+\.\d MiB/epoch") as record:
+        fit(tiny_model(), [Leak(mib_per_epoch=24), guard], epochs=6)
+    message = next(str(w.message) for w in record if "MiB/epoch" in str(w.message))
+    assert "reaches max_process_memory" in message and "around epoch" in message
+    assert 15 < guard.summary.leak_slope_mib_per_epoch < 35
+    slopes = read_scalars(str(tmp_path / "memory"))["memory/leak_slope_mib_per_epoch"]
+    assert [s for s, _ in slopes] == [3, 4, 5]  # from the third post-warm-up epoch on
+
+
+def test_no_leak_no_warning():
+    guard = MemGuardCallback(leak_threshold="64MiB", leak_patience=2, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MemGuardWarning)
+        fit(tiny_model(), [guard], epochs=5)
+
+
+def test_summary_and_release_at_train_end(capsys):
+    guard = MemGuardCallback(verbose=1)
+    fit(tiny_model(), [guard], epochs=2)
+    summary = guard.summary
+    assert summary.epochs == 2
+    assert summary.peak_process_tree_rss >= summary.start_process_tree_rss > 0
+    assert summary.release is not None and summary.release.collected >= 0
+    assert "keras-memguard: 2 epoch(s)" in capsys.readouterr().err
+
+
+def test_batch_level_logging(tmp_path):
+    guard = MemGuardCallback(log_dir=tmp_path, log_every_n_batches=2, verbose=0)
+    fit(tiny_model(), [guard], epochs=2)  # 8 batches per epoch
+    scalars = read_scalars(str(tmp_path / "memory"))
+    steps = [s for s, _ in scalars["memory_batch/process_tree_rss_mib"]]
+    assert steps == [2, 4, 6, 8, 10, 12, 14, 16]
+
+
+def test_custom_scalars_layout_is_written(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    fit(tiny_model(), [MemGuardCallback(log_dir=tmp_path, verbose=0)], epochs=1)
+    acc = EventAccumulator(str(tmp_path / "memory"), size_guidance={"tensors": 0})
+    acc.Reload()
+    event = acc.Tensors(metadata.CONFIG_SUMMARY_TAG)[0]
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(event.tensor_proto.string_val[0])
+    titles = [chart.title for chart in layout.category[0].chart]
+    assert "Process memory against its bound (MiB)" in titles

@@ -1,0 +1,158 @@
+"""MemGuardCallback when things go wrong: bad arguments, failing probes, unwritable output."""
+
+import os
+import shutil
+import warnings
+
+import keras
+import pytest
+from conftest import GIB
+from training import read_scalars, tiny_data, tiny_model
+
+from keras_memguard import MemGuardCallback, container_memory
+from keras_memguard.container_memory import CgroupReader
+from keras_memguard.errors import MemGuardWarning
+
+MIB = 2**20
+
+
+def fit(model, callbacks, epochs=2):
+    x, y = tiny_data()
+    return model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=callbacks)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"max_process_memory": 0}, "max_process_memory"),
+        ({"max_process_memory": -1}, "max_process_memory"),
+        ({"max_process_memory": 1.5}, "max_process_memory"),
+        ({"min_available_memory": "120%"}, "min_available_memory"),
+        ({"max_gpu_memory": "lots"}, "max_gpu_memory"),
+        ({"on_exceed": "explode"}, "on_exceed"),
+        ({"checkpoint_path": "model.pt"}, "checkpoint_path"),
+        ({"check_interval": -1}, "check_interval"),
+        ({"check_every_n_batches": 0}, "check_every_n_batches"),
+        ({"log_every_n_batches": 1.5}, "log_every_n_batches"),
+        ({"leak_threshold": "10%"}, "leak_threshold"),
+        ({"leak_patience": 0}, "leak_patience"),
+        ({"leak_warmup_epochs": -1}, "leak_warmup_epochs"),
+        ({"emergency_available_memory": 2.0}, "emergency_available_memory"),
+    ],
+)
+def test_bad_arguments_fail_in_init_naming_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`") as info:
+        MemGuardCallback(**kwargs)
+    assert f"{name}=" in str(info.value)
+
+
+def test_checkpoint_path_whose_directory_cannot_exist(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match=r"`checkpoint_path`.*not a writable directory"):
+        MemGuardCallback(checkpoint_path=blocker / "sub" / "guard.keras")
+    # A directory that does not exist yet but can be created is fine.
+    MemGuardCallback(checkpoint_path=tmp_path / "new" / "deeper" / "guard.keras")
+
+
+def test_unwritable_log_dir_warns_once_and_training_continues(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    guard = MemGuardCallback(log_dir=blocker / "logs", verbose=0)
+    with pytest.warns(MemGuardWarning, match="cannot write TensorBoard logs") as record:
+        history = fit(tiny_model(), [guard], epochs=2)
+    assert len([w for w in record if issubclass(w.category, MemGuardWarning)]) == 1
+    assert len(history.history["loss"]) == 2
+    assert "memory/process_tree_rss_mib" in history.history
+
+
+def test_log_dir_vanishing_mid_run_does_not_stop_training(tmp_path):
+    log_dir = tmp_path / "logs"
+
+    class RemoveLogs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                shutil.rmtree(log_dir)
+
+    guard = MemGuardCallback(log_dir=log_dir, verbose=0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        history = fit(tiny_model(), [RemoveLogs(), guard], epochs=3)
+    assert len(history.history["loss"]) == 3
+    ours = [w for w in record if issubclass(w.category, MemGuardWarning)]
+    assert len(ours) <= 1  # at most one warning for the cause
+    if os.path.isdir(log_dir / "memory"):  # TensorFlow recreated the directory
+        assert read_scalars(str(log_dir / "memory"))
+
+
+def test_checkpoint_that_cannot_be_written_still_halts_loudly(tmp_path, capsys):
+    path = tmp_path / "guard.keras"
+    guard = MemGuardCallback(
+        max_process_memory=MIB, checkpoint_path=path, check_every_n_batches=1, verbose=0
+    )
+    path.mkdir()  # saving onto a directory fails
+    with pytest.warns(MemGuardWarning, match="COULD NOT SAVE"):
+        history = fit(tiny_model(), [guard], epochs=3)
+    assert len(history.history["loss"]) == 1  # halted all the same
+    err = capsys.readouterr().err
+    assert "COULD NOT SAVE the checkpoint" in err and "stopping training" in err
+    assert guard.summary.halts[0].checkpoint is None
+
+
+def test_unreadable_cgroup_files_warn_once_and_training_continues(tmp_path, monkeypatch):
+    root = tmp_path / "cgroup"
+    (root / "memory").mkdir(parents=True)
+    for name, text in [
+        ("memory.limit_in_bytes", "9223372036854771712"),
+        ("memory.stat", "total_inactive_file 0"),
+        ("memory.oom_control", "oom_kill 0"),
+    ]:
+        (root / "memory" / name).write_text(text + "\n")
+    (root / "memory" / "memory.usage_in_bytes").mkdir()  # unreadable as a file
+    (tmp_path / "proc_cgroup").write_text("5:memory:/\n")
+    monkeypatch.setattr(
+        container_memory, "_default_reader", CgroupReader(str(root), str(tmp_path / "proc_cgroup"))
+    )
+    guard = MemGuardCallback(check_every_n_batches=1, verbose=0)
+    with pytest.warns(MemGuardWarning, match="cgroup") as record:
+        history = fit(tiny_model(), [guard], epochs=2)
+    assert len([w for w in record if "cgroup" in str(w.message)]) == 1
+    assert len(history.history["loss"]) == 2
+
+
+def test_nvml_failing_mid_run_warns_once_and_training_continues(fake_nvml):
+    guard = MemGuardCallback(check_every_n_batches=1, verbose=0)
+    fake_nvml.memory_reads_left = 24  # epoch 1 reads fine (2 GPUs x 10 samples), then "lost"
+    with pytest.warns(MemGuardWarning, match="cannot read GPU memory") as record:
+        history = fit(tiny_model(), [guard], epochs=2)
+    assert len([w for w in record if "GPU memory" in str(w.message)]) == 1
+    assert len(history.history["loss"]) == 2
+    # The GPU keys were fixed at epoch 1 and stay, as NaN once NVML fails (CSVLogger-safe).
+    used = history.history["memory/gpu0_used_mib"]
+    assert used[0] == 1024.0 and used[1] != used[1]  # NaN
+
+
+def test_gpu_metrics_and_gpu_bound_through_fake_nvml(fake_nvml, tmp_path):
+    # This process holds 1 GiB on GPU 0 (fake); the bound is 5% of 16 GiB = 0.8 GiB.
+    guard = MemGuardCallback(log_dir=tmp_path, max_gpu_memory=0.05, verbose=0)
+    history = fit(tiny_model(), [guard], epochs=3)
+    assert len(history.history["loss"]) == 1
+    halt = guard.summary.halts[0]
+    assert halt.metric == "gpu0_memory" and halt.value == GIB
+    assert halt.bound == int(16 * GIB * 0.05)
+    assert history.history["memory/gpu0_used_mib"] == [1024.0]
+    tags = set(read_scalars(str(tmp_path / "memory")))
+    assert {
+        "memory/gpu0_used_mib",
+        "memory/gpu0_total_mib",
+        "memory/gpu0_process_mib",
+        "memory/gpu1_used_mib",
+        "memory/gpu0_bound_mib",
+    } <= tags
+    assert guard.summary.peak_gpu[0] == GIB
+
+
+def test_gpu_bound_in_bytes_not_crossed(fake_nvml):
+    guard = MemGuardCallback(max_gpu_memory="2GiB", verbose=0)
+    history = fit(tiny_model(), [guard], epochs=2)
+    assert len(history.history["loss"]) == 2 and guard.summary.halts == []
