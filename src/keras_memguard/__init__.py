@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from keras_memguard import _tfds_registration
 from keras_memguard.errors import MemGuardError, MemGuardWarning, MemoryLimitExceededError
 from keras_memguard.gpu_config import GpuConfigError, GpuConfigReport, configure_gpus
 from keras_memguard.memory_snapshot import GpuSnapshot, MemorySnapshot, snapshot
@@ -23,6 +24,7 @@ from keras_memguard.sizes import Size, format_bytes, parse_size
 
 if TYPE_CHECKING:
     from keras_memguard.callback import Halt, MemGuardCallback, MemGuardSummary
+    from keras_memguard.pipeline import DatasetUnavailableError, PipelinePlan, dataset_from_tfds
 
 __version__ = "0.1.0"
 
@@ -30,9 +32,13 @@ _LAZY = {
     "MemGuardCallback": "keras_memguard.callback",
     "MemGuardSummary": "keras_memguard.callback",
     "Halt": "keras_memguard.callback",
+    "dataset_from_tfds": "keras_memguard.pipeline",
+    "PipelinePlan": "keras_memguard.pipeline",
+    "DatasetUnavailableError": "keras_memguard.pipeline",
 }
 
 __all__ = [
+    "DatasetUnavailableError",
     "GpuConfigError",
     "GpuConfigReport",
     "GpuSnapshot",
@@ -43,15 +49,21 @@ __all__ = [
     "MemGuardWarning",
     "MemoryLimitExceededError",
     "MemorySnapshot",
+    "PipelinePlan",
     "ReleaseResult",
     "Size",
     "__version__",
     "configure_gpus",
+    "dataset_from_tfds",
     "format_bytes",
     "parse_size",
     "release_memory",
     "snapshot",
 ]
+
+
+# `tfds.load("memguard_shapes")` works after `import keras_memguard`.
+_tfds_registration.install()
 
 
 def __getattr__(name: str) -> Any:

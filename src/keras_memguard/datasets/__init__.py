@@ -1,0 +1,1 @@
+"""Datasets that keras-memguard ships (they need no download)."""
