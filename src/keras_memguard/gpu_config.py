@@ -344,11 +344,10 @@ def configure_gpus(
         return touches_growth and limits is None and want.memory_growth != have.memory_growth
 
     changes = [w for w, h in zip(wanted, current, strict=True) if differs(w, h)]
-    if hidden and set(hidden) != _hidden_now(devices, physical):
-        changes = changes or list(wanted)
+    visibility_changes = bool(hidden) and set(hidden) != _hidden_now(devices, physical)
 
     if initialized:
-        if changes:
+        if changes or visibility_changes:
             applied = "; ".join(f"GPU {h.index}: {h.describe()}" for h in current)
             raise GpuConfigError(
                 "TensorFlow has already initialized its GPUs, so their memory settings can no "
@@ -359,7 +358,11 @@ def configure_gpus(
         log.info(message)
         return GpuConfigReport(tuple(current), False, True, allocator_now, message, hidden)
 
-    for want in wanted:
+    if not changes and not visibility_changes:
+        message = "configure_gpus: already in force; nothing changed."
+        log.info(message)
+        return GpuConfigReport(tuple(current), False, False, allocator_now, message, hidden)
+    for want in changes:
         device = physical[want.index]
         if want.memory_limit is not None:
             devices.set_memory_limits(device, [want.memory_limit // MIB] * want.logical_devices)
@@ -374,7 +377,7 @@ def configure_gpus(
         else "configure_gpus: already in force; nothing changed."
     )
     log.info("%s\n%s", message, "\n".join(f"  GPU {g.index}: {g.describe()}" for g in final))
-    return GpuConfigReport(tuple(final), bool(changes), False, allocator_now, message, hidden)
+    return GpuConfigReport(tuple(final), True, False, allocator_now, message, hidden)
 
 
 def _hidden_now(devices: TensorFlowDevices, physical: list[Any]) -> set[int]:
