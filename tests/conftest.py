@@ -54,3 +54,15 @@ def no_nvml(monkeypatch):
     nvml.reset()
     yield
     nvml.reset()
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory):
+    """memguard_shapes prepared once for the whole session (about 10 s)."""
+    import tensorflow_datasets as tfds
+
+    import keras_memguard.pipeline  # noqa: F401  (registers the builder)
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    tfds.builder("memguard_shapes", data_dir=data_dir).download_and_prepare()
+    return data_dir

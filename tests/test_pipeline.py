@@ -18,14 +18,6 @@ from keras_memguard.pipeline import _cache_key
 KIB, MIB = 2**10, 2**20
 
 
-@pytest.fixture(scope="session")
-def shapes_dir(tmp_path_factory):
-    """memguard_shapes prepared once for the whole session (about 10 s)."""
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    tfds.builder("memguard_shapes", data_dir=data_dir).download_and_prepare()
-    return data_dir
-
-
 def test_offline_builder_loads_through_plain_tfds_after_import(shapes_dir):
     code = textwrap.dedent(
         f"""
