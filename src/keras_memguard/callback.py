@@ -25,7 +25,12 @@ import keras
 import tensorflow as tf
 
 from keras_memguard import tf_devices
-from keras_memguard.errors import MemGuardWarning, MemoryLimitExceededError, warn_once
+from keras_memguard.errors import (
+    MemGuardWarning,
+    MemoryLimitExceededError,
+    invalid_argument,
+    warn_once,
+)
 from keras_memguard.memory_snapshot import MIB, MemorySnapshot, snapshot
 from keras_memguard.release import ReleaseResult, release_memory
 from keras_memguard.sizes import Size, format_bytes, parse_size
@@ -99,12 +104,6 @@ class MemGuardSummary:
         return "\n".join(lines)
 
 
-def _invalid(name: str, value: object, expected: str) -> ValueError:
-    return ValueError(
-        f"Invalid value for argument `{name}`. Received: {name}={value!r}. Expected {expected}."
-    )
-
-
 def _optional_size(value: Any, name: str, allow_fraction: bool = True) -> Size | None:
     return None if value is None else parse_size(value, name=name, allow_fraction=allow_fraction)
 
@@ -114,7 +113,7 @@ def _check_checkpoint_path(path: str | os.PathLike[str] | None) -> str | None:
         return None
     path = os.fspath(path)
     if not path.endswith((".keras", ".h5")):
-        raise _invalid(
+        raise invalid_argument(
             "checkpoint_path",
             path,
             "a file path ending in '.keras' (whole model) or '.weights.h5' (weights only)",
@@ -123,7 +122,7 @@ def _check_checkpoint_path(path: str | os.PathLike[str] | None) -> str | None:
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise _invalid(
+        raise invalid_argument(
             "checkpoint_path",
             path,
             f"a path whose directory can be created and written ({parent!r} is not a "
@@ -136,7 +135,7 @@ def _positive_int(value: Any, name: str, allow_none: bool = True) -> int | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _invalid(name, value, "a positive int" + (" or None" if allow_none else ""))
+        raise invalid_argument(name, value, "a positive int" + (" or None" if allow_none else ""))
     return value
 
 
@@ -218,19 +217,21 @@ class MemGuardCallback(keras.callbacks.Callback):
     ) -> None:
         super().__init__()
         if on_exceed not in ON_EXCEED:
-            raise _invalid("on_exceed", on_exceed, f"one of {', '.join(map(repr, ON_EXCEED))}")
+            raise invalid_argument(
+                "on_exceed", on_exceed, f"one of {', '.join(map(repr, ON_EXCEED))}"
+            )
         if (
             isinstance(check_interval, bool)
             or not isinstance(check_interval, (int, float))
             or (not math.isfinite(check_interval) or check_interval < 0)
         ):
-            raise _invalid("check_interval", check_interval, "seconds as a number >= 0")
+            raise invalid_argument("check_interval", check_interval, "seconds as a number >= 0")
         if (
             isinstance(leak_warmup_epochs, bool)
             or not isinstance(leak_warmup_epochs, int)
             or (leak_warmup_epochs < 0)
         ):
-            raise _invalid("leak_warmup_epochs", leak_warmup_epochs, "an int >= 0")
+            raise invalid_argument("leak_warmup_epochs", leak_warmup_epochs, "an int >= 0")
         self.log_dir = os.fspath(log_dir) if log_dir is not None else None
         self.max_process_memory = _optional_size(max_process_memory, "max_process_memory")
         self.min_available_memory = _optional_size(min_available_memory, "min_available_memory")

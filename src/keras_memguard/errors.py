@@ -26,6 +26,7 @@ __all__ = [
     "MemGuardError",
     "MemGuardWarning",
     "MemoryLimitExceededError",
+    "invalid_argument",
     "reset_warnings",
     "warn_once",
 ]
@@ -65,6 +66,19 @@ class MemoryLimitExceededError(MemGuardError):
         self.bound = bound
         self.epoch = epoch
         self.batch = batch
+
+
+def invalid_argument(name: str, value: object, expected: str, why: str = "") -> ValueError:
+    """The ``ValueError`` for a bad argument: names it, echoes it, says what is accepted.
+
+    Example:
+        >>> raise invalid_argument("on_exceed", "explode", "one of 'stop', 'raise', 'warn'")
+    """
+    reason = f" ({why})" if why else ""
+    return ValueError(
+        f"Invalid value for argument `{name}`. Received: {name}={value!r}{reason}. "
+        f"Expected {expected}."
+    )
 
 
 class MemGuardWarning(RuntimeWarning):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keras_memguard import nvml
-from keras_memguard.errors import MemGuardError
+from keras_memguard.errors import MemGuardError, invalid_argument
 from keras_memguard.sizes import Size, format_bytes, parse_size
 from keras_memguard.tf_devices import TensorFlowDevices
 
@@ -96,14 +96,6 @@ class GpuConfigReport:
         return "\n".join([self.message, *rows])
 
 
-def _invalid(name: str, value: object, expected: str, why: str = "") -> ValueError:
-    reason = f" ({why})" if why else ""
-    return ValueError(
-        f"Invalid value for argument `{name}`. Received: {name}={value!r}{reason}. "
-        f"Expected {expected}."
-    )
-
-
 _LIMIT_FORMS = (
     "bytes as a positive int, a size string ('5GiB', '512MB'), a fraction of each GPU's "
     "total in (0, 1] (0.5 or '50%'), or a mapping from GPU index to any of those"
@@ -117,7 +109,7 @@ def _parse_limits(memory_limit: Any) -> Size | dict[int, Size] | None:
         limits = {}
         for key, value in memory_limit.items():
             if isinstance(key, bool) or not isinstance(key, int) or key < 0:
-                raise _invalid(
+                raise invalid_argument(
                     "memory_limit",
                     memory_limit,
                     _LIMIT_FORMS,
@@ -128,7 +120,7 @@ def _parse_limits(memory_limit: Any) -> Size | dict[int, Size] | None:
     try:
         return parse_size(memory_limit, name="memory_limit")
     except ValueError:
-        raise _invalid("memory_limit", memory_limit, _LIMIT_FORMS) from None
+        raise invalid_argument("memory_limit", memory_limit, _LIMIT_FORMS) from None
 
 
 def _needs_totals(limits: Size | dict[int, Size] | None) -> bool:
@@ -170,7 +162,7 @@ def _requested(
         size = limits.get(index) if isinstance(limits, dict) else limits
         limit = size.resolve(totals[index]) if size is not None else None
         if size is not None and limit is None:
-            raise _invalid(
+            raise invalid_argument(
                 "memory_limit", str(size), _LIMIT_FORMS, f"the total of GPU {index} is unknown"
             )
         if (
@@ -178,7 +170,7 @@ def _requested(
             and totals[index] is not None
             and limit * logical_devices > (totals[index] or 0)
         ):
-            raise _invalid(
+            raise invalid_argument(
                 "memory_limit",
                 format_bytes(limit),
                 _LIMIT_FORMS,
@@ -254,25 +246,25 @@ def configure_gpus(
         >>> configure_gpus(memory_limit={0: "10GiB", 1: 0.5})
     """
     if memory_growth not in (None, True, False):
-        raise _invalid("memory_growth", memory_growth, "True, False or None")
+        raise invalid_argument("memory_growth", memory_growth, "True, False or None")
     if (
         isinstance(logical_devices_per_gpu, bool)
         or not isinstance(logical_devices_per_gpu, int)
         or logical_devices_per_gpu < 1
     ):
-        raise _invalid("logical_devices_per_gpu", logical_devices_per_gpu, "an int >= 1")
+        raise invalid_argument("logical_devices_per_gpu", logical_devices_per_gpu, "an int >= 1")
     if allocator is not None and allocator not in _ALLOCATORS:
-        raise _invalid("allocator", allocator, f"None or one of {_ALLOCATORS}")
+        raise invalid_argument("allocator", allocator, f"None or one of {_ALLOCATORS}")
     limits = _parse_limits(memory_limit)
     if limits is not None and memory_growth:
-        raise _invalid(
+        raise invalid_argument(
             "memory_growth",
             memory_growth,
             "memory_growth=None/False when memory_limit is given",
             "a hard limit and memory growth exclude each other",
         )
     if logical_devices_per_gpu > 1 and limits is None:
-        raise _invalid(
+        raise invalid_argument(
             "logical_devices_per_gpu",
             logical_devices_per_gpu,
             "1 unless memory_limit gives each logical GPU's size",
@@ -281,7 +273,7 @@ def configure_gpus(
         not isinstance(visible_gpus, (list, tuple))
         or any(isinstance(i, bool) or not isinstance(i, int) for i in visible_gpus)
     ):
-        raise _invalid("visible_gpus", visible_gpus, "a list of GPU indices or None")
+        raise invalid_argument("visible_gpus", visible_gpus, "a list of GPU indices or None")
 
     devices = devices or TensorFlowDevices()
     initialized = devices.is_initialized()
@@ -291,7 +283,7 @@ def configure_gpus(
     if visible_gpus is not None:
         bad = [i for i in visible_gpus if not 0 <= i < len(physical)]
         if bad:
-            raise _invalid(
+            raise invalid_argument(
                 "visible_gpus",
                 visible_gpus,
                 f"indices in 0..{len(physical) - 1}",
@@ -300,7 +292,7 @@ def configure_gpus(
     if isinstance(limits, dict):
         bad = [i for i in limits if not 0 <= i < len(physical)]
         if bad:
-            raise _invalid(
+            raise invalid_argument(
                 "memory_limit",
                 memory_limit,
                 f"GPU indices in 0..{len(physical) - 1}"

@@ -31,7 +31,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_memguard import _tfds_registration
-from keras_memguard.errors import MemGuardError
+from keras_memguard.errors import MemGuardError, invalid_argument
 from keras_memguard.memory_snapshot import snapshot
 from keras_memguard.sizes import format_bytes, parse_size
 
@@ -92,12 +92,6 @@ class PipelinePlan:
         )
 
 
-def _invalid(name: str, value: object, expected: str) -> ValueError:
-    return ValueError(
-        f"Invalid value for argument `{name}`. Received: {name}={value!r}. Expected {expected}."
-    )
-
-
 def _is_offline() -> bool:
     return os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes")
 
@@ -106,7 +100,9 @@ def _builder(name: Any, data_dir: str | None) -> tfds.core.DatasetBuilder:
     if isinstance(name, tfds.core.DatasetBuilder):
         return name
     if not isinstance(name, str) or not name:
-        raise _invalid("name", name, "a TFDS dataset name such as 'cifar10', or a DatasetBuilder")
+        raise invalid_argument(
+            "name", name, "a TFDS dataset name such as 'cifar10', or a DatasetBuilder"
+        )
     _tfds_registration.register()
     try:
         return tfds.builder(name, data_dir=data_dir)
@@ -154,7 +150,7 @@ def _split_examples(builder: tfds.core.DatasetBuilder, split: str) -> int | None
         return None
     base = re.split(r"[\[+]", split)[0]
     if base not in splits:
-        raise _invalid(
+        raise invalid_argument(
             "split", split, f"one of {sorted(splits)} (optionally sliced, 'train[:10%]')"
         )
     try:
@@ -202,7 +198,7 @@ def _decide_cache(
     path = os.path.join(cache_dir, key) if cache_dir else None
     if mode == "file":
         if path is None:
-            raise _invalid("cache_dir", cache_dir, "a directory when cache='file'")
+            raise invalid_argument("cache_dir", cache_dir, "a directory when cache='file'")
         _check_disk(cache_dir or "", cache_bytes, strict=True)
         return "file", path, f"In a file as asked (≈{estimate})."
     # auto
@@ -254,7 +250,9 @@ def _ram_budget(ram_budget: Any) -> int:
     snap = snapshot(gpus=False)
     budget = size.resolve(snap.effective_limit)
     if budget is None:
-        raise _invalid("ram_budget", ram_budget, "bytes ('4GiB') where the memory limit is unknown")
+        raise invalid_argument(
+            "ram_budget", ram_budget, "bytes ('4GiB') where the memory limit is unknown"
+        )
     if ram_budget is None and snap.effective_available is not None:
         budget = min(budget, snap.effective_available)
     return budget
@@ -331,20 +329,20 @@ def dataset_from_tfds(
         >>> model.fit(train, epochs=3)
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise _invalid("batch_size", batch_size, "a positive int")
+        raise invalid_argument("batch_size", batch_size, "a positive int")
     if cache not in CACHE_MODES:
-        raise _invalid("cache", cache, f"one of {', '.join(map(repr, CACHE_MODES))}")
+        raise invalid_argument("cache", cache, f"one of {', '.join(map(repr, CACHE_MODES))}")
     if shuffle_buffer is not None and (
         isinstance(shuffle_buffer, bool)
         or not isinstance(shuffle_buffer, int)
         or shuffle_buffer < 0
     ):
-        raise _invalid("shuffle_buffer", shuffle_buffer, "an int >= 0, or None")
+        raise invalid_argument("shuffle_buffer", shuffle_buffer, "an int >= 0, or None")
     for arg, fn in (("preprocess", preprocess), ("batch_preprocess", batch_preprocess)):
         if fn is not None and not callable(fn):
-            raise _invalid(arg, fn, "a callable or None")
+            raise invalid_argument(arg, fn, "a callable or None")
     if not isinstance(split, str) or not split:
-        raise _invalid("split", split, "a split name such as 'train' or 'test[:50%]'")
+        raise invalid_argument("split", split, "a split name such as 'train' or 'test[:50%]'")
     budget = _ram_budget(ram_budget)
     cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
 

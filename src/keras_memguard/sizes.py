@@ -16,6 +16,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from keras_memguard.errors import invalid_argument
+
 __all__ = ["Size", "format_bytes", "parse_size"]
 
 _UNITS = {
@@ -65,11 +67,7 @@ class Size:
 
 
 def _invalid(name: str, value: object, why: str = "", forms: str = ACCEPTED_FORMS) -> ValueError:
-    reason = f" ({why})" if why else ""
-    return ValueError(
-        f"Invalid value for argument `{name}`. Received: {name}={value!r}{reason}. "
-        f"Expected {forms}."
-    )
+    return invalid_argument(name, value, forms, why)
 
 
 def _fraction(name: str, value: object, fraction: float) -> Size:
