@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import glob
-import os
-
 import keras
 import numpy as np
+
+from keras_memguard.report import read_run
 
 
 def tiny_data(samples: int = 256, features: int = 8, seed: int = 0):
@@ -46,32 +45,10 @@ class Leak(keras.callbacks.Callback):
 
 
 def read_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in a run directory's event files: {tag: [(step, value), ...]}."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.util import tensor_util
-
-    result: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-        acc = EventAccumulator(path, size_guidance={"tensors": 0, "scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["tensors"]:
-            for event in acc.Tensors(tag):
-                value = tensor_util.make_ndarray(event.tensor_proto)
-                if value.shape == () and value.dtype.kind == "f":
-                    result.setdefault(tag, []).append((event.step, float(value)))
-    return result
+    """Every memory scalar in a run directory's event files: {tag: [(step, value), ...]}."""
+    return read_run(run_dir).scalars
 
 
-def read_texts(run_dir: str, tag: str) -> list[str]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.util import tensor_util
-
-    texts = []
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-        acc = EventAccumulator(path, size_guidance={"tensors": 0})
-        acc.Reload()
-        if tag in acc.Tags()["tensors"]:
-            for event in acc.Tensors(tag):
-                value = tensor_util.make_ndarray(event.tensor_proto)
-                texts.append(value.item().decode() if value.shape == () else str(value))
-    return texts
+def read_texts(run_dir: str, tag: str = "memory/halt") -> list[str]:
+    assert tag == "memory/halt"
+    return read_run(run_dir).halts

@@ -3,11 +3,13 @@
 Example:
     $ memguard doctor
     $ memguard doctor --json
+    $ memguard report logs/ --plot memory.png
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["main"]
@@ -20,6 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     doctor = commands.add_parser("doctor", help="report this machine's memory, GPUs and settings")
     doctor.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    report = commands.add_parser(
+        "report", help="summarize the memory runs MemGuardCallback wrote under LOGDIR"
+    )
+    report.add_argument("logdir", help="the log_dir given to MemGuardCallback")
+    report.add_argument("--plot", metavar="FILE.png", help="also draw memory over epochs")
+    report.add_argument("--json", action="store_true", help="print machine-readable JSON")
     return parser
 
 
@@ -31,7 +39,32 @@ def main(argv: list[str] | None = None) -> int:
 
         print_doctor(as_json=args.json)
         return 0
+    if args.command == "report":
+        return _report(args)
     return 2
+
+
+def _report(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorBoard's reader imports TF
+    from keras_memguard.report import (
+        ReportError,
+        format_report,
+        load_report,
+        plot_report,
+        report_json,
+    )
+
+    try:
+        runs = load_report(args.logdir)
+        print(report_json(runs) if args.json else format_report(runs))
+        if args.plot:
+            plot_report(runs, args.plot)
+            if not args.json:
+                print(f"plot written to {args.plot}")
+    except ReportError as err:
+        print(f"memguard report: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,223 @@
+"""``memguard report LOGDIR``: what the memory runs under a log directory show.
+
+It reads the ``memory/...`` scalars that ``MemGuardCallback`` wrote (every run under
+LOGDIR that has them), and summarizes each: peaks, final values, leak slope, halts.
+``--plot FILE.png`` draws memory over epochs with the bounds as dashed lines (needs the
+``plot`` extra), ``--json`` prints the same data for machines.
+
+Example:
+    $ memguard report logs/
+    $ memguard report logs/ --plot memory.png
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ReportError",
+    "RunReport",
+    "find_runs",
+    "format_report",
+    "load_report",
+    "plot_report",
+    "read_run",
+    "report_json",
+]
+
+PREFIXES = ("memory/", "memory_batch/")
+
+
+class ReportError(Exception):
+    """The log directory cannot be reported on; the message says why."""
+
+
+@dataclass
+class RunReport:
+    """One run's memory series: ``{tag: [(step, value), ...]}`` plus halt messages."""
+
+    name: str
+    path: str
+    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    halts: list[str] = field(default_factory=list)
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        return self.scalars.get("memory/" + key, [])
+
+    def summary(self) -> dict[str, Any]:
+        """Peak, lowest and final value of each epoch-level tag, and the halts."""
+        figures: dict[str, Any] = {}
+        for tag, points in sorted(self.scalars.items()):
+            if not tag.startswith("memory/") or not points:
+                continue
+            values = [v for _, v in points]
+            figures[tag[len("memory/") :]] = {
+                "peak": max(values),
+                "lowest": min(values),
+                "final": values[-1],
+                "epochs": len(values),
+            }
+        return {"run": self.name, "path": self.path, "figures": figures, "halts": self.halts}
+
+
+def find_runs(log_dir: str) -> list[str]:
+    """Directories under ``log_dir`` (itself included) that hold event files."""
+    if not os.path.isdir(log_dir):
+        raise ReportError(f"{log_dir!r} is not a directory.")
+    runs = set()
+    pattern = os.path.join(log_dir, "**", "events.out.tfevents.*")
+    for path in glob.glob(pattern, recursive=True):
+        runs.add(os.path.dirname(path))
+    return sorted(runs)
+
+
+def read_run(run_dir: str, name: str | None = None) -> RunReport:
+    """Reads every memory scalar and halt text of one run directory."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    report = RunReport(name=name or os.path.basename(run_dir), path=run_dir)
+    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        acc = EventAccumulator(path, size_guidance={"tensors": 0, "scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("tensors", []):
+            if not tag.startswith(PREFIXES):
+                continue
+            for event in acc.Tensors(tag):
+                value = tensor_util.make_ndarray(event.tensor_proto)
+                if value.shape == () and value.dtype.kind == "f":
+                    report.scalars.setdefault(tag, []).append((event.step, float(value)))
+                elif tag == "memory/halt":
+                    text = value.item() if value.shape == () else value.ravel()[0]
+                    report.halts.append(text.decode() if isinstance(text, bytes) else str(text))
+    for points in report.scalars.values():
+        points.sort()
+    return report
+
+
+def load_report(log_dir: str) -> list[RunReport]:
+    """Every run under ``log_dir`` that holds keras-memguard memory scalars."""
+    runs = []
+    for run_dir in find_runs(log_dir):
+        name = os.path.relpath(run_dir, log_dir)
+        run = read_run(run_dir, "." if name == "." else name)
+        if run.scalars or run.halts:
+            runs.append(run)
+    if not runs:
+        raise ReportError(
+            f"No keras-memguard memory scalars under {log_dir!r}. Train with "
+            "MemGuardCallback(log_dir=...) and pass that same directory."
+        )
+    return runs
+
+
+def _fmt(value: float | None, unit: str = " MiB") -> str:
+    return "n/a" if value is None else f"{value:,.1f}{unit}"
+
+
+def format_report(runs: list[RunReport]) -> str:
+    """A compact table per run."""
+    lines = []
+    for run in runs:
+        figures = run.summary()["figures"]
+
+        def get(key: str, which: str, figures: dict[str, Any] = figures) -> float | None:
+            entry = figures.get(key)
+            return None if entry is None else entry[which]
+
+        epochs = max((f["epochs"] for f in figures.values()), default=0)
+        lines.append(f"run {run.name} ({epochs} epochs)")
+        rows = [
+            (
+                "process tree RSS",
+                get("process_tree_rss_mib", "final"),
+                get("process_tree_rss_peak_mib", "peak") or get("process_tree_rss_mib", "peak"),
+            ),
+            (
+                "available",
+                get("effective_available_mib", "final"),
+                get("effective_available_min_mib", "lowest")
+                or get("effective_available_mib", "lowest"),
+            ),
+        ]
+        gpu_keys = sorted(k for k in figures if k.startswith("gpu") and k.endswith("_used_mib"))
+        for key in gpu_keys:
+            rows.append(
+                (
+                    key.replace("_used_mib", " used").upper().replace("GPU", "GPU "),
+                    get(key, "final"),
+                    get(key, "peak"),
+                )
+            )
+        lines.append(f"  {'':<20}{'final':>14}{'peak / lowest':>16}")
+        for label, final, extreme in rows:
+            lines.append(f"  {label:<20}{_fmt(final):>14}{_fmt(extreme):>16}")
+        for key, label in (
+            ("bound_process_mib", "process bound"),
+            ("bound_available_mib", "available floor"),
+        ):
+            if key in figures:
+                lines.append(f"  {label:<20}{_fmt(get(key, 'final')):>14}")
+        slope = get("leak_slope_mib_per_epoch", "final")
+        if slope is not None:
+            lines.append(f"  {'growth':<20}{_fmt(slope, ' MiB/epoch'):>14}")
+        lines.append(f"  halts: {len(run.halts)}")
+        for halt in run.halts:
+            lines.append(f"    {halt}")
+    return "\n".join(lines)
+
+
+def report_json(runs: list[RunReport]) -> str:
+    return json.dumps([run.summary() for run in runs], indent=2)
+
+
+def plot_report(runs: list[RunReport], path: str) -> str:
+    """Draws memory over epochs with the bounds as dashed lines; returns ``path``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        raise ReportError("--plot needs matplotlib: pip install 'keras-memguard[plot]'") from None
+    panels = [
+        (
+            "Process tree RSS (MiB)",
+            ["process_tree_rss_mib", "process_tree_rss_peak_mib"],
+            ["bound_process_mib"],
+        ),
+        ("Available memory (MiB)", ["effective_available_mib"], ["bound_available_mib"]),
+    ]
+    if any(k.startswith("memory/gpu") for run in runs for k in run.scalars):
+        panels.append(("GPU memory (MiB)", ["gpu0_used_mib", "gpu0_peak_mib"], ["gpu0_bound_mib"]))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False)
+    for ax, (title, keys, bounds) in zip(axes[:, 0], panels, strict=True):
+        for run in runs:
+            for key in keys:
+                points = run.series(key)
+                if points:
+                    ax.plot(*zip(*points, strict=True), marker="o", label=f"{run.name}: {key}")
+            for key in bounds:
+                points = run.series(key)
+                if points:
+                    ax.plot(
+                        *zip(*points, strict=True),
+                        linestyle="--",
+                        color="red",
+                        label=f"{run.name}: {key}",
+                    )
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
