@@ -38,3 +38,35 @@ def test_quickstart_trains_logs_and_points_to_tensorboard(shapes_dir, tmp_path):
 def test_quickstart_rejects_bad_flags(flag):
     out = run_example("quickstart.py", flag, "many", timeout=60)
     assert out.returncode == 2 and "invalid int value" in out.stderr
+
+
+def test_cifar10_offline_fails_fast_with_the_fix(tmp_path):
+    import time
+
+    env_key = "KERAS_MEMGUARD_OFFLINE"
+    os.environ[env_key] = "1"
+    try:
+        start = time.monotonic()
+        out = run_example("cifar10_resize.py", "--data-dir", str(tmp_path), timeout=120)
+    finally:
+        del os.environ[env_key]
+    assert out.returncode == 2
+    assert "'cifar10' is not prepared" in out.stderr and "memguard_shapes" in out.stderr
+    assert time.monotonic() - start < 60  # the TensorFlow import, not download retries
+
+
+def test_leak_example_halts_and_resumes(shapes_dir, tmp_path):
+    out = run_example("leak_and_resume.py", "--work-dir", str(tmp_path), "--data-dir", shapes_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "halted: process_tree_rss" in out.stdout
+    assert "resumed at epoch 0" in out.stdout
+    assert os.path.exists(tmp_path / "guard.keras")
+
+
+def test_trial_loop_prints_growth_per_trial(shapes_dir):
+    out = run_example(
+        "trial_loop.py", "--trials", "2", "--examples", "256", "--data-dir", shapes_dir
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "plain:" in out.stdout and "release_memory:" in out.stdout
+    assert "MiB per trial" in out.stdout
