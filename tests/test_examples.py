@@ -69,4 +69,5 @@ def test_trial_loop_prints_growth_per_trial(shapes_dir):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "plain:" in out.stdout and "release_memory:" in out.stdout
+    assert "run_isolated:" in out.stdout
     assert "MiB per trial" in out.stdout

@@ -16,8 +16,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from keras_memguard import _tfds_registration
+from keras_memguard.batch_size import BatchSizeResult, BatchSizeSearchError, find_batch_size
 from keras_memguard.errors import MemGuardError, MemGuardWarning, MemoryLimitExceededError
 from keras_memguard.gpu_config import GpuConfigError, GpuConfigReport, configure_gpus
+from keras_memguard.isolation import (
+    ChildExit,
+    ChildFailedError,
+    ChildKilledError,
+    ChildMemoryLimitError,
+    ChildTimeoutError,
+    IsolatedError,
+    run_isolated,
+)
 from keras_memguard.memory_snapshot import GpuSnapshot, MemorySnapshot, snapshot
 from keras_memguard.release import ReleaseResult, release_memory
 from keras_memguard.sizes import Size, format_bytes, parse_size
@@ -38,11 +48,19 @@ _LAZY = {
 }
 
 __all__ = [
+    "BatchSizeResult",
+    "BatchSizeSearchError",
+    "ChildExit",
+    "ChildFailedError",
+    "ChildKilledError",
+    "ChildMemoryLimitError",
+    "ChildTimeoutError",
     "DatasetUnavailableError",
     "GpuConfigError",
     "GpuConfigReport",
     "GpuSnapshot",
     "Halt",
+    "IsolatedError",
     "MemGuardCallback",
     "MemGuardError",
     "MemGuardSummary",
@@ -55,9 +73,11 @@ __all__ = [
     "__version__",
     "configure_gpus",
     "dataset_from_tfds",
+    "find_batch_size",
     "format_bytes",
     "parse_size",
     "release_memory",
+    "run_isolated",
     "snapshot",
 ]
 

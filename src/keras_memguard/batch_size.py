@@ -1,0 +1,155 @@
+"""``find_batch_size``: retry training with smaller batches until memory suffices.
+
+HuggingFace accelerate's ``find_executable_batch_size`` does this for PyTorch; this is
+the TensorFlow version. Each attempt runs in its own process (:func:`run_isolated`), so
+a failed attempt leaves nothing behind: no half-grown allocator pool, no traced graphs.
+An attempt counts as "out of memory" when it raises ``tf.errors.ResourceExhaustedError``
+or the guard's ``MemoryLimitExceededError``, crosses ``max_memory``, or is killed by the
+OOM killer (or SIGKILL). Any other failure is re-raised at once.
+
+Example:
+    >>> def train(batch_size):           # at module level
+    ...     model = build(); model.fit(data.batch(batch_size), epochs=1)
+    ...     return model.evaluate(test)
+    >>> found = find_batch_size(train, 512, max_memory="12GiB")
+    >>> found.batch_size, found.result
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from keras_memguard.errors import MemGuardError, MemoryLimitExceededError, invalid_argument
+from keras_memguard.isolation import (
+    ChildFailedError,
+    ChildKilledError,
+    ChildMemoryLimitError,
+    run_isolated,
+)
+
+__all__ = ["Attempt", "BatchSizeResult", "BatchSizeSearchError", "find_batch_size"]
+
+_OOM_TYPE_NAMES = ("ResourceExhaustedError", "MemoryLimitExceededError", "MemoryError")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try: the batch size, ``"ok"`` or ``"out of memory"``, and what happened."""
+
+    batch_size: int
+    outcome: str
+    detail: str
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class BatchSizeResult:
+    """The batch size that worked, what the training function returned, and every try."""
+
+    batch_size: int
+    result: Any
+    attempts: tuple[Attempt, ...] = field(default=())
+
+
+class BatchSizeSearchError(MemGuardError):
+    """Even the smallest allowed batch size ran out of memory (or tries ran out)."""
+
+    def __init__(self, message: str, attempts: tuple[Attempt, ...]) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, (ChildMemoryLimitError, MemoryLimitExceededError, MemoryError)):
+        return True
+    if isinstance(err, ChildFailedError):
+        return err.type_name.rsplit(".", 1)[-1] in _OOM_TYPE_NAMES
+    if isinstance(err, ChildKilledError):
+        return err.exit is not None and (err.exit.oom_killed or err.exit.signal == "SIGKILL")
+    return type(err).__name__ in _OOM_TYPE_NAMES
+
+
+def find_batch_size(
+    train_fn: Callable[..., Any],
+    batch_size: int,
+    *,
+    factor: float = 0.5,
+    min_batch_size: int = 1,
+    max_attempts: int = 8,
+    timeout: float | None = None,
+    max_memory: int | float | str | None = None,
+    env: Mapping[str, str] | None = None,
+    gpu_config: Mapping[str, Any] | None = None,
+) -> BatchSizeResult:
+    """Calls ``train_fn(batch_size)`` in a fresh process, shrinking the batch on OOM.
+
+    Args:
+        train_fn: a module-level function taking the batch size; its return value
+            (picklable) becomes `result`.
+        batch_size: the first batch size to try.
+        factor: each retry multiplies the batch size by this, in (0, 1). Defaults to `0.5`.
+        min_batch_size: the smallest batch size to try. Defaults to `1`.
+        max_attempts: how many tries at most. Defaults to `8`.
+        timeout, max_memory, env, gpu_config: passed to `run_isolated` for each attempt.
+
+    Returns:
+        A :class:`BatchSizeResult` with the batch size that worked and the attempts' log.
+
+    Raises:
+        BatchSizeSearchError: no batch size down to `min_batch_size` fit.
+        Exception: a failure that is not about memory, at once.
+
+    Example:
+        >>> find_batch_size(train, 256, min_batch_size=8).batch_size
+        64
+    """
+    for name, value in (
+        ("batch_size", batch_size),
+        ("min_batch_size", min_batch_size),
+        ("max_attempts", max_attempts),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise invalid_argument(name, value, "a positive int")
+    if min_batch_size > batch_size:
+        raise invalid_argument(
+            "min_batch_size", min_batch_size, f"an int <= batch_size ({batch_size})"
+        )
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1:
+        raise invalid_argument("factor", factor, "a number between 0 and 1, such as 0.5")
+
+    attempts: list[Attempt] = []
+    size = batch_size
+    while len(attempts) < max_attempts:
+        start = time.monotonic()
+        try:
+            result = run_isolated(
+                train_fn,
+                size,
+                timeout=timeout,
+                max_memory=max_memory,
+                env=env,
+                gpu_config=gpu_config,
+            )
+        except BaseException as err:
+            if not _out_of_memory(err):
+                raise
+            attempts.append(
+                Attempt(
+                    size, "out of memory", f"{type(err).__name__}: {err}", time.monotonic() - start
+                )
+            )
+            if size <= min_batch_size:
+                break
+            size = max(min_batch_size, int(size * factor))
+            continue
+        attempts.append(Attempt(size, "ok", "", time.monotonic() - start))
+        return BatchSizeResult(size, result, tuple(attempts))
+    tried = ", ".join(str(a.batch_size) for a in attempts)
+    raise BatchSizeSearchError(
+        f"find_batch_size: every batch size tried ran out of memory ({tried}); lower "
+        "min_batch_size, raise max_memory, or make the model smaller.",
+        tuple(attempts),
+    )

@@ -1,0 +1,171 @@
+"""run_isolated and find_batch_size with real child processes."""
+
+import os
+import signal
+import sys
+import time
+
+import isolated_tasks as tasks
+import psutil
+import pytest
+
+from keras_memguard.batch_size import BatchSizeSearchError, find_batch_size
+from keras_memguard.isolation import (
+    ChildFailedError,
+    ChildKilledError,
+    ChildMemoryLimitError,
+    ChildTimeoutError,
+    RemoteTraceback,
+    run_isolated,
+)
+
+MIB = 2**20
+
+
+def test_result_crosses_the_process_boundary():
+    assert run_isolated(tasks.add, 2, b=40) == 42
+    assert run_isolated(tasks.add, [1], [2]) == [1, 2]
+
+
+def test_exception_is_re_raised_with_the_child_traceback():
+    with pytest.raises(ValueError, match="boom") as info:
+        run_isolated(tasks.fail, "boom")
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "isolated_tasks.py" in cause.text and "in fail" in cause.text
+
+
+def test_unpicklable_exception_becomes_child_failed_error():
+    with pytest.raises(ChildFailedError) as info:
+        run_isolated(tasks.fail_unpicklably)
+    assert info.value.type_name == "isolated_tasks.Unpicklable"
+    assert "carries a lambda" in str(info.value)
+    assert "fail_unpicklably" in info.value.child_traceback
+
+
+def test_unpicklable_result_is_reported():
+    with pytest.raises(ChildFailedError, match="cannot be pickled"):
+        run_isolated(tasks.return_a_lambda)
+
+
+def test_timeout_stops_the_child():
+    start = time.monotonic()
+    with pytest.raises(ChildTimeoutError) as info:
+        run_isolated(tasks.sleep, 60, timeout=1.5)
+    assert time.monotonic() - start < 20
+    assert info.value.exit.timed_out
+    assert "timeout=1.5" in str(info.value)
+
+
+def test_a_child_leaking_past_its_bound_is_stopped_and_reported():
+    start = time.monotonic()
+    with pytest.raises(ChildMemoryLimitError) as info:
+        run_isolated(tasks.leak, 50, 200, 0.02, max_memory="400MiB", poll_interval=0.05)
+    exit_info = info.value.exit
+    assert exit_info.memory_exceeded and exit_info.peak_rss > 400 * MIB
+    assert exit_info.peak_rss < 400 * MIB + 300 * MIB  # stopped within a few samples
+    assert "max_memory" in str(info.value)
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("signum, name", [(signal.SIGKILL, "SIGKILL"), (signal.SIGTERM, "SIGTERM")])
+def test_a_child_ended_by_a_signal_is_reported(signum, name):
+    with pytest.raises(ChildKilledError) as info:
+        run_isolated(tasks.kill_self, signum)
+    assert info.value.exit.signal == name
+    assert name in str(info.value)
+
+
+def test_a_child_that_exits_is_reported_with_its_code():
+    with pytest.raises(ChildKilledError, match="exited with code 3") as info:
+        run_isolated(tasks.exit_with, 3)
+    assert info.value.exit.exitcode == 3
+
+
+def test_environment_overrides_reach_only_the_child(monkeypatch):
+    monkeypatch.delenv("MEMGUARD_TEST_VAR", raising=False)
+    assert (
+        run_isolated(tasks.read_env, "MEMGUARD_TEST_VAR", env={"MEMGUARD_TEST_VAR": "child"})
+        == "child"
+    )
+    assert "MEMGUARD_TEST_VAR" not in os.environ
+
+
+def test_a_lambda_is_refused_at_once_with_the_fix():
+    with pytest.raises(ValueError, match=r"`fn`.*define it at module level"):
+        run_isolated(lambda: 1)
+
+
+def test_a_function_the_child_cannot_import_says_why(tmp_path, monkeypatch):
+    (tmp_path / "vanishing_module.py").write_text("def hello():\n    return 'hi'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import vanishing_module
+
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    with pytest.raises(ValueError, match=r"`fn`.*vanishing_module") as info:
+        run_isolated(vanishing_module.hello, timeout=60)
+    assert "module level" in str(info.value)
+
+
+def test_no_child_is_left_behind():
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}
+    with pytest.raises(ChildTimeoutError):
+        run_isolated(tasks.sleep, 60, timeout=1)
+    run_isolated(tasks.add, 1, 2)
+    time.sleep(0.5)
+    after = {
+        c.pid
+        for c in me.children(recursive=True)
+        if c.is_running() and c.status() != psutil.STATUS_ZOMBIE
+    }
+    assert after <= before | {
+        c.pid for c in me.children() if "resource_tracker" in " ".join(c.cmdline())
+    }
+
+
+def test_gpu_config_is_applied_in_the_child_before_fn():
+    report, tf_loaded = run_isolated(
+        tasks.child_state, gpu_config={"memory_growth": True}, timeout=120
+    )
+    assert "sees no GPU" in report  # this machine has none; the call ran and reported
+    assert tf_loaded
+
+
+def test_find_batch_size_converges_under_a_real_memory_bound():
+    # Each example holds 4 MiB; the guard allows 300 MiB: 128 (512 MiB) and 256 fail,
+    # 64 (256 MiB) fits.
+    found = find_batch_size(tasks.train_with_batch, 256, min_batch_size=16, timeout=180)
+    assert found.batch_size == 64
+    assert [(a.batch_size, a.outcome) for a in found.attempts] == [
+        (256, "out of memory"),
+        (128, "out of memory"),
+        (64, "ok"),
+    ]
+    assert "MemoryLimitExceededError" in found.attempts[0].detail
+    assert found.result > 0  # the training loss came back
+
+
+def test_find_batch_size_gives_up_below_the_floor():
+    with pytest.raises(BatchSizeSearchError, match="256, 128") as info:
+        find_batch_size(tasks.leak, 256, min_batch_size=128, max_memory="200MiB", timeout=60)
+    assert [a.outcome for a in info.value.attempts] == ["out of memory"] * 2
+
+
+def test_find_batch_size_reraises_other_failures():
+    with pytest.raises(ValueError, match="64"):
+        find_batch_size(tasks.fail, 64)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"factor": 1.0}, "factor"),
+        ({"min_batch_size": 512}, "min_batch_size"),
+        ({"max_attempts": 0}, "max_attempts"),
+    ],
+)
+def test_find_batch_size_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        find_batch_size(tasks.add, **{"batch_size": 64, **kwargs})
