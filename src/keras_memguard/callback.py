@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ import keras
 import tensorflow as tf
 
 from keras_memguard import tf_devices
+from keras_memguard.distributed import WorkerContext, worker_context
 from keras_memguard.errors import (
     MemGuardWarning,
     MemoryLimitExceededError,
@@ -47,6 +50,8 @@ LOG_KEYS = (
     "memory/effective_available_mib",
 )
 LOW_MEMORY_WARNING = 0.10  # warn (never halt) below this fraction of the effective limit
+# With several workers, checks happen on batch counts (the same step on every worker).
+MULTI_WORKER_CHECK_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class Halt:
 
     def describe(self) -> str:
         where = f"epoch {self.epoch}" + (f", batch {self.batch}" if self.batch is not None else "")
+        if self.metric == "another_worker":
+            return f"another worker crossed its memory bound at {where}"
         relation = "fell below" if self.metric == "effective_available" else "crossed"
         return (
             f"{self.metric} {format_bytes(self.value)} {relation} the bound "
@@ -272,9 +279,14 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._halted = False
         self._over: set[str] = set()  # bounds currently crossed (warn mode, low memory)
         self._log_keys: list[str] | None = None
+        self._workers = WorkerContext()
+        self._check_every = self.check_every_n_batches
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._reset_run_state()
+        self._workers = worker_context(self.model)
+        if self._workers.multi_worker and self._check_every is None:
+            self._check_every = MULTI_WORKER_CHECK_EVERY
         self._open_writer()
         snap = self._sample()
         self.summary.start_process_tree_rss = snap.process_tree_rss
@@ -288,8 +300,8 @@ class MemGuardCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._global_batch += 1
         self._batches_since_check += 1
-        if self.check_every_n_batches is not None:
-            due = self._batches_since_check >= self.check_every_n_batches
+        if self._check_every is not None:
+            due = self._batches_since_check >= self._check_every
         else:
             due = time.monotonic() - self._last_check >= self.check_interval
         log_due = (
@@ -402,11 +414,11 @@ class MemGuardCallback(keras.callbacks.Callback):
         crossings = self._crossings(snap)
         crossed_now = {c[0] for c in crossings}
         self._over &= crossed_now | {"low-memory"}
-        for metric, parameter, value, bound in crossings:
-            halt = Halt(metric, value, bound, self._epoch, batch, self.on_exceed, None)
-            if self.on_exceed == "warn":
+        if self.on_exceed == "warn":
+            for metric, parameter, value, bound in crossings:
                 if metric not in self._over:
                     self._over.add(metric)
+                    halt = Halt(metric, value, bound, self._epoch, batch, "warn", None)
                     self.summary.halts.append(halt)
                     warnings.warn(
                         f"keras-memguard: {halt.describe()} ({parameter}); training continues "
@@ -414,9 +426,17 @@ class MemGuardCallback(keras.callbacks.Callback):
                         MemGuardWarning,
                         stacklevel=2,
                     )
-                continue
-            self._halt(halt, parameter, snap)
             return
+        # Every worker votes at this same step, so that all stop together or none does.
+        if not self._workers.any_worker(bool(crossings)):
+            return
+        if crossings:
+            metric, parameter, value, bound = crossings[0]
+        else:
+            metric, parameter, value, bound = ("another_worker", "a bound on another worker", 0, 0)
+        self._halt(
+            Halt(metric, value, bound, self._epoch, batch, self.on_exceed, None), parameter, snap
+        )
 
     def _warn_low_memory(self, snap: MemorySnapshot) -> None:
         limit, available = snap.effective_limit, snap.effective_available
@@ -465,12 +485,19 @@ class MemGuardCallback(keras.callbacks.Callback):
         path = self.checkpoint_path
         if path is None:
             return None
+        if not self._workers.is_chief:
+            # Saving may run collective ops, so every worker saves; only the chief keeps it.
+            scratch = tempfile.mkdtemp(prefix=f"memguard_worker{self._workers.index}_")
+            path = os.path.join(scratch, os.path.basename(path))
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             if path.endswith(".weights.h5"):
                 self.model.save_weights(path)
             else:
                 self.model.save(path)
+            if not self._workers.is_chief:
+                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+                return None
             return path
         except Exception as err:  # a halt must happen even when saving fails
             message = (
@@ -520,7 +547,8 @@ class MemGuardCallback(keras.callbacks.Callback):
         if self.log_dir is None or self._writer is not None:
             return
         try:
-            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "memory"))
+            run = "memory" if self._workers.is_chief else f"memory_worker{self._workers.index}"
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, run))
             self._write_layout()
         except Exception as err:
             self._writer = None

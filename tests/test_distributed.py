@@ -1,0 +1,134 @@
+"""The guard under tf.distribute: MirroredStrategy on two logical CPUs, and two real
+MultiWorkerMirroredStrategy workers on 127.0.0.1 that must stop together."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+HERE = os.path.dirname(__file__)
+
+
+def test_mirrored_strategy_on_two_logical_cpus_halts_a_leak_without_hanging():
+    code = textwrap.dedent(
+        """
+        import json, os
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import keras
+        from training import Leak, tiny_data, tiny_model
+        from keras_memguard import MemGuardCallback, snapshot
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            model = tiny_model()
+        x, y = tiny_data(samples=640)
+        model.fit(x[:64], y[:64], epochs=1, verbose=0)
+        bound = snapshot().process_tree_rss + 200 * 2**20
+        guard = MemGuardCallback(max_process_memory=bound, check_every_n_batches=1, verbose=0)
+        history = model.fit(x, y, batch_size=32, epochs=20, verbose=0,
+                            callbacks=[Leak(mib_per_batch=25), guard])
+        print(json.dumps({"replicas": strategy.num_replicas_in_sync,
+                          "halts": [h.metric for h in guard.summary.halts],
+                          "epochs": len(history.history["loss"])}))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["halts"] == ["process_tree_rss"]
+    assert result["epochs"] < 20
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    pytest.importorskip("tf_keras")
+    workdir = tmp_path_factory.mktemp("multiworker")
+    ports = ",".join(map(str, free_ports(2)))
+    env = {**os.environ, "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    script = os.path.join(HERE, "multiworker_training.py")
+    workers = [
+        subprocess.Popen(
+            [sys.executable, script, str(i), ports, str(workdir), leak],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        for i, leak in ((0, "0"), (1, "30"))
+    ]
+    outputs = []
+    try:
+        for worker in workers:
+            outputs.append(worker.communicate(timeout=300))
+    finally:
+        for worker in workers:  # a hang is a failure, never a stuck CI
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(timeout=30)
+    codes = [w.returncode for w in workers]
+    assert codes == [0, 0], "\n".join(err[-3000:] for _, err in outputs)
+    results = []
+    for i in range(2):
+        with open(workdir / f"result{i}.json") as f:
+            results.append(json.load(f))
+    return workdir, results, outputs
+
+
+def test_both_workers_stop_at_the_same_step(two_workers):
+    _, (chief, leaker), _ = two_workers
+    assert leaker["halt"]["metric"] == "process_tree_rss"  # the one that leaked
+    assert chief["halt"]["metric"] == "another_worker"  # stopped with it
+    assert (chief["halt"]["epoch"], chief["halt"]["batch"]) == (
+        leaker["halt"]["epoch"],
+        leaker["halt"]["batch"],
+    )
+    assert chief["iterations"] == leaker["iterations"]
+    assert chief["epochs_run"] == leaker["epochs_run"] < 20
+
+
+def test_the_chief_writes_the_checkpoint_and_it_loads(two_workers):
+    workdir, (chief, leaker), _ = two_workers
+    assert chief["halt"]["checkpoint"] == str(workdir / "ckpt" / "guard.keras")
+    assert leaker["halt"]["checkpoint"] is None
+    code = textwrap.dedent(
+        f"""
+        import os
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"
+        import tensorflow as tf
+        model = tf.keras.models.load_model({chief["halt"]["checkpoint"]!r})
+        print(int(model.optimizer.iterations.numpy()))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip().splitlines()[-1]) == chief["iterations"]
+
+
+def test_chief_writes_the_main_run_and_the_other_worker_its_own(two_workers):
+    workdir, _, outputs = two_workers
+    assert sorted(os.listdir(workdir / "logs")) == ["memory", "memory_worker1"]
+    _, chief_err = outputs[0]
+    assert "another worker crossed its memory bound" in chief_err
