@@ -5,6 +5,7 @@ Each trial builds, compiles and fits a small CNN for one epoch, as a hyperparame
 search or a k-fold loop does. Side by side: the parent's RSS growth per trial and the
 wall time per trial. The isolated side runs first, while the parent has not imported
 TensorFlow at all, which is how a driver script using run_isolated looks.
+With keep_warm=True a spare child imports TensorFlow while the current trial runs.
 Goal: isolated growth <= 0.5 MB per trial.
 """
 
@@ -17,6 +18,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from keras_memguard import release_memory, run_isolated
+from keras_memguard.isolation import shutdown_spares
 from keras_memguard.process_memory import read_process_memory
 
 
@@ -66,6 +68,8 @@ def main() -> None:
     startup = time.perf_counter() - start
 
     isolated = measure(lambda i: run_isolated(trial, 8 + i % 8), trials)
+    warm = measure(lambda i: run_isolated(trial, 8 + i % 8, keep_warm=True), trials)
+    shutdown_spares()
 
     def in_process(i: int) -> None:
         trial(8 + i % 8)
@@ -76,8 +80,9 @@ def main() -> None:
     print(f"{'':<36}{'MB/trial':>10}{'s/trial':>10}")
     print(f"{'in-process + release_memory':<36}{inline[0]:>10.2f}{inline[1]:>10.2f}")
     print(f"{'run_isolated':<36}{isolated[0]:>10.2f}{isolated[1]:>10.2f}")
+    print(f"{'run_isolated(keep_warm=True)':<36}{warm[0]:>10.2f}{warm[1]:>10.2f}")
     print(f"child start-up (spawn + import tensorflow): {startup:.2f} s")
-    verdict = "met" if isolated[0] <= 0.5 else "NOT met"
+    verdict = "met" if max(isolated[0], warm[0]) <= 0.5 else "NOT met"
     print(f"goal: isolated growth <= 0.5 MB/trial -> {verdict}")
 
 

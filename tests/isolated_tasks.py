@@ -95,3 +95,7 @@ def train_with_batch(batch_size, mib_per_example=4, headroom_mib=300):
         x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=[Activations(), guard]
     )
     return float(history.history["loss"][-1])
+
+
+def pid_and_env(name):
+    return os.getpid(), os.environ.get(name), "json" in sys.modules

@@ -83,6 +83,7 @@ def find_batch_size(
     max_memory: int | float | str | None = None,
     env: Mapping[str, str] | None = None,
     gpu_config: Mapping[str, Any] | None = None,
+    keep_warm: bool = False,
 ) -> BatchSizeResult:
     """Calls ``train_fn(batch_size)`` in a fresh process, shrinking the batch on OOM.
 
@@ -93,7 +94,8 @@ def find_batch_size(
         factor: each retry multiplies the batch size by this, in (0, 1). Defaults to `0.5`.
         min_batch_size: the smallest batch size to try. Defaults to `1`.
         max_attempts: how many tries at most. Defaults to `8`.
-        timeout, max_memory, env, gpu_config: passed to `run_isolated` for each attempt.
+        timeout, max_memory, env, gpu_config, keep_warm: passed to `run_isolated` for
+            each attempt (`keep_warm=True` readies the next attempt's process early).
 
     Returns:
         A :class:`BatchSizeResult` with the batch size that worked and the attempts' log.

@@ -18,7 +18,9 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import importlib
 import multiprocessing
 import os
 import pickle
@@ -43,10 +45,14 @@ __all__ = [
     "ChildTimeoutError",
     "IsolatedError",
     "run_isolated",
+    "shutdown_spares",
 ]
 
 _TERMINATE_GRACE_S = 5.0
 _environ_lock = threading.Lock()
+# Warm spare children, keyed by (environment, gpu_config, preload): see keep_warm.
+_spares: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+_spares_lock = threading.Lock()
 # The configure_gpus report of this process when it is a run_isolated child.
 child_gpu_report: Any = None
 
@@ -137,9 +143,13 @@ class RemoteTraceback(Exception):
 
 
 def _child_main(
-    conn: Any, payload: bytes, env: dict[str, str], gpu_config: dict[str, Any] | None
+    conn: Any,
+    payload: bytes | None,
+    env: dict[str, str],
+    gpu_config: dict[str, Any] | None,
+    preload: tuple[str, ...] = (),
 ) -> None:
-    """The child's entry point: configure, unpickle, run, send back."""
+    """The child's entry point: configure, preload, (wait for the work,) run, send back."""
     global child_gpu_report
     os.environ.update(env)
     try:
@@ -147,6 +157,14 @@ def _child_main(
             from keras_memguard.gpu_config import configure_gpus
 
             child_gpu_report = configure_gpus(**gpu_config)
+        for module in preload:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(module)
+        if payload is None:  # a warm spare: the work arrives when a call needs it
+            try:
+                payload = conn.recv()
+            except EOFError:
+                return
         try:
             fn, args, kwargs = pickle.loads(payload)
         except Exception as err:
@@ -207,6 +225,51 @@ def _payload(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, An
         ) from None
 
 
+def _start_child(
+    payload: bytes | None,
+    overrides: dict[str, str],
+    gpu_config: dict[str, Any] | None,
+    preload: tuple[str, ...],
+    name: str,
+) -> tuple[Any, Any]:
+    context = multiprocessing.get_context("spawn")
+    parent_end, child_end = context.Pipe(duplex=True)
+    process = context.Process(
+        target=_child_main,
+        args=(child_end, payload, overrides, gpu_config, preload),
+        name=name,
+        daemon=True,
+    )
+    with _environment(overrides):
+        process.start()
+    child_end.close()
+    return process, parent_end
+
+
+def _take_spare(key: tuple[Any, ...]) -> tuple[Any, Any] | None:
+    with _spares_lock:
+        spare = _spares.pop(key, None)
+    if spare is not None and not spare[0].is_alive():
+        spare[1].close()
+        return None
+    return spare
+
+
+def shutdown_spares() -> None:
+    """Stops the warm spare children that ``keep_warm=True`` left running."""
+    with _spares_lock:
+        spares = list(_spares.values())
+        _spares.clear()
+    for process, conn in spares:
+        conn.close()  # the spare sees EOF and exits
+        process.join(_TERMINATE_GRACE_S)
+        if process.is_alive():
+            _stop(process)
+
+
+atexit.register(shutdown_spares)
+
+
 def _stop(process: Any) -> None:
     process.terminate()
     process.join(_TERMINATE_GRACE_S)
@@ -232,6 +295,8 @@ def run_isolated(
     env: Mapping[str, str] | None = None,
     gpu_config: Mapping[str, Any] | None = None,
     poll_interval: float = 0.1,
+    keep_warm: bool = False,
+    preload: tuple[str, ...] = ("tensorflow",),
     **kwargs: Any,
 ) -> Any:
     """Runs ``fn(*args, **kwargs)`` in a fresh spawned process and returns its result.
@@ -248,6 +313,12 @@ def run_isolated(
         gpu_config: keyword arguments for `configure_gpus`, applied in the child before
             `fn` is imported. Defaults to `None`.
         poll_interval: seconds between the parent's checks. Defaults to `0.1`.
+        keep_warm: after starting this child, start a spare one (same `env` and
+            `gpu_config`) that imports `preload` and waits; the next call with the same
+            settings uses it and skips the start-up. The spare holds memory while it
+            waits; `shutdown_spares()` stops it (it also stops at exit).
+            Defaults to `False`.
+        preload: modules a spare imports ahead of its work. Defaults to `("tensorflow",)`.
 
     Returns:
         What `fn` returned (it must be picklable).
@@ -271,20 +342,23 @@ def run_isolated(
     overrides = {str(k): str(v) for k, v in (env or {}).items()}
     payload = _payload(fn, args, kwargs)
 
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(
-        target=_child_main,
-        args=(sender, payload, overrides, dict(gpu_config) if gpu_config is not None else None),
-        name=f"run_isolated:{getattr(fn, '__qualname__', 'fn')}",
-        daemon=True,
-    )
+    config = dict(gpu_config) if gpu_config is not None else None
+    preload = tuple(preload)
+    key = (tuple(sorted(overrides.items())), repr(sorted((config or {}).items())), preload)
+    name = f"run_isolated:{getattr(fn, '__qualname__', 'fn')}"
     container = read_container_memory()
     kills_before = container.oom_kills if container else None
     start = time.monotonic()
-    with _environment(overrides):
-        process.start()
-    sender.close()
+    spare = _take_spare(key) if keep_warm else None
+    if spare is not None:
+        process, receiver = spare
+        receiver.send(payload)
+    else:
+        process, receiver = _start_child(payload, overrides, config, (), name)
+    if keep_warm:
+        with _spares_lock:
+            if key not in _spares:
+                _spares[key] = _start_child(None, overrides, config, preload, name + ":spare")
 
     peak: int | None = None
     message: Any = None
