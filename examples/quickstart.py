@@ -61,13 +61,15 @@ def main(argv: list[str] | None = None) -> float:
     def scale(images, labels):
         return tf.cast(images, tf.float32) / 255.0, labels
 
-    # 2. A pipeline that caches raw images within the RAM budget.
+    # 2. A pipeline that caches raw images within the RAM budget. repeat=True with
+    #    steps_per_epoch keeps one iterator for the whole run (no epoch-start stall).
     train, plan = mg.dataset_from_tfds(
         args.dataset,
         "train",
         batch_size=args.batch_size,
         batch_preprocess=scale,
         data_dir=args.data_dir,
+        repeat=True,
         with_info=True,
     )
     test = mg.dataset_from_tfds(
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> float:
         train,
         validation_data=test,
         epochs=args.epochs,
+        steps_per_epoch=plan.steps_per_epoch,
         verbose=2,
         shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data.Dataset
         callbacks=[guard, keras.callbacks.TensorBoard(log_dir)],

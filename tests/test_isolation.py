@@ -180,9 +180,8 @@ def test_keep_warm_hands_the_next_call_a_preloaded_spare(monkeypatch):
         first_pid, value, _ = run_isolated(tasks.pid_and_env, "MEMGUARD_WARM", **options)
         assert value == "yes"
         assert len(isolation._spares) == 1
-        (spare_process, _), = isolation._spares.values()
-        second_pid, value, preloaded = run_isolated(tasks.pid_and_env, "MEMGUARD_WARM",
-                                                    **options)
+        ((spare_process, _),) = isolation._spares.values()
+        second_pid, value, preloaded = run_isolated(tasks.pid_and_env, "MEMGUARD_WARM", **options)
         assert second_pid == spare_process.pid != first_pid  # the spare did the work
         assert value == "yes" and preloaded
         assert len(isolation._spares) == 1  # and a new spare waits for the next call
@@ -198,9 +197,10 @@ def test_a_spare_is_only_used_for_the_same_settings():
 
     try:
         run_isolated(tasks.add, 1, 2, env={"A": "1"}, keep_warm=True, preload=())
-        (spare_process, _), = isolation._spares.values()
-        pid, value, _ = run_isolated(tasks.pid_and_env, "A", env={"A": "2"}, keep_warm=True,
-                                     preload=())
+        ((spare_process, _),) = isolation._spares.values()
+        pid, value, _ = run_isolated(
+            tasks.pid_and_env, "A", env={"A": "2"}, keep_warm=True, preload=()
+        )
         assert value == "2" and pid != spare_process.pid
         assert len(isolation._spares) == 2
     finally:

@@ -225,3 +225,42 @@ def test_short_real_fit_learns_the_shapes(shapes_dir):
     model.fit(train, epochs=3, verbose=0)
     _, accuracy = model.evaluate(test, verbose=0)
     assert accuracy > 0.5  # chance is 0.25
+
+
+def test_repeat_keeps_one_iterator_for_fit_with_steps_per_epoch(shapes_dir):
+    import keras
+
+    def scale(images, labels):
+        return tf.cast(images, tf.float32) / 255.0, labels
+
+    ds, plan = dataset_from_tfds(
+        "memguard_shapes",
+        "train[:640]",
+        batch_size=64,
+        data_dir=shapes_dir,
+        batch_preprocess=scale,
+        repeat=True,
+        with_info=True,
+    )
+    assert plan.steps_per_epoch == 10
+    assert ds.cardinality().numpy() == tf.data.INFINITE_CARDINALITY
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    history = model.fit(ds, epochs=2, steps_per_epoch=plan.steps_per_epoch, verbose=0)
+    assert len(history.history["loss"]) == 2
+    assert int(model.optimizer.iterations.numpy()) == 20
+    _, dropped = dataset_from_tfds(
+        "memguard_shapes",
+        "train[:650]",
+        batch_size=64,
+        data_dir=shapes_dir,
+        drop_remainder=True,
+        with_info=True,
+    )
+    assert dropped.steps_per_epoch == 10

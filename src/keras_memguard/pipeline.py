@@ -67,6 +67,8 @@ class PipelinePlan:
         cache: ``"memory"``, ``"file"`` or ``"none"``.
         cache_path: the cache file's path prefix for ``"file"``.
         shuffle_buffer: the shuffle buffer in examples (0: no shuffling).
+        steps_per_epoch: batches in one pass over the split; pass it to `fit` with
+            `repeat=True`. ``None`` when the split's size is unknown.
         reason: one sentence on why.
         tfds_info: TFDS's ``DatasetInfo``.
     """
@@ -81,6 +83,7 @@ class PipelinePlan:
     cache_path: str | None
     shuffle_buffer: int
     reason: str
+    steps_per_epoch: int | None = None
     tfds_info: Any = None
 
     def __str__(self) -> str:
@@ -282,6 +285,7 @@ def dataset_from_tfds(
     download: bool | None = None,
     as_supervised: bool = True,
     drop_remainder: bool = False,
+    repeat: bool = False,
     with_info: bool = False,
 ) -> Any:
     """Builds a batched, prefetched ``tf.data.Dataset`` from TFDS, ready for ``model.fit``.
@@ -312,6 +316,10 @@ def dataset_from_tfds(
             allowed unless `KERAS_MEMGUARD_OFFLINE=1`. The offline dataset never downloads.
         as_supervised: yield `(input, label)` tuples. Defaults to `True`.
         drop_remainder: drop the last partial batch. Defaults to `False`.
+        repeat: repeat forever, so `fit` keeps one iterator for the whole run; pass
+            `steps_per_epoch=plan.steps_per_epoch` to `fit`. With a fresh iterator per
+            epoch, tf.data's autotune made some epochs start about 1 s late here.
+            Defaults to `False`.
         with_info: also return the :class:`PipelinePlan`. Defaults to `False`.
 
     Returns:
@@ -391,6 +399,8 @@ def dataset_from_tfds(
         ds = ds.map(
             batch_preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
         )
+    if repeat:
+        ds = ds.repeat()
     ds = ds.prefetch(tf.data.AUTOTUNE)
 
     options = tf.data.Options()
@@ -399,6 +409,9 @@ def dataset_from_tfds(
     options.deterministic = deterministic
     ds = ds.with_options(options)
 
+    steps = None
+    if examples is not None:
+        steps = examples // batch_size if drop_remainder else math.ceil(examples / batch_size)
     plan = PipelinePlan(
         dataset=f"{builder.name}:{builder.version}",
         split=split,
@@ -410,6 +423,7 @@ def dataset_from_tfds(
         cache_path=path,
         shuffle_buffer=buffer,
         reason=reason,
+        steps_per_epoch=steps,
         tfds_info=builder.info,
     )
     log.info("keras-memguard pipeline: %s", plan)
