@@ -252,5 +252,11 @@ def test_custom_scalars_layout_is_written(tmp_path):
     event = acc.Tensors(metadata.CONFIG_SUMMARY_TAG)[0]
     layout = layout_pb2.Layout()
     layout.ParseFromString(event.tensor_proto.string_val[0])
-    titles = [chart.title for chart in layout.category[0].chart]
-    assert "Process memory against its bound (MiB)" in titles
+    charts = {chart.title: chart.multiline.tag[0] for chart in layout.category[0].chart}
+    assert set(charts) == {
+        "Process memory against its bound (MiB)",
+        "Available memory against its floor (MiB)",
+    }  # no GPU, no GPU chart
+    # The bound shares the usage chart; the machine's total would flatten it, so stays out.
+    assert "bound_process_mib" in charts["Process memory against its bound (MiB)"]
+    assert "effective_limit" not in charts["Process memory against its bound (MiB)"]

@@ -156,3 +156,17 @@ def test_gpu_bound_in_bytes_not_crossed(fake_nvml):
     guard = MemGuardCallback(max_gpu_memory="2GiB", verbose=0)
     history = fit(tiny_model(), [guard], epochs=2)
     assert len(history.history["loss"]) == 2 and guard.summary.halts == []
+
+
+def test_custom_scalars_layout_has_a_chart_per_gpu(fake_nvml, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    fit(tiny_model(), [MemGuardCallback(log_dir=tmp_path, verbose=0)], epochs=1)
+    acc = EventAccumulator(str(tmp_path / "memory"), size_guidance={"tensors": 0})
+    acc.Reload()
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(acc.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto.string_val[0])
+    titles = [chart.title for chart in layout.category[0].chart]
+    assert "GPU 0 memory against its bound (MiB)" in titles
+    assert "GPU 1 memory against its bound (MiB)" in titles

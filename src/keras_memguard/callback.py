@@ -287,9 +287,9 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._workers = worker_context(self.model)
         if self._workers.multi_worker and self._check_every is None:
             self._check_every = MULTI_WORKER_CHECK_EVERY
-        self._open_writer()
         snap = self._sample()
         self.summary.start_process_tree_rss = snap.process_tree_rss
+        self._open_writer([gpu.index for gpu in snap.gpus])
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
@@ -543,13 +543,13 @@ class MemGuardCallback(keras.callbacks.Callback):
         return message + "."
 
     # --------------------------------------------------------------- TensorBoard
-    def _open_writer(self) -> None:
+    def _open_writer(self, gpu_indices: list[int]) -> None:
         if self.log_dir is None or self._writer is not None:
             return
         try:
             run = "memory" if self._workers.is_chief else f"memory_worker{self._workers.index}"
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, run))
-            self._write_layout()
+            self._write_layout(gpu_indices)
         except Exception as err:
             self._writer = None
             warn_once(
@@ -594,7 +594,9 @@ class MemGuardCallback(keras.callbacks.Callback):
         except Exception as err:
             warn_once("tensorboard-write", f"keras-memguard cannot write TensorBoard logs: {err}")
 
-    def _write_layout(self) -> None:
+    def _write_layout(self, gpu_indices: list[int]) -> None:
+        """One chart per bound, with the bound as a line; the total limit stays out of the
+        process chart, where it would flatten the usage curve."""
         from tensorboard.plugins.custom_scalar import layout_pb2
         from tensorboard.plugins.custom_scalar import summary as custom_scalar
 
@@ -611,14 +613,20 @@ class MemGuardCallback(keras.callbacks.Callback):
                         chart(
                             "Process memory against its bound (MiB)",
                             r"memory/(process_tree_rss_mib|process_tree_rss_peak_mib|"
-                            r"bound_process_mib|effective_limit_mib)",
+                            r"bound_process_mib)",
                         ),
                         chart(
                             "Available memory against its floor (MiB)",
                             r"memory/(effective_available_mib|effective_available_min_mib|"
                             r"bound_available_mib)",
                         ),
-                        chart("GPU memory (MiB)", r"memory/gpu\d+_.*_mib"),
+                        *(
+                            chart(
+                                f"GPU {i} memory against its bound (MiB)",
+                                rf"memory/gpu{i}_(used|process|tf_current|tf_peak|peak|bound)_mib",
+                            )
+                            for i in gpu_indices
+                        ),
                     ],
                 )
             ]
