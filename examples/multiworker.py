@@ -7,6 +7,7 @@ and neither crashes. On a real cluster, run the `--worker` form on each machine 
 TF_CONFIG set by your scheduler.
 
 Run:  python examples/multiworker.py [--work-dir multiworker_demo]
+Each worker also writes what its guard did to <work-dir>/result<index>.json.
 Needs: pip install 'keras-memguard[legacy]'
 """
 
@@ -65,11 +66,26 @@ def worker(index: int, ports: list[str], work_dir: str, leak_mib: int) -> None:
         checkpoint_path=os.path.join(work_dir, "guard.keras"),
         check_every_n_batches=5,
     )
-    model.fit(data, epochs=30, steps_per_epoch=20, verbose=0, callbacks=[Leak(), guard])
+    history = model.fit(data, epochs=30, steps_per_epoch=20, verbose=0, callbacks=[Leak(), guard])
     halt = guard.summary.halts[0] if guard.summary.halts else None
     print(
         f"worker {index}: " + (halt.describe() if halt else "finished without a halt"), flush=True
     )
+    result = {
+        "index": index,
+        "halt": None
+        if halt is None
+        else {
+            "metric": halt.metric,
+            "epoch": halt.epoch,
+            "batch": halt.batch,
+            "checkpoint": halt.checkpoint,
+        },
+        "epochs_run": len(history.history["loss"]),
+        "iterations": int(model.optimizer.iterations.numpy()),
+    }
+    with open(os.path.join(work_dir, f"result{index}.json"), "w") as f:
+        json.dump(result, f)
 
 
 def free_port() -> str:
