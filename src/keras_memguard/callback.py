@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import keras
@@ -458,7 +458,7 @@ class MemGuardCallback(keras.callbacks.Callback):
     def _halt(self, halt: Halt, parameter: str, snap: MemorySnapshot) -> None:
         self._halted = True
         saved = self._save_checkpoint()
-        halt = Halt(halt.metric, halt.value, halt.bound, halt.epoch, halt.batch, halt.action, saved)
+        halt = replace(halt, checkpoint=saved)
         self.summary.halts.append(halt)
         verb = "stopping training" if self.on_exceed == "stop" else "raising"
         line = f"keras-memguard: {verb}: {halt.describe()} ({parameter})"
@@ -466,6 +466,8 @@ class MemGuardCallback(keras.callbacks.Callback):
             line += f"; model saved to {saved}"
         elif self.checkpoint_path is None:
             line += "; no checkpoint_path was given, so nothing was saved"
+        elif not self._workers.is_chief:
+            line += "; the chief worker keeps the checkpoint"
         print(line, file=sys.stderr, flush=True)
         self._write_text("memory/halt", line, self._epoch)
         if self.on_exceed == "raise":
