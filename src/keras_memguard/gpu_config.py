@@ -338,22 +338,17 @@ def configure_gpus(
     changes = [w for w, h in zip(wanted, current, strict=True) if differs(w, h)]
     visibility_changes = bool(hidden) and set(hidden) != _hidden_now(devices, physical)
 
-    if initialized:
-        if changes or visibility_changes:
-            applied = "; ".join(f"GPU {h.index}: {h.describe()}" for h in current)
-            raise GpuConfigError(
-                "TensorFlow has already initialized its GPUs, so their memory settings can no "
-                f"longer change. In force: {applied}. Call keras_memguard.configure_gpus(...) "
-                "first in your program, before building models or running any TensorFlow op."
-            )
-        message = "configure_gpus: already in force; nothing changed."
-        log.info(message)
-        return GpuConfigReport(tuple(current), False, True, allocator_now, message, hidden)
-
     if not changes and not visibility_changes:
         message = "configure_gpus: already in force; nothing changed."
         log.info(message)
-        return GpuConfigReport(tuple(current), False, False, allocator_now, message, hidden)
+        return GpuConfigReport(tuple(current), False, initialized, allocator_now, message, hidden)
+    if initialized:
+        applied = "; ".join(f"GPU {h.index}: {h.describe()}" for h in current)
+        raise GpuConfigError(
+            "TensorFlow has already initialized its GPUs, so their memory settings can no "
+            f"longer change. In force: {applied}. Call keras_memguard.configure_gpus(...) "
+            "first in your program, before building models or running any TensorFlow op."
+        )
     for want in changes:
         device = physical[want.index]
         if want.memory_limit is not None:
@@ -363,11 +358,7 @@ def configure_gpus(
     if visible_gpus is not None:
         devices.set_visible_gpus([physical[i] for i in visible_gpus])
     final = _current(devices, physical, names, totals) if changes else current
-    message = (
-        f"configure_gpus: configured {len(physical)} GPU(s)"
-        if changes
-        else "configure_gpus: already in force; nothing changed."
-    )
+    message = f"configure_gpus: configured {len(physical)} GPU(s)"
     log.info("%s\n%s", message, "\n".join(f"  GPU {g.index}: {g.describe()}" for g in final))
     return GpuConfigReport(tuple(final), True, False, allocator_now, message, hidden)
 
