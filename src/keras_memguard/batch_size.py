@@ -22,7 +22,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from keras_memguard.errors import MemGuardError, MemoryLimitExceededError, invalid_argument
+from keras_memguard.errors import (
+    MemGuardError,
+    MemoryLimitExceededError,
+    invalid_argument,
+    positive_int,
+)
 from keras_memguard.isolation import (
     ChildFailedError,
     ChildKilledError,
@@ -108,13 +113,9 @@ def find_batch_size(
         >>> find_batch_size(train, 256, min_batch_size=8).batch_size
         64
     """
-    for name, value in (
-        ("batch_size", batch_size),
-        ("min_batch_size", min_batch_size),
-        ("max_attempts", max_attempts),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise invalid_argument(name, value, "a positive int")
+    positive_int(batch_size, "batch_size")
+    positive_int(min_batch_size, "min_batch_size")
+    positive_int(max_attempts, "max_attempts")
     if min_batch_size > batch_size:
         raise invalid_argument(
             "min_batch_size", min_batch_size, f"an int <= batch_size ({batch_size})"

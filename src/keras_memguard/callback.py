@@ -32,6 +32,7 @@ from keras_memguard.errors import (
     MemGuardWarning,
     MemoryLimitExceededError,
     invalid_argument,
+    positive_int,
     warn_once,
 )
 from keras_memguard.memory_snapshot import MIB, MemorySnapshot, snapshot
@@ -136,14 +137,6 @@ def _check_checkpoint_path(path: str | os.PathLike[str] | None) -> str | None:
             "writable directory)",
         )
     return path
-
-
-def _positive_int(value: Any, name: str, allow_none: bool = True) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise invalid_argument(name, value, "a positive int" + (" or None" if allow_none else ""))
-    return value
 
 
 class MemGuardCallback(keras.callbacks.Callback):
@@ -252,9 +245,13 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.on_exceed = on_exceed
         self.checkpoint_path = _check_checkpoint_path(checkpoint_path)
         self.check_interval = float(check_interval)
-        self.check_every_n_batches = _positive_int(check_every_n_batches, "check_every_n_batches")
-        self.log_every_n_batches = _positive_int(log_every_n_batches, "log_every_n_batches")
-        self.leak_patience = _positive_int(leak_patience, "leak_patience", allow_none=False) or 1
+        self.check_every_n_batches = positive_int(
+            check_every_n_batches, "check_every_n_batches", allow_none=True
+        )
+        self.log_every_n_batches = positive_int(
+            log_every_n_batches, "log_every_n_batches", allow_none=True
+        )
+        self.leak_patience = positive_int(leak_patience, "leak_patience") or 1
         self.leak_warmup_epochs = leak_warmup_epochs
         self.add_to_logs = bool(add_to_logs)
         self.release_on_train_end = bool(release_on_train_end)

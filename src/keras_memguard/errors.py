@@ -27,6 +27,7 @@ __all__ = [
     "MemGuardWarning",
     "MemoryLimitExceededError",
     "invalid_argument",
+    "positive_int",
     "reset_warnings",
     "warn_once",
 ]
@@ -79,6 +80,20 @@ def invalid_argument(name: str, value: object, expected: str, why: str = "") -> 
         f"Invalid value for argument `{name}`. Received: {name}={value!r}{reason}. "
         f"Expected {expected}."
     )
+
+
+def positive_int(value: object, name: str, allow_none: bool = False) -> int | None:
+    """Returns ``value`` if it is an int >= 1 (or ``None`` when allowed); else raises.
+
+    Example:
+        >>> positive_int(64, "batch_size")
+        64
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise invalid_argument(name, value, "a positive int" + (" or None" if allow_none else ""))
+    return value
 
 
 class MemGuardWarning(RuntimeWarning):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keras_memguard import nvml
-from keras_memguard.errors import MemGuardError, invalid_argument
+from keras_memguard.errors import MemGuardError, invalid_argument, positive_int
 from keras_memguard.sizes import Size, format_bytes, parse_size
 from keras_memguard.tf_devices import TensorFlowDevices
 
@@ -247,12 +247,7 @@ def configure_gpus(
     """
     if memory_growth not in (None, True, False):
         raise invalid_argument("memory_growth", memory_growth, "True, False or None")
-    if (
-        isinstance(logical_devices_per_gpu, bool)
-        or not isinstance(logical_devices_per_gpu, int)
-        or logical_devices_per_gpu < 1
-    ):
-        raise invalid_argument("logical_devices_per_gpu", logical_devices_per_gpu, "an int >= 1")
+    positive_int(logical_devices_per_gpu, "logical_devices_per_gpu")
     if allocator is not None and allocator not in _ALLOCATORS:
         raise invalid_argument("allocator", allocator, f"None or one of {_ALLOCATORS}")
     limits = _parse_limits(memory_limit)

@@ -31,7 +31,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_memguard import _tfds_registration
-from keras_memguard.errors import MemGuardError, invalid_argument
+from keras_memguard.errors import MemGuardError, invalid_argument, positive_int
 from keras_memguard.memory_snapshot import snapshot
 from keras_memguard.sizes import format_bytes, parse_size
 
@@ -336,8 +336,7 @@ def dataset_from_tfds(
         >>> train = dataset_from_tfds("memguard_shapes", batch_size=64, batch_preprocess=resize)
         >>> model.fit(train, epochs=3)
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise invalid_argument("batch_size", batch_size, "a positive int")
+    positive_int(batch_size, "batch_size")
     if cache not in CACHE_MODES:
         raise invalid_argument("cache", cache, f"one of {', '.join(map(repr, CACHE_MODES))}")
     if shuffle_buffer is not None and (
