@@ -34,6 +34,7 @@ from typing import Any
 
 from keras_memguard.container_memory import read_container_memory
 from keras_memguard.errors import MemGuardError, invalid_argument
+from keras_memguard.memory_snapshot import snapshot
 from keras_memguard.process_memory import read_process_memory
 from keras_memguard.sizes import format_bytes, parse_size
 
@@ -339,6 +340,7 @@ def run_isolated(
     if not isinstance(poll_interval, (int, float)) or not poll_interval > 0:
         raise invalid_argument("poll_interval", poll_interval, "seconds as a positive number")
     bound_size = None if max_memory is None else parse_size(max_memory, name="max_memory")
+    bound = None if bound_size is None else bound_size.resolve(snapshot(gpus=False).effective_limit)
     overrides = {str(k): str(v) for k, v in (env or {}).items()}
     payload = _payload(fn, args, kwargs)
 
@@ -363,7 +365,6 @@ def run_isolated(
     peak: int | None = None
     message: Any = None
     timed_out = memory_exceeded = False
-    bound: int | None = None
     try:
         while True:
             if receiver.poll(poll_interval):
@@ -380,14 +381,9 @@ def run_isolated(
             mem = read_process_memory(process.pid)
             if mem is not None:
                 peak = max(peak or 0, mem.tree_rss)
-                if bound_size is not None:
-                    if bound is None:
-                        from keras_memguard.memory_snapshot import snapshot
-
-                        bound = bound_size.resolve(snapshot(gpus=False).effective_limit)
-                    if bound is not None and mem.tree_rss > bound:
-                        memory_exceeded = True
-                        break
+                if bound is not None and mem.tree_rss > bound:
+                    memory_exceeded = True
+                    break
             if timeout is not None and time.monotonic() - start > timeout:
                 timed_out = True
                 break

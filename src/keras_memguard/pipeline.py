@@ -146,12 +146,17 @@ def _prepare(builder: tfds.core.DatasetBuilder, download: bool | None) -> None:
         ) from err
 
 
+def _base_split(split: str) -> str:
+    """The split's name without slicing or concatenation: 'train[:10%]' -> 'train'."""
+    return re.split(r"[\[+]", split)[0]
+
+
 def _split_examples(builder: tfds.core.DatasetBuilder, split: str) -> int | None:
     """Examples in ``split``; ``None`` when the builder records no splits (mock data)."""
     splits = builder.info.splits
     if not splits:
         return None
-    base = re.split(r"[\[+]", split)[0]
+    base = _base_split(split)
     if base not in splits:
         raise invalid_argument(
             "split", split, f"one of {sorted(splits)} (optionally sliced, 'train[:10%]')"
@@ -369,7 +374,7 @@ def dataset_from_tfds(
     if element is not None and examples is not None:
         cache_bytes = element * examples
     elif examples is not None:
-        recorded = builder.info.splits[re.split(r"[\[+]", split)[0]].num_bytes
+        recorded = builder.info.splits[_base_split(split)].num_bytes
         cache_bytes = int(recorded * DECODE_FACTOR) if recorded else None
     key = _cache_key(builder, split, as_supervised)
     mode, path, reason = _decide_cache(cache, cache_bytes, budget, cache_dir, key)
