@@ -34,7 +34,7 @@ def run(kind: str, data_dir: str) -> dict[str, float]:
 
     import keras_memguard  # noqa: F401  (registers memguard_shapes)
     from keras_memguard import dataset_from_tfds
-    from keras_memguard.process_memory import read_process_memory
+    from keras_memguard.probes.process import read_process_memory
 
     def to_float_and_resize(image, label):
         return tf.image.resize(tf.cast(image, tf.float32) / 255.0, (SIZE, SIZE)), label

@@ -18,8 +18,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from keras_memguard import release_memory, run_isolated
-from keras_memguard.isolation import shutdown_spares
-from keras_memguard.process_memory import read_process_memory
+from keras_memguard.isolation.run import shutdown_spares
+from keras_memguard.probes.process import read_process_memory
 
 
 def trial(units: int) -> float:

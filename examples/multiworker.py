@@ -34,7 +34,7 @@ def worker(index: int, ports: list[str], work_dir: str, leak_mib: int) -> None:
     import tensorflow as tf
 
     from keras_memguard import snapshot
-    from keras_memguard.legacy import LegacyMemGuardCallback
+    from keras_memguard.guard.legacy import LegacyMemGuardCallback
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     keras = tf.keras

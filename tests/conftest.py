@@ -12,8 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from fake_nvml import FakeGpu, FakeNvml
 
-from keras_memguard import nvml
 from keras_memguard.errors import reset_warnings
+from keras_memguard.probes import nvml
 
 GIB = 2**30
 
@@ -61,7 +61,7 @@ def shapes_dir(tmp_path_factory):
     """memguard_shapes prepared once for the whole session (about 10 s)."""
     import tensorflow_datasets as tfds
 
-    import keras_memguard.pipeline  # noqa: F401  (registers the builder)
+    import keras_memguard.data.pipeline  # noqa: F401  (registers the builder)
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     tfds.builder("memguard_shapes", data_dir=data_dir).download_and_prepare()

@@ -1,6 +1,6 @@
 """A stand-in for the ``pynvml`` module, installed at ``sys.modules["pynvml"]``.
 
-It mirrors the calls keras_memguard.nvml makes, with the real error classes' shape
+It mirrors the calls keras_memguard.probes.nvml makes, with the real error classes' shape
 (an ``NVMLError`` carrying ``value``), so tests can drive devices, processes and
 failures without a GPU.
 """

@@ -58,7 +58,7 @@ def read_env(name):
 
 
 def child_state():
-    from keras_memguard import isolation
+    from keras_memguard.isolation import run as isolation
 
     return str(isolation.child_gpu_report), "tensorflow" in sys.modules
 

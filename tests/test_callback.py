@@ -12,8 +12,8 @@ import pytest
 from training import Leak, read_scalars, read_texts, tiny_data, tiny_model
 
 from keras_memguard import MemGuardCallback, MemoryLimitExceededError
-from keras_memguard.callback import LOG_KEYS
 from keras_memguard.errors import MemGuardWarning
+from keras_memguard.guard.callback import LOG_KEYS
 
 HERE = os.path.dirname(__file__)
 MIB = 2**20

@@ -9,9 +9,10 @@ import pytest
 from conftest import GIB
 from training import read_scalars, tiny_data, tiny_model
 
-from keras_memguard import MemGuardCallback, container_memory
-from keras_memguard.container_memory import CgroupReader
+from keras_memguard import MemGuardCallback
 from keras_memguard.errors import MemGuardWarning
+from keras_memguard.probes import cgroup as container_memory
+from keras_memguard.probes.cgroup import CgroupReader
 
 MIB = 2**20
 

@@ -5,8 +5,8 @@ import warnings
 
 import pytest
 
-from keras_memguard.container_memory import CgroupReader
 from keras_memguard.errors import MemGuardWarning
+from keras_memguard.probes.cgroup import CgroupReader
 
 MIB = 2**20
 
@@ -189,7 +189,7 @@ def test_garbage_content_warns(tmp_path):
 
 
 def test_this_machine_reads_without_error():
-    from keras_memguard.container_memory import read_container_memory
+    from keras_memguard.probes.cgroup import read_container_memory
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -13,7 +13,7 @@ import pytest
 from conftest import GIB
 
 from keras_memguard import GpuConfigError, configure_gpus
-from keras_memguard.gpu_config import current_gpu_configuration
+from keras_memguard.backends.configure import current_gpu_configuration
 
 MIB = 2**20
 
@@ -219,7 +219,7 @@ def test_real_tensorflow_on_this_cpu_machine():
     code = textwrap.dedent(
         """
         import keras_memguard as mg
-        from keras_memguard import tf_devices
+        from keras_memguard.backends import tensorflow as tf_devices
         report = mg.configure_gpus(memory_growth=True)
         assert report.gpus == () and not report.initialized, report
         assert not tf_devices.is_initialized()
@@ -227,7 +227,8 @@ def test_real_tensorflow_on_this_cpu_machine():
         tf.constant(1.0)
         after = mg.configure_gpus(memory_limit="1GiB")
         assert after.initialized and after.gpus == (), after
-        state = mg.gpu_config.current_gpu_configuration()
+        from keras_memguard.backends.configure import current_gpu_configuration
+        state = current_gpu_configuration()
         assert state["initialized"] is True and state["gpus"] == []
         print("ok")
         """

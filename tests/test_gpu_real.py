@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from keras_memguard import nvml
+from keras_memguard.probes import nvml
 
 pytestmark = [
     pytest.mark.gpu,
@@ -74,10 +74,11 @@ def test_report_totals_match_nvml():
         """
         import json
         import keras_memguard as mg
+        from keras_memguard.probes import nvml
         report = mg.configure_gpus(memory_limit=0.25)
         print(json.dumps({"totals": [g.total for g in report.gpus],
                           "limits": [g.memory_limit for g in report.gpus],
-                          "nvml": [d.total for d in mg.nvml.visible_devices()]}))
+                          "nvml": [d.total for d in nvml.visible_devices()]}))
         """
     )
     assert result["totals"] == result["nvml"]

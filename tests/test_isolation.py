@@ -9,8 +9,8 @@ import isolated_tasks as tasks
 import psutil
 import pytest
 
-from keras_memguard.batch_size import BatchSizeSearchError, find_batch_size
-from keras_memguard.isolation import (
+from keras_memguard.isolation.batch_size import BatchSizeSearchError, find_batch_size
+from keras_memguard.isolation.run import (
     ChildFailedError,
     ChildKilledError,
     ChildMemoryLimitError,
@@ -172,7 +172,7 @@ def test_find_batch_size_bad_arguments(kwargs, name):
 
 
 def test_keep_warm_hands_the_next_call_a_preloaded_spare(monkeypatch):
-    from keras_memguard import isolation
+    from keras_memguard.isolation import run as isolation
 
     monkeypatch.delenv("MEMGUARD_WARM", raising=False)
     options = {"env": {"MEMGUARD_WARM": "yes"}, "keep_warm": True, "preload": ("json",)}
@@ -193,7 +193,7 @@ def test_keep_warm_hands_the_next_call_a_preloaded_spare(monkeypatch):
 
 
 def test_a_spare_is_only_used_for_the_same_settings():
-    from keras_memguard import isolation
+    from keras_memguard.isolation import run as isolation
 
     try:
         run_isolated(tasks.add, 1, 2, env={"A": "1"}, keep_warm=True, preload=())

@@ -6,8 +6,9 @@ import pytest
 from conftest import GIB
 from fake_nvml import NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_UNKNOWN
 
-from keras_memguard import nvml, snapshot
+from keras_memguard import snapshot
 from keras_memguard.errors import MemGuardWarning
+from keras_memguard.probes import nvml
 
 
 def test_devices_and_memory(fake_nvml):

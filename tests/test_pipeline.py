@@ -12,8 +12,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_memguard import DatasetUnavailableError, dataset_from_tfds
-from keras_memguard.datasets.memguard_shapes import CLASSES, draw_shape
-from keras_memguard.pipeline import _cache_key
+from keras_memguard.data.memguard_shapes import CLASSES, draw_shape
+from keras_memguard.data.pipeline import _cache_key
 
 KIB, MIB = 2**10, 2**20
 

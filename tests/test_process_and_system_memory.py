@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 
-from keras_memguard import process_memory
 from keras_memguard.errors import MemGuardWarning
-from keras_memguard.process_memory import read_process_memory
-from keras_memguard.system_memory import parse_meminfo, read_system_memory
+from keras_memguard.probes import process as process_memory
+from keras_memguard.probes.process import read_process_memory
+from keras_memguard.probes.system import parse_meminfo, read_system_memory
 
 MIB = 2**20
 HOLD_200MB = (

@@ -11,7 +11,7 @@ from test_snapshot_and_doctor import memguard_command
 from training import tiny_data, tiny_model
 
 from keras_memguard import MemGuardCallback
-from keras_memguard.cli import main
+from keras_memguard.cli.main import main
 
 MIB = 2**20
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import GIB
 
 from keras_memguard import MemorySnapshot, snapshot
-from keras_memguard.doctor import diagnose, doctor_report, format_doctor
+from keras_memguard.cli.doctor import diagnose, doctor_report, format_doctor
 
 MIB = 2**20
 
@@ -53,8 +53,8 @@ def test_snapshot_does_not_initialize_tensorflow_devices():
         """
         import tensorflow as tf
         import keras_memguard
-        from keras_memguard import tf_devices
-        from keras_memguard.doctor import doctor_report
+        from keras_memguard.backends import tensorflow as tf_devices
+        from keras_memguard.cli.doctor import doctor_report
         keras_memguard.snapshot()
         doctor_report()
         assert not tf_devices.is_initialized(), "snapshot initialized TensorFlow"

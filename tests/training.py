@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_memguard.report import read_run
+from keras_memguard.cli.report import read_run
 
 
 def tiny_data(samples: int = 256, features: int = 8, seed: int = 0):

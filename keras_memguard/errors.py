@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from keras_memguard.memory_snapshot import MemorySnapshot
+from typing import Any
 
 __all__ = [
     "MemGuardError",
@@ -41,7 +38,7 @@ class MemoryLimitExceededError(MemGuardError):
     """A memory bound was crossed with ``on_exceed="raise"``.
 
     Attributes:
-        snapshot: the :class:`MemorySnapshot` that crossed the bound.
+        snapshot: the ``MemorySnapshot`` that crossed the bound.
         metric: what crossed (for example ``"process_tree_rss"``).
         value: its value in bytes.
         bound: the bound in bytes.
@@ -53,7 +50,7 @@ class MemoryLimitExceededError(MemGuardError):
         self,
         message: str,
         *,
-        snapshot: MemorySnapshot | None = None,
+        snapshot: Any = None,
         metric: str = "",
         value: int = 0,
         bound: int = 0,

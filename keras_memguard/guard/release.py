@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from keras_memguard.process_memory import read_process_memory
+from keras_memguard.probes.process import read_process_memory
 
 __all__ = ["ReleaseResult", "release_memory"]
 

@@ -15,11 +15,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from keras_memguard import _tfds_registration
-from keras_memguard.batch_size import BatchSizeResult, BatchSizeSearchError, find_batch_size
+from keras_memguard.backends.configure import GpuConfigError, GpuConfigReport, configure_gpus
+from keras_memguard.data import tfds_registration as _tfds_registration
 from keras_memguard.errors import MemGuardError, MemGuardWarning, MemoryLimitExceededError
-from keras_memguard.gpu_config import GpuConfigError, GpuConfigReport, configure_gpus
-from keras_memguard.isolation import (
+from keras_memguard.guard.release import ReleaseResult, release_memory
+from keras_memguard.isolation.batch_size import (
+    BatchSizeResult,
+    BatchSizeSearchError,
+    find_batch_size,
+)
+from keras_memguard.isolation.run import (
     ChildExit,
     ChildFailedError,
     ChildKilledError,
@@ -28,23 +33,26 @@ from keras_memguard.isolation import (
     IsolatedError,
     run_isolated,
 )
-from keras_memguard.memory_snapshot import GpuSnapshot, MemorySnapshot, snapshot
-from keras_memguard.release import ReleaseResult, release_memory
+from keras_memguard.probes.snapshot import GpuSnapshot, MemorySnapshot, snapshot
 from keras_memguard.sizes import Size, format_bytes, parse_size
 
 if TYPE_CHECKING:
-    from keras_memguard.callback import Halt, MemGuardCallback, MemGuardSummary
-    from keras_memguard.pipeline import DatasetUnavailableError, PipelinePlan, dataset_from_tfds
+    from keras_memguard.data.pipeline import (
+        DatasetUnavailableError,
+        PipelinePlan,
+        dataset_from_tfds,
+    )
+    from keras_memguard.guard.callback import Halt, MemGuardCallback, MemGuardSummary
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "MemGuardCallback": "keras_memguard.callback",
-    "MemGuardSummary": "keras_memguard.callback",
-    "Halt": "keras_memguard.callback",
-    "dataset_from_tfds": "keras_memguard.pipeline",
-    "PipelinePlan": "keras_memguard.pipeline",
-    "DatasetUnavailableError": "keras_memguard.pipeline",
+    "MemGuardCallback": "keras_memguard.guard.callback",
+    "MemGuardSummary": "keras_memguard.guard.callback",
+    "Halt": "keras_memguard.guard.callback",
+    "dataset_from_tfds": "keras_memguard.data.pipeline",
+    "PipelinePlan": "keras_memguard.data.pipeline",
+    "DatasetUnavailableError": "keras_memguard.data.pipeline",
 }
 
 __all__ = [

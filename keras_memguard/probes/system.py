@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from keras_memguard._procfs import read_text
 from keras_memguard.errors import warn_once
+from keras_memguard.probes.procfs import read_text
 
 __all__ = ["SystemMemory", "parse_meminfo", "read_system_memory"]
 

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from keras_memguard.guard.tensorboard import event_files, read_events, tensor_value
+
 __all__ = [
     "ReportError",
     "RunReport",
@@ -76,24 +78,18 @@ def find_runs(log_dir: str) -> list[str]:
 
 
 def read_run(run_dir: str, name: str | None = None) -> RunReport:
-    """Reads every memory scalar and halt text of one run directory."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.util import tensor_util
-
+    """Reads every memory scalar and halt text of one run directory (without TensorFlow)."""
     report = RunReport(name=name or os.path.basename(run_dir), path=run_dir)
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-        acc = EventAccumulator(path, size_guidance={"tensors": 0, "scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags().get("tensors", []):
-            if not tag.startswith(PREFIXES):
-                continue
-            for event in acc.Tensors(tag):
-                value = tensor_util.make_ndarray(event.tensor_proto)
-                if value.shape == () and value.dtype.kind == "f":
-                    report.scalars.setdefault(tag, []).append((event.step, float(value)))
-                elif tag == "memory/halt":
-                    text = value.item() if value.shape == () else value.ravel()[0]
-                    report.halts.append(text.decode() if isinstance(text, bytes) else str(text))
+    for path in event_files(run_dir):
+        for event in read_events(path):
+            for value in event.summary.value:
+                if not value.tag.startswith(PREFIXES):
+                    continue
+                content = tensor_value(value)
+                if isinstance(content, float):
+                    report.scalars.setdefault(value.tag, []).append((event.step, content))
+                elif isinstance(content, str) and value.tag == "memory/halt":
+                    report.halts.append(content)
     for points in report.scalars.values():
         points.sort()
     return report

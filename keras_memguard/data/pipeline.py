@@ -30,9 +30,9 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from keras_memguard import _tfds_registration
+from keras_memguard.data import tfds_registration as _tfds_registration
 from keras_memguard.errors import MemGuardError, invalid_argument, positive_int
-from keras_memguard.memory_snapshot import snapshot
+from keras_memguard.probes.snapshot import snapshot
 from keras_memguard.sizes import format_bytes, parse_size
 
 __all__ = ["CACHE_MODES", "DatasetUnavailableError", "PipelinePlan", "dataset_from_tfds"]
@@ -118,7 +118,7 @@ def _builder(name: Any, data_dir: str | None) -> tfds.core.DatasetBuilder:
 
 
 def _needs_download(builder: tfds.core.DatasetBuilder) -> bool:
-    from keras_memguard.datasets.memguard_shapes import MemguardShapes
+    from keras_memguard.data.memguard_shapes import MemguardShapes
 
     return not isinstance(builder, MemguardShapes)
 

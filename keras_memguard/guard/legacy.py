@@ -8,7 +8,7 @@ attributes tf_keras's callback machinery expects.
 
 Example:
     >>> os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    >>> from keras_memguard.legacy import LegacyMemGuardCallback
+    >>> from keras_memguard.guard.legacy import LegacyMemGuardCallback
     >>> model.fit(ds, callbacks=[LegacyMemGuardCallback(max_process_memory="80%")])
 """
 
@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - exercised where tf_keras is absent
         "LegacyMemGuardCallback needs tf_keras: pip install 'keras-memguard[legacy]'"
     ) from None
 
-from keras_memguard.callback import MemGuardCallback
+from keras_memguard.guard.callback import MemGuardCallback
 
 __all__ = ["LegacyMemGuardCallback"]
 

@@ -16,10 +16,13 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from keras_memguard.backends.base import DeviceMemory
 from keras_memguard.errors import warn_once
 
 __all__ = [
+    "ADAPTER",
     "AllocatorMemory",
+    "TensorFlowBackend",
     "TensorFlowDevices",
     "is_initialized",
     "read_allocator_memory",
@@ -145,3 +148,34 @@ class TensorFlowDevices:
         except (ValueError, RuntimeError):
             details = {}
         return str(details.get("device_name") or device.name)
+
+
+class TensorFlowBackend:
+    """The :class:`~keras_memguard.backends.base.Backend` adapter for TensorFlow."""
+
+    name = "tensorflow"
+
+    def is_gpu_initialized(self) -> bool:
+        return is_initialized()
+
+    def device_memory(self) -> list[DeviceMemory] | None:
+        figures = read_allocator_memory()
+        if figures is None:
+            return None
+        return [
+            DeviceMemory(index=f.index, allocated=f.current, peak=f.peak, peak_resettable=True)
+            for f in figures
+        ]
+
+    def reset_peaks(self) -> bool:
+        if not is_initialized():
+            return False
+        reset_allocator_peaks()
+        return True
+
+    def is_out_of_memory(self, error: BaseException | None, type_name: str, message: str) -> bool:
+        short = type_name.rsplit(".", 1)[-1]
+        return short in ("ResourceExhaustedError", "MemoryError") or isinstance(error, MemoryError)
+
+
+ADAPTER = TensorFlowBackend()

@@ -25,7 +25,7 @@ _TFDS = "tensorflow_datasets"
 def register() -> None:
     """Imports the builder module, which registers it with TFDS."""
     try:
-        importlib.import_module("keras_memguard.datasets.memguard_shapes")
+        importlib.import_module("keras_memguard.data.memguard_shapes")
     except Exception as err:  # never break the user's own TFDS import
         warn_once("tfds-register", f"keras-memguard could not register memguard_shapes: {err}")
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from keras_memguard import nvml, tf_devices
-from keras_memguard.container_memory import read_container_memory
-from keras_memguard.process_memory import read_process_memory
-from keras_memguard.system_memory import read_system_memory
+from keras_memguard.backends import tensorflow as tf_devices
+from keras_memguard.probes import nvml
+from keras_memguard.probes.cgroup import read_container_memory
+from keras_memguard.probes.process import read_process_memory
+from keras_memguard.probes.system import read_system_memory
 
 __all__ = ["GpuSnapshot", "MemorySnapshot", "snapshot"]
 

@@ -19,8 +19,9 @@ from dataclasses import asdict
 from importlib import metadata
 from typing import Any
 
-from keras_memguard import nvml, tf_devices
-from keras_memguard.memory_snapshot import MemorySnapshot, snapshot
+from keras_memguard.backends import tensorflow as tf_devices
+from keras_memguard.probes import nvml
+from keras_memguard.probes.snapshot import MemorySnapshot, snapshot
 from keras_memguard.sizes import format_bytes
 
 __all__ = ["ENVIRONMENT_VARIABLES", "diagnose", "doctor_report", "format_doctor"]
@@ -63,7 +64,7 @@ def _gpu_configuration() -> dict[str, Any]:
 
     TensorFlow is imported (seconds) only where NVML shows GPUs to ask it about.
     """
-    from keras_memguard.gpu_config import current_gpu_configuration
+    from keras_memguard.backends.configure import current_gpu_configuration
 
     if nvml.visible_devices():
         import tensorflow  # noqa: F401

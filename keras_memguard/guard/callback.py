@@ -20,14 +20,12 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import keras
-import tensorflow as tf
 
-from keras_memguard import tf_devices
-from keras_memguard.distributed import WorkerContext, worker_context
+from keras_memguard.backends import tensorflow as tf_devices
 from keras_memguard.errors import (
     MemGuardWarning,
     MemoryLimitExceededError,
@@ -35,11 +33,24 @@ from keras_memguard.errors import (
     positive_int,
     warn_once,
 )
-from keras_memguard.memory_snapshot import MIB, MemorySnapshot, snapshot
-from keras_memguard.release import ReleaseResult, release_memory
+from keras_memguard.guard.distributed import WorkerContext, worker_context
+from keras_memguard.guard.policy import (
+    Bounds,
+    Halt,
+    LeakDetector,
+    MemGuardSummary,
+    bounds_mib,
+    crossings,
+    epochs_until,
+    is_low_memory,
+    mib,
+)
+from keras_memguard.guard.release import release_memory
+from keras_memguard.guard.tensorboard import EventWriter
+from keras_memguard.probes.snapshot import MIB, MemorySnapshot, snapshot
 from keras_memguard.sizes import Size, format_bytes, parse_size
 
-__all__ = ["LOG_KEYS", "Halt", "MemGuardCallback", "MemGuardSummary"]
+__all__ = ["LOG_KEYS", "Halt", "MemGuardCallback", "MemGuardSummary", "memory_layout"]
 
 ON_EXCEED = ("stop", "raise", "warn")
 PREFIX = "memory/"
@@ -50,66 +61,8 @@ LOG_KEYS = (
     "memory/process_tree_rss_peak_mib",
     "memory/effective_available_mib",
 )
-LOW_MEMORY_WARNING = 0.10  # warn (never halt) below this fraction of the effective limit
 # With several workers, checks happen on batch counts (the same step on every worker).
 MULTI_WORKER_CHECK_EVERY = 10
-
-
-@dataclass(frozen=True)
-class Halt:
-    """One crossing of a bound that stopped (or would have stopped) training."""
-
-    metric: str
-    value: int
-    bound: int
-    epoch: int
-    batch: int | None
-    action: str
-    checkpoint: str | None
-
-    def describe(self) -> str:
-        where = f"epoch {self.epoch}" + (f", batch {self.batch}" if self.batch is not None else "")
-        if self.metric == "another_worker":
-            return f"another worker crossed its memory bound at {where}"
-        relation = "fell below" if self.metric == "effective_available" else "crossed"
-        return (
-            f"{self.metric} {format_bytes(self.value)} {relation} the bound "
-            f"{format_bytes(self.bound)} at {where}"
-        )
-
-
-@dataclass
-class MemGuardSummary:
-    """What one ``fit`` did to memory. ``print(summary)`` gives a compact report."""
-
-    epochs: int = 0
-    start_process_tree_rss: int | None = None
-    peak_process_tree_rss: int | None = None
-    end_process_tree_rss: int | None = None
-    min_effective_available: int | None = None
-    peak_gpu: dict[int, int] = field(default_factory=dict)
-    leak_slope_mib_per_epoch: float | None = None
-    halts: list[Halt] = field(default_factory=list)
-    release: ReleaseResult | None = None
-
-    def __str__(self) -> str:
-        b = format_bytes
-        lines = [
-            f"keras-memguard: {self.epochs} epoch(s); process tree RSS "
-            f"{b(self.start_process_tree_rss)} -> {b(self.end_process_tree_rss)} "
-            f"(peak {b(self.peak_process_tree_rss)}); lowest available "
-            f"{b(self.min_effective_available)}"
-        ]
-        for index, peak in sorted(self.peak_gpu.items()):
-            lines.append(f"  GPU {index}: peak {b(peak)}")
-        if self.leak_slope_mib_per_epoch is not None:
-            lines.append(f"  growth: {self.leak_slope_mib_per_epoch:+.1f} MiB/epoch")
-        for halt in self.halts:
-            saved = f"; saved {halt.checkpoint}" if halt.checkpoint else ""
-            lines.append(f"  {halt.action}: {halt.describe()}{saved}")
-        if self.release is not None and self.release.freed:
-            lines.append(f"  released {b(self.release.freed)} at train end")
-        return "\n".join(lines)
 
 
 def _optional_size(value: Any, name: str, allow_fraction: bool = True) -> Size | None:
@@ -256,6 +209,12 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.add_to_logs = bool(add_to_logs)
         self.release_on_train_end = bool(release_on_train_end)
         self.verbose = verbose
+        self.bounds = Bounds(
+            max_process_memory=self.max_process_memory,
+            min_available_memory=self.min_available_memory,
+            max_gpu_memory=self.max_gpu_memory,
+            emergency_available_memory=self.emergency_available_memory,
+        )
         self.summary = MemGuardSummary()
         self.last_snapshot: MemorySnapshot | None = None
         self._writer: Any = None
@@ -270,9 +229,9 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._last_check = float("-inf")
         self._epoch_peak_rss: int | None = None
         self._epoch_min_available: int | None = None
-        self._epoch_rss: list[tuple[int, float]] = []
-        self._leak_streak = 0
-        self._leak_warned = False
+        self._leak = LeakDetector(
+            self.leak_warmup_epochs, (self.leak_threshold.bytes or 0) / MIB, self.leak_patience
+        )
         self._halted = False
         self._over: set[str] = set()  # bounds currently crossed (warn mode, low memory)
         self._log_keys: list[str] | None = None
@@ -317,12 +276,12 @@ class MemGuardCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         snap = self._sample()
         metrics = snap.metrics()
-        metrics["process_tree_rss_peak_mib"] = _mib(self._epoch_peak_rss)
-        metrics["effective_available_min_mib"] = _mib(self._epoch_min_available)
+        metrics["process_tree_rss_peak_mib"] = mib(self._epoch_peak_rss)
+        metrics["effective_available_min_mib"] = mib(self._epoch_min_available)
         for gpu in snap.gpus:
             if gpu.tf_peak is not None:
-                metrics[f"gpu{gpu.index}_peak_mib"] = _mib(gpu.tf_peak)
-        metrics.update(self._bounds_mib(snap))
+                metrics[f"gpu{gpu.index}_peak_mib"] = mib(gpu.tf_peak)
+        metrics.update(bounds_mib(self.bounds, snap))
         slope = self._update_leak(epoch, snap)
         if slope is not None:
             metrics["leak_slope_mib_per_epoch"] = slope
@@ -363,72 +322,44 @@ class MemGuardCallback(keras.callbacks.Callback):
                 summary.peak_gpu[gpu.index] = max(summary.peak_gpu.get(gpu.index, 0), usage)
         return snap
 
-    def _bounds_mib(self, snap: MemorySnapshot) -> dict[str, float]:
-        bounds = {}
-        if self.max_process_memory is not None:
-            bounds["bound_process_mib"] = _mib(
-                self.max_process_memory.resolve(snap.effective_limit)
-            )
-        floor = self._available_floor(snap)
-        if floor is not None:
-            bounds["bound_available_mib"] = _mib(floor[1])
-        if self.max_gpu_memory is not None:
-            for gpu in snap.gpus:
-                bounds[f"gpu{gpu.index}_bound_mib"] = _mib(self.max_gpu_memory.resolve(gpu.total))
-        return bounds
-
-    def _available_floor(self, snap: MemorySnapshot) -> tuple[str, int] | None:
-        size, name = self.min_available_memory, "min_available_memory"
-        if size is None:
-            size, name = self.emergency_available_memory, "emergency_available_memory"
-        value = size.resolve(snap.effective_limit) if size is not None else None
-        return None if value is None else (name, value)
-
     # ---------------------------------------------------------------- thresholds
-    def _crossings(self, snap: MemorySnapshot) -> list[tuple[str, str, int, int]]:
-        """(metric, parameter, value, bound) for each bound crossed now."""
-        found = []
-        rss = snap.process_tree_rss
-        if self.max_process_memory is not None and rss is not None:
-            bound = self.max_process_memory.resolve(snap.effective_limit)
-            if bound is not None and rss > bound:
-                found.append(("process_tree_rss", "max_process_memory", rss, bound))
-        floor = self._available_floor(snap)
-        available = snap.effective_available
-        if floor is not None and available is not None and available < floor[1]:
-            found.append(("effective_available", floor[0], available, floor[1]))
-        if self.max_gpu_memory is not None:
-            for gpu in snap.gpus:
-                bound, usage = self.max_gpu_memory.resolve(gpu.total), gpu.guarded_usage
-                if bound is not None and usage is not None and usage > bound:
-                    found.append((f"gpu{gpu.index}_memory", "max_gpu_memory", usage, bound))
-        return found
-
     def _check(self, snap: MemorySnapshot, batch: int | None) -> None:
         if self._halted:
             return
         self._warn_low_memory(snap)
-        crossings = self._crossings(snap)
-        crossed_now = {c[0] for c in crossings}
-        self._over &= crossed_now | {"low-memory"}
+        found = crossings(self.bounds, snap)
+        self._over &= {c.metric for c in found} | {"low-memory"}
         if self.on_exceed == "warn":
-            for metric, parameter, value, bound in crossings:
-                if metric not in self._over:
-                    self._over.add(metric)
-                    halt = Halt(metric, value, bound, self._epoch, batch, "warn", None)
+            for crossing in found:
+                if crossing.metric not in self._over:
+                    self._over.add(crossing.metric)
+                    halt = Halt(
+                        crossing.metric,
+                        crossing.value,
+                        crossing.bound,
+                        self._epoch,
+                        batch,
+                        "warn",
+                        None,
+                    )
                     self.summary.halts.append(halt)
                     warnings.warn(
-                        f"keras-memguard: {halt.describe()} ({parameter}); training continues "
-                        "because on_exceed='warn'.",
+                        f"keras-memguard: {halt.describe()} ({crossing.parameter}); training "
+                        "continues because on_exceed='warn'.",
                         MemGuardWarning,
                         stacklevel=2,
                     )
             return
         # Every worker votes at this same step, so that all stop together or none does.
-        if not self._workers.any_worker(bool(crossings)):
+        if not self._workers.any_worker(bool(found)):
             return
-        if crossings:
-            metric, parameter, value, bound = crossings[0]
+        if found:
+            metric, parameter, value, bound = (
+                found[0].metric,
+                found[0].parameter,
+                found[0].value,
+                found[0].bound,
+            )
         else:
             metric, parameter, value, bound = ("another_worker", "a bound on another worker", 0, 0)
         self._halt(
@@ -436,20 +367,17 @@ class MemGuardCallback(keras.callbacks.Callback):
         )
 
     def _warn_low_memory(self, snap: MemorySnapshot) -> None:
-        limit, available = snap.effective_limit, snap.effective_available
-        if limit is None or available is None:
-            return
-        low = available < LOW_MEMORY_WARNING * limit
+        low = is_low_memory(snap)
         if low and "low-memory" not in self._over:
             self._over.add("low-memory")
             warnings.warn(
-                f"keras-memguard: only {format_bytes(available)} of {format_bytes(limit)} is "
-                "available; set max_process_memory or min_available_memory to stop cleanly "
-                "before the OOM killer acts.",
+                f"keras-memguard: only {format_bytes(snap.effective_available)} of "
+                f"{format_bytes(snap.effective_limit)} is available; set max_process_memory "
+                "or min_available_memory to stop cleanly before the OOM killer acts.",
                 MemGuardWarning,
                 stacklevel=2,
             )
-        elif not low:
+        elif low is False:
             self._over.discard("low-memory")
 
     def _halt(self, halt: Halt, parameter: str, snap: MemorySnapshot) -> None:
@@ -511,17 +439,11 @@ class MemGuardCallback(keras.callbacks.Callback):
     def _update_leak(self, epoch: int, snap: MemorySnapshot) -> float | None:
         if snap.process_tree_rss is None:
             return None
-        self._epoch_rss.append((epoch, snap.process_tree_rss / MIB))
-        points = [p for i, p in enumerate(self._epoch_rss) if i >= self.leak_warmup_epochs]
-        points = points[-max(self.leak_patience + 2, 5) :]
-        if len(points) < 3:
+        slope, warn = self._leak.update(epoch, snap.process_tree_rss / MIB)
+        if slope is None:
             return None
-        slope = _slope(points)
         self.summary.leak_slope_mib_per_epoch = slope
-        threshold = (self.leak_threshold.bytes or 0) / MIB
-        self._leak_streak = self._leak_streak + 1 if slope > threshold else 0
-        if self._leak_streak >= self.leak_patience and not self._leak_warned:
-            self._leak_warned = True
+        if warn:
             warnings.warn(self._leak_message(epoch, slope, snap), MemGuardWarning, stacklevel=3)
         return slope
 
@@ -532,12 +454,12 @@ class MemGuardCallback(keras.callbacks.Callback):
             f"keras-memguard: process memory grows by {slope:.1f} MiB/epoch "
             f"(above {self.leak_threshold} for {self.leak_patience} epochs)"
         )
-        if bound is not None and snap.process_tree_rss is not None and slope > 0:
-            epochs_left = (bound - snap.process_tree_rss) / MIB / slope
+        left = epochs_until(bound, snap.process_tree_rss, slope)
+        if left is not None:
             name = "max_process_memory" if size else "the effective memory limit"
             message += (
                 f"; at this rate it reaches {name} ({format_bytes(bound)}) around epoch "
-                f"{epoch + max(1, math.ceil(epochs_left))}"
+                f"{epoch + left}"
             )
         return message + "."
 
@@ -547,8 +469,8 @@ class MemGuardCallback(keras.callbacks.Callback):
             return
         try:
             run = "memory" if self._workers.is_chief else f"memory_worker{self._workers.index}"
-            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, run))
-            self._write_layout(gpu_indices)
+            self._writer = EventWriter(os.path.join(self.log_dir, run))
+            self._writer.custom_scalars_layout(memory_layout(gpu_indices))
         except Exception as err:
             self._writer = None
             warn_once(
@@ -572,9 +494,8 @@ class MemGuardCallback(keras.callbacks.Callback):
         if self._writer is None:
             return
         try:
-            with self._writer.as_default(), tf.summary.record_if(True):
-                for key, value in values.items():
-                    tf.summary.scalar(prefix + key, value, step=step)
+            for key, value in values.items():
+                self._writer.scalar(prefix + key, value, step)
             self._writer.flush()
         except Exception as err:
             warn_once(
@@ -587,53 +508,10 @@ class MemGuardCallback(keras.callbacks.Callback):
         if self._writer is None:
             return
         try:
-            with self._writer.as_default(), tf.summary.record_if(True):
-                tf.summary.text(tag, text, step=step)
+            self._writer.text(tag, text, step)
             self._writer.flush()
         except Exception as err:
             warn_once("tensorboard-write", f"keras-memguard cannot write TensorBoard logs: {err}")
-
-    def _write_layout(self, gpu_indices: list[int]) -> None:
-        """One chart per bound, with the bound as a line; the total limit stays out of the
-        process chart, where it would flatten the usage curve."""
-        from tensorboard.plugins.custom_scalar import layout_pb2
-        from tensorboard.plugins.custom_scalar import summary as custom_scalar
-
-        def chart(title: str, regex: str) -> Any:
-            return layout_pb2.Chart(
-                title=title, multiline=layout_pb2.MultilineChartContent(tag=[regex])
-            )
-
-        layout = layout_pb2.Layout(
-            category=[
-                layout_pb2.Category(
-                    title="keras-memguard",
-                    chart=[
-                        chart(
-                            "Process memory against its bound (MiB)",
-                            r"memory/(process_tree_rss_mib|process_tree_rss_peak_mib|"
-                            r"bound_process_mib)",
-                        ),
-                        chart(
-                            "Available memory against its floor (MiB)",
-                            r"memory/(effective_available_mib|effective_available_min_mib|"
-                            r"bound_available_mib)",
-                        ),
-                        *(
-                            chart(
-                                f"GPU {i} memory against its bound (MiB)",
-                                rf"memory/gpu{i}_(used|process|tf_current|tf_peak|peak|bound)_mib",
-                            )
-                            for i in gpu_indices
-                        ),
-                    ],
-                )
-            ]
-        )
-        with self._writer.as_default():
-            tf.summary.experimental.write_raw_pb(
-                custom_scalar.pb(layout).SerializeToString(), step=0
-            )
 
     # --------------------------------------------------------------------- logs
     def _add_to_logs(
@@ -646,25 +524,50 @@ class MemGuardCallback(keras.callbacks.Callback):
             self._log_keys = keys
         values = dict(metrics)
         for gpu in snap.gpus:
-            values[f"gpu{gpu.index}_used_mib"] = _mib(gpu.guarded_usage)
+            values[f"gpu{gpu.index}_used_mib"] = mib(gpu.guarded_usage)
         for key in self._log_keys:
             logs[key] = values.get(key[len(PREFIX) :], float("nan"))
 
 
+def memory_layout(gpu_indices: list[int]) -> Any:
+    """The custom-scalars layout: one chart per bound, with the bound as a line.
+
+    The total limit stays out of the process chart, where it would flatten the usage curve.
+    """
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    def chart(title: str, regex: str) -> Any:
+        return layout_pb2.Chart(
+            title=title, multiline=layout_pb2.MultilineChartContent(tag=[regex])
+        )
+
+    return layout_pb2.Layout(
+        category=[
+            layout_pb2.Category(
+                title="keras-memguard",
+                chart=[
+                    chart(
+                        "Process memory against its bound (MiB)",
+                        r"memory/(process_tree_rss_mib|process_tree_rss_peak_mib|"
+                        r"bound_process_mib)",
+                    ),
+                    chart(
+                        "Available memory against its floor (MiB)",
+                        r"memory/(effective_available_mib|effective_available_min_mib|"
+                        r"bound_available_mib)",
+                    ),
+                    *(
+                        chart(
+                            f"GPU {i} memory against its bound (MiB)",
+                            rf"memory/gpu{i}_(used|process|tf_current|tf_peak|peak|bound)_mib",
+                        )
+                        for i in gpu_indices
+                    ),
+                ],
+            )
+        ]
+    )
+
+
 def _extreme(pick: Any, current: int | None, value: int) -> int:
     return value if current is None else pick(current, value)
-
-
-def _mib(value: int | None) -> float:
-    return float("nan") if value is None else round(value / MIB, 3)
-
-
-def _slope(points: list[tuple[int, float]]) -> float:
-    """Least-squares slope of (epoch, MiB) points, in MiB per epoch."""
-    n = len(points)
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    var = sum((x - mean_x) ** 2 for x, _ in points)
-    if var == 0:
-        return 0.0
-    return sum((x - mean_x) * (y - mean_y) for x, y in points) / var

@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 __all__ = ["main"]
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit code."""
     args = _parser().parse_args(argv)
     if args.command == "doctor":
-        from keras_memguard.doctor import print_doctor
+        from keras_memguard.cli.doctor import print_doctor
 
         print_doctor(as_json=args.json)
         return 0
@@ -45,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorBoard's reader imports TF
-    from keras_memguard.report import (
+    from keras_memguard.cli.report import (
         ReportError,
         format_report,
         load_report,

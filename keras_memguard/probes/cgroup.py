@@ -20,8 +20,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from keras_memguard._procfs import find_key, read_int, read_text
 from keras_memguard.errors import warn_once
+from keras_memguard.probes.procfs import find_key, read_int, read_text
 
 __all__ = [
     "LIMIT_REFRESH_S",

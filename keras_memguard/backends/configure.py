@@ -23,10 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from keras_memguard import nvml
+from keras_memguard.backends.tensorflow import TensorFlowDevices
 from keras_memguard.errors import MemGuardError, invalid_argument, positive_int
+from keras_memguard.probes import nvml
 from keras_memguard.sizes import Size, format_bytes, parse_size
-from keras_memguard.tf_devices import TensorFlowDevices
 
 __all__ = [
     "GpuConfigError",

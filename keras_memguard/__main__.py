@@ -2,6 +2,6 @@
 
 import sys
 
-from keras_memguard.cli import main
+from keras_memguard.cli.main import main
 
 sys.exit(main())

@@ -32,10 +32,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from keras_memguard.container_memory import read_container_memory
 from keras_memguard.errors import MemGuardError, invalid_argument
-from keras_memguard.memory_snapshot import snapshot
-from keras_memguard.process_memory import read_process_memory
+from keras_memguard.probes.cgroup import read_container_memory
+from keras_memguard.probes.process import read_process_memory
+from keras_memguard.probes.snapshot import snapshot
 from keras_memguard.sizes import format_bytes, parse_size
 
 __all__ = [
@@ -155,7 +155,7 @@ def _child_main(
     os.environ.update(env)
     try:
         if gpu_config is not None:
-            from keras_memguard.gpu_config import configure_gpus
+            from keras_memguard.backends.configure import configure_gpus
 
             child_gpu_report = configure_gpus(**gpu_config)
         for module in preload:

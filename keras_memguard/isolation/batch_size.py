@@ -28,7 +28,7 @@ from keras_memguard.errors import (
     invalid_argument,
     positive_int,
 )
-from keras_memguard.isolation import (
+from keras_memguard.isolation.run import (
     ChildFailedError,
     ChildKilledError,
     ChildMemoryLimitError,

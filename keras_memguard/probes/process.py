@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from keras_memguard._procfs import read_text
 from keras_memguard.errors import warn_once
+from keras_memguard.probes.procfs import read_text
 
 __all__ = ["CHILD_REFRESH_S", "ProcessMemory", "read_process_memory"]
 

@@ -1,0 +1,1 @@
+"""The ``memguard`` command line: ``doctor`` and ``report``."""

@@ -1,0 +1,219 @@
+"""The guard's decisions as pure functions over snapshots: bounds, crossings, leak slope.
+
+Nothing here touches Keras, a framework or a file: the callback feeds snapshots in and
+acts on what comes out, so every decision is tested without ``fit``.
+
+Example:
+    >>> bounds = Bounds(max_process_memory=parse_size("8GiB", name="max_process_memory"))
+    >>> [c.metric for c in crossings(bounds, snap)]
+    ['process_tree_rss']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from keras_memguard.probes.snapshot import MIB, MemorySnapshot
+from keras_memguard.sizes import Size, format_bytes
+
+__all__ = [
+    "LOW_MEMORY_WARNING",
+    "Bounds",
+    "Crossing",
+    "Halt",
+    "LeakDetector",
+    "MemGuardSummary",
+    "available_floor",
+    "bounds_mib",
+    "crossings",
+    "is_low_memory",
+    "slope",
+]
+
+LOW_MEMORY_WARNING = 0.10  # warn (never halt) below this fraction of the effective limit
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The bounds a guard enforces; fractions resolve against the snapshot's totals."""
+
+    max_process_memory: Size | None = None
+    min_available_memory: Size | None = None
+    max_gpu_memory: Size | None = None
+    emergency_available_memory: Size | None = None
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """One bound crossed now: what crossed, the parameter that set the bound, in bytes."""
+
+    metric: str
+    parameter: str
+    value: int
+    bound: int
+
+
+@dataclass(frozen=True)
+class Halt:
+    """One crossing of a bound that stopped (or would have stopped) training."""
+
+    metric: str
+    value: int
+    bound: int
+    epoch: int
+    batch: int | None
+    action: str
+    checkpoint: str | None
+
+    def describe(self) -> str:
+        where = f"epoch {self.epoch}" + (f", batch {self.batch}" if self.batch is not None else "")
+        if self.metric == "another_worker":
+            return f"another worker crossed its memory bound at {where}"
+        relation = "fell below" if self.metric == "effective_available" else "crossed"
+        return (
+            f"{self.metric} {format_bytes(self.value)} {relation} the bound "
+            f"{format_bytes(self.bound)} at {where}"
+        )
+
+
+@dataclass
+class MemGuardSummary:
+    """What one ``fit`` did to memory. ``print(summary)`` gives a compact report."""
+
+    epochs: int = 0
+    start_process_tree_rss: int | None = None
+    peak_process_tree_rss: int | None = None
+    end_process_tree_rss: int | None = None
+    min_effective_available: int | None = None
+    peak_gpu: dict[int, int] = field(default_factory=dict)
+    leak_slope_mib_per_epoch: float | None = None
+    halts: list[Halt] = field(default_factory=list)
+    release: object | None = None
+
+    def __str__(self) -> str:
+        b = format_bytes
+        lines = [
+            f"keras-memguard: {self.epochs} epoch(s); process tree RSS "
+            f"{b(self.start_process_tree_rss)} -> {b(self.end_process_tree_rss)} "
+            f"(peak {b(self.peak_process_tree_rss)}); lowest available "
+            f"{b(self.min_effective_available)}"
+        ]
+        for index, peak in sorted(self.peak_gpu.items()):
+            lines.append(f"  GPU {index}: peak {b(peak)}")
+        if self.leak_slope_mib_per_epoch is not None:
+            lines.append(f"  growth: {self.leak_slope_mib_per_epoch:+.1f} MiB/epoch")
+        for halt in self.halts:
+            saved = f"; saved {halt.checkpoint}" if halt.checkpoint else ""
+            lines.append(f"  {halt.action}: {halt.describe()}{saved}")
+        freed = getattr(self.release, "freed", 0)
+        if freed:
+            lines.append(f"  released {b(freed)} at train end")
+        return "\n".join(lines)
+
+
+def available_floor(bounds: Bounds, snap: MemorySnapshot) -> tuple[str, int] | None:
+    """The floor on available memory in force, with the parameter that set it."""
+    size, name = bounds.min_available_memory, "min_available_memory"
+    if size is None:
+        size, name = bounds.emergency_available_memory, "emergency_available_memory"
+    value = size.resolve(snap.effective_limit) if size is not None else None
+    return None if value is None else (name, value)
+
+
+def crossings(bounds: Bounds, snap: MemorySnapshot) -> list[Crossing]:
+    """Every bound that ``snap`` crosses, process first."""
+    found = []
+    rss = snap.process_tree_rss
+    if bounds.max_process_memory is not None and rss is not None:
+        bound = bounds.max_process_memory.resolve(snap.effective_limit)
+        if bound is not None and rss > bound:
+            found.append(Crossing("process_tree_rss", "max_process_memory", rss, bound))
+    floor = available_floor(bounds, snap)
+    available = snap.effective_available
+    if floor is not None and available is not None and available < floor[1]:
+        found.append(Crossing("effective_available", floor[0], available, floor[1]))
+    if bounds.max_gpu_memory is not None:
+        for gpu in snap.gpus:
+            bound, usage = bounds.max_gpu_memory.resolve(gpu.total), gpu.guarded_usage
+            if bound is not None and usage is not None and usage > bound:
+                found.append(Crossing(f"gpu{gpu.index}_memory", "max_gpu_memory", usage, bound))
+    return found
+
+
+def bounds_mib(bounds: Bounds, snap: MemorySnapshot) -> dict[str, float]:
+    """The bounds in force as ``{key: MiB}`` for charts (drawn beside the figures)."""
+    values = {}
+    if bounds.max_process_memory is not None:
+        values["bound_process_mib"] = mib(bounds.max_process_memory.resolve(snap.effective_limit))
+    floor = available_floor(bounds, snap)
+    if floor is not None:
+        values["bound_available_mib"] = mib(floor[1])
+    if bounds.max_gpu_memory is not None:
+        for gpu in snap.gpus:
+            values[f"gpu{gpu.index}_bound_mib"] = mib(bounds.max_gpu_memory.resolve(gpu.total))
+    return values
+
+
+def is_low_memory(snap: MemorySnapshot) -> bool | None:
+    """Whether less than ``LOW_MEMORY_WARNING`` of the limit is available (None: unknown)."""
+    limit, available = snap.effective_limit, snap.effective_available
+    if limit is None or available is None:
+        return None
+    return available < LOW_MEMORY_WARNING * limit
+
+
+def mib(value: int | None) -> float:
+    """Bytes as MiB rounded to 3 places; NaN for an unknown figure."""
+    return float("nan") if value is None else round(value / MIB, 3)
+
+
+def slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares slope of (epoch, MiB) points, in MiB per epoch."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    if var == 0:
+        return 0.0
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / var
+
+
+class LeakDetector:
+    """Sustained growth of epoch-end memory: a slope over recent epochs, with patience.
+
+    Example:
+        >>> leak = LeakDetector(warmup_epochs=1, threshold_mib=4.0, patience=3)
+        >>> for epoch, rss_mib in enumerate([500, 540, 580, 620, 660, 700]):
+        ...     slope_now, warn_now = leak.update(epoch, rss_mib)
+        >>> warn_now or leak.warned
+        True
+    """
+
+    def __init__(self, warmup_epochs: int, threshold_mib: float, patience: int) -> None:
+        self.warmup_epochs = warmup_epochs
+        self.threshold_mib = threshold_mib
+        self.patience = patience
+        self.points: list[tuple[int, float]] = []
+        self.streak = 0
+        self.warned = False
+
+    def update(self, epoch: int, rss_mib: float) -> tuple[float | None, bool]:
+        """Adds one epoch's figure; returns (slope or None, whether to warn now)."""
+        self.points.append((epoch, rss_mib))
+        points = [p for i, p in enumerate(self.points) if i >= self.warmup_epochs]
+        points = points[-max(self.patience + 2, 5) :]
+        if len(points) < 3:
+            return None, False
+        value = slope(points)
+        self.streak = self.streak + 1 if value > self.threshold_mib else 0
+        warn = self.streak >= self.patience and not self.warned
+        self.warned = self.warned or warn
+        return value, warn
+
+
+def epochs_until(bound: int | None, current: int | None, slope_mib: float) -> int | None:
+    """Epochs until ``current`` reaches ``bound`` at ``slope_mib`` per epoch (None: never)."""
+    if bound is None or current is None or slope_mib <= 0:
+        return None
+    return max(1, math.ceil((bound - current) / MIB / slope_mib))

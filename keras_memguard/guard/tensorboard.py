@@ -1,0 +1,201 @@
+"""TensorBoard event files written and read without TensorFlow.
+
+``tensorboard``'s own ``EventFileWriter`` and event readers import TensorFlow through
+``tensorboard.compat`` whenever it is installed, which costs a JAX or PyTorch user
+hundreds of MiB (and, on a GPU machine, TensorFlow's own GPU memory). So the guard writes
+the record framing itself: each record is ``length (uint64 LE)``, ``masked CRC32C of
+the length``, ``data``, ``masked CRC32C of the data``, and each datum is an ``Event``
+proto from ``tensorboard.compat.proto``, which imports only protobuf.
+
+Scalars are written as TensorFlow 2's ``tf.summary.scalar`` writes them (a float tensor
+under the ``scalars`` plugin), text as ``tf.summary.text`` does, so TensorBoard shows
+both the same way whichever backend trained.
+
+Example:
+    >>> writer = EventWriter("logs/memory")
+    >>> writer.scalar("memory/process_rss_mib", 412.5, step=0)
+    >>> writer.close()
+    >>> [(e.step, e.summary.value[0].tag) for e in read_events(writer.path)][1:]
+    [(0, 'memory/process_rss_mib')]
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
+
+__all__ = ["EventWriter", "crc32c", "event_files", "masked_crc32c", "read_events"]
+
+_CRC_TABLE: list[int] = []
+for _n in range(256):
+    _c = _n
+    for _ in range(8):
+        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
+    _CRC_TABLE.append(_c)
+_counter = 0
+_counter_lock = threading.Lock()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli) of ``data``, the checksum TFRecord framing uses."""
+    crc = 0xFFFFFFFF
+    table = _CRC_TABLE
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The masked CRC TFRecord stores: rotate right by 15 bits, add a constant."""
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _record(data: bytes) -> bytes:
+    header = struct.pack("<Q", len(data))
+    return (
+        header
+        + struct.pack("<I", masked_crc32c(header))
+        + data
+        + struct.pack("<I", masked_crc32c(data))
+    )
+
+
+def _metadata(plugin: str, content: bytes = b"") -> summary_pb2.SummaryMetadata:
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin, content=content)
+    )
+
+
+class EventWriter:
+    """Appends summaries to one new event file in ``run_dir`` (created if missing).
+
+    Args:
+        run_dir: the run's directory (TensorBoard shows its name as the run).
+        filename_suffix: added to the file name to tell writers apart.
+            Defaults to `".memguard"`.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], filename_suffix: str = ".memguard"):
+        global _counter
+        self.run_dir = os.fspath(run_dir)
+        os.makedirs(self.run_dir, exist_ok=True)
+        with _counter_lock:
+            _counter += 1
+            serial = _counter
+        name = (
+            f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
+            f"{os.getpid()}.{serial}{filename_suffix}"
+        )
+        self.path = os.path.join(self.run_dir, name)
+        self._file: Any = open(self.path, "ab")  # noqa: SIM115  (closed in close())
+        self._lock = threading.Lock()
+        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        self.flush()
+
+    def _write(self, event: event_pb2.Event) -> None:
+        with self._lock:
+            if self._file is None:
+                raise ValueError(f"the event file {self.path} is closed")
+            self._file.write(_record(event.SerializeToString()))
+
+    def _value(self, step: int, value: summary_pb2.Summary.Value) -> None:
+        self._write(
+            event_pb2.Event(
+                wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=[value])
+            )
+        )
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        """Writes one float scalar, as ``tf.summary.scalar`` does."""
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_FLOAT, float_val=[float(value)], tensor_shape={}
+        )
+        self._value(
+            step, summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=_metadata("scalars"))
+        )
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        """Writes one text summary (Markdown), as ``tf.summary.text`` does."""
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING, string_val=[text.encode()], tensor_shape={}
+        )
+        self._value(
+            step, summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=_metadata("text"))
+        )
+
+    def custom_scalars_layout(self, layout: Any) -> None:
+        """Writes a custom-scalars ``Layout`` proto (the charts TensorBoard offers)."""
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING, string_val=[layout.SerializeToString()], tensor_shape={}
+        )
+        value = summary_pb2.Summary.Value(
+            tag="custom_scalars__config__", tensor=tensor, metadata=_metadata("custom_scalars")
+        )
+        self._value(0, value)
+
+    def flush(self) -> None:
+        """Hands what was written to the operating system."""
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+
+    def close(self) -> None:
+        """Flushes and closes the file; later writes raise ``ValueError``."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def read_events(path: str | os.PathLike[str]) -> Iterator[event_pb2.Event]:
+    """The events of one event file; stops quietly at a truncated or corrupt record."""
+    with open(path, "rb") as f:
+        data = f.read()
+    offset = 0
+    while offset + 12 <= len(data):
+        header = data[offset : offset + 8]
+        (length,) = struct.unpack("<Q", header)
+        (header_crc,) = struct.unpack("<I", data[offset + 8 : offset + 12])
+        end = offset + 12 + length + 4
+        if header_crc != masked_crc32c(header) or end > len(data):
+            return
+        body = data[offset + 12 : offset + 12 + length]
+        (body_crc,) = struct.unpack("<I", data[end - 4 : end])
+        if body_crc != masked_crc32c(body):
+            return
+        yield event_pb2.Event.FromString(body)
+        offset = end
+
+
+def event_files(run_dir: str | os.PathLike[str]) -> list[str]:
+    """The event files directly in ``run_dir``, oldest name first."""
+    return sorted(glob.glob(os.path.join(os.fspath(run_dir), "events.out.tfevents.*")))
+
+
+def tensor_value(value: summary_pb2.Summary.Value) -> float | str | None:
+    """A scalar's float or a text's string from one summary value (``None`` otherwise).
+
+    Reads both forms TensorFlow writes: ``simple_value`` (TF1, Keras's TensorBoard on
+    some paths) and a rank-0 tensor (TF2, this module).
+    """
+    if value.HasField("simple_value") or value.WhichOneof("value") == "simple_value":
+        return float(value.simple_value)
+    tensor = value.tensor
+    if tensor.dtype == types_pb2.DT_FLOAT and tensor.float_val:
+        return float(tensor.float_val[0])
+    if tensor.dtype == types_pb2.DT_DOUBLE and tensor.double_val:
+        return float(tensor.double_val[0])
+    if tensor.dtype == types_pb2.DT_STRING and tensor.string_val:
+        return tensor.string_val[0].decode("utf-8", "replace")
+    if tensor.tensor_content and tensor.dtype == types_pb2.DT_FLOAT:
+        return float(struct.unpack("<f", tensor.tensor_content[:4])[0])
+    return None

@@ -1,0 +1,1 @@
+"""Isolation: phases, batch-size searches and tuner trials in fresh processes."""

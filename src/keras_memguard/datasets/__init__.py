@@ -1,1 +1,0 @@
-"""Datasets that keras-memguard ships (they need no download)."""
