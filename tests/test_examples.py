@@ -31,7 +31,7 @@ def test_quickstart_trains_logs_and_points_to_tensorboard(shapes_dir, tmp_path):
     accuracy = float(out.stdout.split("test accuracy ")[1].split()[0])
     assert accuracy > 0.4  # four classes: chance is 0.25
     assert {"train", "validation", "memory"} <= set(os.listdir(log_dir))
-    assert "memory/process_tree_rss_mib" in read_scalars(str(log_dir / "memory"))
+    assert "memory/process_tree_mib" in read_scalars(str(log_dir / "memory"))
 
 
 @pytest.mark.parametrize("flag", ["--epochs", "--batch-size"])
@@ -58,7 +58,7 @@ def test_cifar10_offline_fails_fast_with_the_fix(tmp_path):
 def test_leak_example_halts_and_resumes(shapes_dir, tmp_path):
     out = run_example("leak_and_resume.py", "--work-dir", str(tmp_path), "--data-dir", shapes_dir)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "halted: process_tree_rss" in out.stdout
+    assert "halted: process_tree" in out.stdout
     assert "resumed at epoch 0" in out.stdout
     assert os.path.exists(tmp_path / "guard.keras")
 

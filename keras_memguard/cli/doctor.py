@@ -104,8 +104,8 @@ def diagnose(snap: MemorySnapshot, env: dict[str, str], installed: dict[str, Any
             "programs or expect the OOM killer."
         )
     for gpu in snap.gpus:
-        if gpu.total and gpu.used is not None:
-            others = gpu.used - (gpu.process_used or 0)
+        if gpu.total and gpu.device_used is not None:
+            others = gpu.device_used - (gpu.process_used or 0)
             if others > 0.5 * gpu.total:
                 advice.append(
                     f"Other processes hold {format_bytes(others)} of GPU {gpu.index}'s "
@@ -167,8 +167,9 @@ def format_doctor(report: dict[str, Any]) -> str:
     lines.append(_row("rss", b(snap["process_rss"])))
     lines.append(
         _row(
-            "rss with children",
-            f"{b(snap['process_tree_rss'])} ({snap['child_processes']} children)",
+            "tree (rss + children private)",
+            f"{b(snap['process_tree'])} ({snap['child_processes']} children, "
+            f"{b(snap['process_children'])} private)",
         )
     )
     lines.append(_row("peak rss", b(snap["process_peak_rss"])))
@@ -195,7 +196,8 @@ def format_doctor(report: dict[str, Any]) -> str:
             lines.append(
                 _row(
                     f"GPU {gpu['index']} {gpu['name'] or ''}".strip(),
-                    f"{b(gpu['used'])} / {b(gpu['total'])} used, this process {own}",
+                    f"{b(gpu['device_used'])} / {b(gpu['total'])} used (all processes), "
+                    f"this process {own}",
                 )
             )
     config = report["gpu_configuration"]
