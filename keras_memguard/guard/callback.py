@@ -366,8 +366,10 @@ class MemGuardCallback(keras.callbacks.Callback):
         if logs is not None and self._halted_epoch == epoch:
             # Validation after (or cut short by) a halt covers a batch or so: a val_loss
             # from it would mislead EarlyStopping and ModelCheckpoint(save_best_only).
+            # NaN, not deletion: Keras's ModelCheckpoint saves unconditionally when its
+            # monitor is missing, while NaN is never an improvement.
             for key in [k for k in logs if k.startswith("val_")]:
-                del logs[key]
+                logs[key] = float("nan")
         if self.add_to_logs and logs is not None:
             self._add_to_logs(logs, metrics, snap)
         self.summary.epochs += 1
