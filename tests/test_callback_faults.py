@@ -81,10 +81,10 @@ def test_log_dir_vanishing_mid_run_does_not_stop_training(tmp_path):
         warnings.simplefilter("always")
         history = fit(tiny_model(), [RemoveLogs(), guard], epochs=3)
     assert len(history.history["loss"]) == 3
-    ours = [w for w in record if issubclass(w.category, MemGuardWarning)]
-    assert len(ours) <= 1  # at most one warning for the cause
-    if os.path.isdir(log_dir / "memory"):  # TensorFlow recreated the directory
-        assert read_scalars(str(log_dir / "memory"))
+    # The event file stays open: on Linux writing to an unlinked file succeeds, so the
+    # run neither warns nor recreates the directory behind the user's back.
+    assert [w for w in record if issubclass(w.category, MemGuardWarning)] == []
+    assert not os.path.exists(log_dir)
 
 
 def test_checkpoint_that_cannot_be_written_still_halts_loudly(tmp_path, capsys):

@@ -63,11 +63,20 @@ def test_leak_example_halts_and_resumes(shapes_dir, tmp_path):
     assert os.path.exists(tmp_path / "guard.keras")
 
 
-def test_trial_loop_prints_growth_per_trial(shapes_dir):
+def per_trial_mib(stdout, mode):
+    line = next(line for line in stdout.splitlines() if line.startswith(f"{mode}: "))
+    return float(line.split()[1])
+
+
+def test_trial_loop_isolated_driver_grows_far_less_than_the_plain_loop(shapes_dir):
     out = run_example(
-        "trial_loop.py", "--trials", "2", "--examples", "256", "--data-dir", shapes_dir
+        "trial_loop.py", "--trials", "3", "--examples", "256", "--data-dir", shapes_dir
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "plain:" in out.stdout and "release_memory:" in out.stdout
-    assert "run_isolated:" in out.stdout
-    assert "MiB per trial" in out.stdout
+    plain = per_trial_mib(out.stdout, "plain")
+    isolated = per_trial_mib(out.stdout, "run_isolated")
+    # Measured side by side in one run: the plain loop grows by megabytes per trial,
+    # the driver that runs each trial in a child barely at all. A loose ratio; the
+    # exact per-trial figures belong in benchmarks/bench_trials.py.
+    assert plain > 1.0
+    assert isolated < plain / 3
