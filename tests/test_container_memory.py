@@ -221,6 +221,24 @@ def test_working_set_never_mixes_a_cached_inactive_file_with_fresh_usage(tmp_pat
     assert mem.usage == 200 * MIB and mem.working_set == 200 * MIB
 
 
+def test_near_the_limit_the_working_set_is_exact_on_every_read(tmp_path):
+    reader = v2_tree(tmp_path, limits={"kubepods/pod1/ctr": str(350 * MIB)})  # 300 used
+    leaf = tmp_path / "cgroup/kubepods/pod1/ctr"
+    assert reader.read().working_set == 300 * MIB - 157286400
+    # Cache turns active at once (usage unchanged): 50 MiB from the limit, so read now.
+    write(leaf / "memory.stat", V2_STAT.replace("inactive_file 157286400", "inactive_file 0"))
+    assert reader.read().working_set == 300 * MIB
+
+
+def test_far_from_the_limit_a_small_drift_reuses_the_last_stat(tmp_path):
+    reader = v2_tree(tmp_path)  # no limit
+    leaf = tmp_path / "cgroup/kubepods/pod1/ctr"
+    reader.read()
+    write(leaf / "memory.current", str(310 * MIB))  # 10 MiB more anonymous memory
+    (leaf / "memory.stat").unlink()  # not read again: usage moved less than STAT_DRIFT
+    assert reader.read().working_set == 310 * MIB - 157286400
+
+
 def _own_memory_cgroup():
     """This process's memory cgroup directory, found independently of the reader."""
     with open("/proc/self/cgroup") as f:

@@ -20,6 +20,7 @@ HOLD_200MB = (
 @pytest.fixture
 def no_child_cache(monkeypatch):
     monkeypatch.setattr(process_memory, "CHILD_REFRESH_S", 0.0)
+    monkeypatch.setattr(process_memory, "CHILD_STALE_S", 0.0)  # every read refreshes
 
 
 def test_process_tree_counts_a_child_holding_200mb(no_child_cache):

@@ -58,6 +58,7 @@ def reap(pids):
 @pytest.fixture
 def fresh_children(monkeypatch):
     monkeypatch.setattr(process_memory, "CHILD_REFRESH_S", 0.0)
+    monkeypatch.setattr(process_memory, "CHILD_STALE_S", 0.0)  # every read refreshes
 
 
 def test_four_forked_children_of_a_1_5_gib_parent_count_once(fresh_children):
@@ -99,7 +100,7 @@ def test_children_figure_is_refreshed_on_its_own_cadence_and_says_its_age(monkey
     monkeypatch.setattr(process_memory, "CHILD_REFRESH_S", 60.0)
     process_memory._children.forget()
     first = read_process_memory()
-    assert first.children_age_s == 0.0
+    assert first.children_age_s < 0.05  # measured by this very read
     time.sleep(0.05)
     again = read_process_memory()
     assert 0.04 <= again.children_age_s < 60.0  # the cached figure, with its age
@@ -138,3 +139,33 @@ def test_pydataset_workers_that_leak_are_still_halted(forked_workers_run):
     # The children's figure is refreshed each second: the halt comes within about one
     # second of leaking (4 workers x 8 MiB per 50 ms batch = 640 MiB/s at most).
     assert leak["bound"] < leak["halt"]["value"] <= leak["bound"] + 800 * MIB
+
+
+def test_a_due_refresh_runs_in_the_background_and_never_stalls_the_caller(monkeypatch):
+    monkeypatch.setattr(process_memory, "CHILD_REFRESH_S", 0.2)
+    process_memory._children.forget()
+    first = read_process_memory()  # the first read measures at once
+    slow = []
+    real = process_memory.private_memory
+
+    def slow_private(pid):
+        time.sleep(0.5)  # a long page-table walk
+        slow.append(pid)
+        return real(pid)
+
+    monkeypatch.setattr(process_memory, "private_memory", slow_private)
+    pids = fork_children(1)
+    try:
+        time.sleep(0.25)  # the figure is now due for a refresh
+        started = time.monotonic()
+        due = read_process_memory()
+        assert time.monotonic() - started < 0.1  # the walk happens elsewhere
+        assert due.children == first.children  # meanwhile: the previous figure, aged
+        assert due.children_age_s >= 0.25
+        deadline = time.monotonic() + 5
+        while read_process_memory().children != first.children + 1:
+            assert time.monotonic() < deadline, "the background refresh never landed"
+            time.sleep(0.05)
+        assert slow  # measured by the background walk
+    finally:
+        reap(pids)

@@ -14,10 +14,12 @@ wrote to (or allocated) is its own and counted too. Pages shared only among chil
 and no longer mapped by the parent are the one case left out.
 
 This process's RSS comes from ``/proc/self/statm`` on every call (a few microseconds).
-``smaps_rollup`` walks page tables (about 5 ms for a child mapping 1.5 GiB), so the
-descendants' list and their private memory are refreshed at most every
-``CHILD_REFRESH_S`` seconds; ``children_age_s`` says how old that part of the figure
-is. Elsewhere than Linux the figures come from psutil (``uss`` for children).
+``smaps_rollup`` walks page tables (5 to 15 ms for a child mapping 1.5 GiB), so the
+descendants' list and their private memory are refreshed every ``CHILD_REFRESH_S``
+seconds **in a background thread** (the kernel's walk does not hold the GIL): a check
+never waits for it, except the first one, or one after ``CHILD_STALE_S`` without any.
+``children_age_s`` says how old that part of the figure is. Elsewhere than Linux the
+figures come from psutil (``uss`` for children).
 
 Example:
     >>> mem = read_process_memory()
@@ -30,6 +32,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -40,8 +43,10 @@ from keras_memguard.probes.procfs import read_text
 
 __all__ = ["CHILD_REFRESH_S", "ProcessMemory", "private_memory", "read_process_memory"]
 
-# Seconds between refreshes of the descendants' list and their private memory.
+# Seconds between (background) refreshes of the descendants' list and private memory.
 CHILD_REFRESH_S = 1.0
+# A figure older than this is refreshed before it is returned (the first read, a pause).
+CHILD_STALE_S = 5.0
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _HAS_PROC = sys.platform.startswith("linux") and os.path.exists("/proc/self/statm")
 _HAS_ROLLUP = _HAS_PROC and os.path.exists("/proc/self/smaps_rollup")
@@ -74,36 +79,78 @@ class ProcessMemory:
 
 
 class _TreeCache:
-    """One root pid's descendants and their private memory, read every ``CHILD_REFRESH_S``."""
+    """One root pid's descendants and their private memory, refreshed every
+    ``CHILD_REFRESH_S`` in a background thread (synchronously when stale or new)."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
         self.pid = -1
         self.pids: list[int] = []
         self.private = 0
         self.read_at = float("-inf")
+        self.refreshing = False
+
+    def _measure(self, pid: int) -> tuple[list[int], int, float]:
+        started = time.monotonic()
+        total, counted = 0, []
+        for child in psutil.Process(pid).children(recursive=True):
+            try:
+                total += private_memory(child.pid)
+                counted.append(child.pid)
+            except (OSError, psutil.Error, ValueError, IndexError):
+                continue  # exited since it was listed
+        return counted, total, started
+
+    def _store(self, pid: int, figures: tuple[list[int], int, float]) -> None:
+        with self.lock:
+            self.pid, (self.pids, self.private, self.read_at) = pid, figures
+            self.refreshing = False
+
+    def _background(self, pid: int) -> None:
+        try:
+            self._store(pid, self._measure(pid))
+        except (OSError, psutil.Error, ValueError, IndexError):
+            with self.lock:  # the next call tries again (and reports the error)
+                self.refreshing, self.read_at = False, float("-inf")
 
     def get(self, pid: int) -> tuple[int, int, float]:
         """Returns (children counted, their private bytes, age of the figure in s)."""
         now = time.monotonic()
-        if pid != self.pid or now - self.read_at >= CHILD_REFRESH_S:
-            self.pid, self.read_at = pid, now
-            self.pids = [child.pid for child in psutil.Process(pid).children(recursive=True)]
-            total, counted = 0, []
-            for child in self.pids:
-                try:
-                    total += private_memory(child)
-                    counted.append(child)
-                except (OSError, psutil.Error, ValueError, IndexError):
-                    continue  # exited since it was listed
-            self.pids, self.private = counted, total
-        return len(self.pids), self.private, now - self.read_at
+        with self.lock:
+            age = now - self.read_at
+            fresh_needed = pid != self.pid or age >= max(CHILD_STALE_S, CHILD_REFRESH_S)
+            start_thread = not fresh_needed and age >= CHILD_REFRESH_S and not self.refreshing
+            if start_thread:
+                self.refreshing = True
+            figures = (len(self.pids), self.private, age)
+        if fresh_needed:
+            self._store(pid, self._measure(pid))
+            with self.lock:
+                return len(self.pids), self.private, time.monotonic() - self.read_at
+        if start_thread:
+            threading.Thread(
+                target=self._background, args=(pid,), name="memguard-children", daemon=True
+            ).start()
+        return figures
 
     def forget(self) -> None:
-        self.read_at = float("-inf")
+        with self.lock:
+            self.read_at = float("-inf")
 
 
 _children = _TreeCache()  # this process's tree
 _others: dict[int, _TreeCache] = {}  # other roots (run_isolated polls its child's tree)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts with fresh caches: a new lock, no refresh in flight."""
+    global _children
+    _children = _TreeCache()
+    _others.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _cache(pid: int) -> _TreeCache:
