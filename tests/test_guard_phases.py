@@ -163,3 +163,15 @@ def test_default_time_based_check_halts_a_leak_mid_epoch(model):
     # 0.1 s between checks at >= 20 ms per batch: at most ~6 batches of 10 MiB late.
     assert bound < halt.value <= bound + 8 * 10 * MIB + SLACK
     assert len(history.history["loss"]) == 1
+
+
+def test_evaluate_after_a_fit_that_raised_is_guarded_as_evaluate(model):
+    x, y = tiny_data(samples=256)
+    guard = MemGuardCallback(
+        max_process_memory=MIB, on_exceed="raise", check_every_n_batches=1, verbose=0
+    )
+    with pytest.raises(MemoryLimitExceededError):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[guard])
+    with pytest.raises(MemoryLimitExceededError):
+        model.evaluate(x, y, verbose=0, callbacks=[guard])
+    assert [h.phase for h in guard.summary.halts] == ["train", "evaluate"]

@@ -430,7 +430,7 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     # ---------------------------------------------------------------- thresholds
     def _check(self, snap: MemorySnapshot, batch: int | None) -> None:
-        if self._halted or self._phase_halted:
+        if self._phase_halted or (self._in_fit and self._halted):
             return
         self._warn_low_memory(snap)
         found = crossings(self.bounds, snap)
@@ -522,6 +522,7 @@ class MemGuardCallback(keras.callbacks.Callback):
             self.model.stop_evaluating = True
         if self.on_exceed == "raise" or standalone:
             self._close_writer()
+            self._in_fit = False  # fit ends here: on_train_end will not run
             raise MemoryLimitExceededError(
                 line,
                 snapshot=snap,
