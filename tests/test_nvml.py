@@ -147,9 +147,13 @@ def mixed_nvml(monkeypatch):
 
 
 def test_mixed_machine_without_device_order_warns_that_figures_may_be_misplaced(mixed_nvml):
+    from keras_memguard.cli.doctor import doctor_report
+
     assert not nvml.order_is_certain()
     with pytest.warns(MemGuardWarning, match="CUDA_DEVICE_ORDER=PCI_BUS_ID"):
         snapshot()
+    advice = "\n".join(doctor_report()["warnings"])
+    assert "mixes GPU models" in advice and "CUDA_DEVICE_ORDER=PCI_BUS_ID" in advice
 
 
 @pytest.mark.parametrize(

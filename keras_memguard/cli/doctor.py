@@ -77,6 +77,7 @@ def diagnose(
     env: dict[str, str],
     installed: dict[str, Any],
     container_error: str | None = None,
+    gpu_order_certain: bool = True,
 ) -> list[str]:
     """Turns a snapshot and the environment into warnings a user can act on."""
     advice = []
@@ -122,6 +123,13 @@ def diagnose(
                     f"{format_bytes(gpu.total)}: check nvidia-smi, or pick another GPU with "
                     "CUDA_VISIBLE_DEVICES."
                 )
+    if snap.gpus and not gpu_order_certain:
+        advice.append(
+            "This machine mixes GPU models and CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA "
+            "numbers the fastest GPU first, NVML by PCI bus, so per-GPU figures may land on "
+            "the wrong GPU. Set CUDA_DEVICE_ORDER=PCI_BUS_ID (or list GPU UUIDs in "
+            "CUDA_VISIBLE_DEVICES)."
+        )
     if installed.get("pynvml-distribution"):
         advice.append(
             "The deprecated 'pynvml' distribution is installed and may shadow nvidia-ml-py: "
@@ -158,7 +166,9 @@ def doctor_report() -> dict[str, Any]:
         "effective_available": snap.effective_available,
         "gpu_configuration": _gpu_configuration(),
         "environment": env,
-        "warnings": diagnose(snap, env, versions, container_error),
+        "warnings": diagnose(
+            snap, env, versions, container_error, nvml.order_is_certain() if snap.gpus else True
+        ),
         "tensorflow_initialized": tf_devices.is_initialized(),
     }
 
