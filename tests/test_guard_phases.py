@@ -178,3 +178,16 @@ def test_evaluate_after_a_fit_that_raised_is_guarded_as_evaluate(model):
     with pytest.raises(MemoryLimitExceededError):
         model.evaluate(x, y, verbose=0, callbacks=[guard])
     assert [h.phase for h in guard.summary.halts] == ["train", "evaluate"]
+
+
+def test_predict_inside_fit_keeps_the_epoch_peaks_and_the_training_phase(model):
+    class PredictEachEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.predict(x[:32], verbose=0, callbacks=[guard])
+
+    x, y = tiny_data(samples=128)
+    guard = MemGuardCallback(check_every_n_batches=1, verbose=0)
+    history = model.fit(x, y, epochs=2, verbose=0, callbacks=[guard, PredictEachEpoch()])
+    assert len(history.history["loss"]) == 2 and guard.summary.halts == []
+    assert guard.summary.epochs == 2
+    assert all(v > 0 for v in history.history["memory/process_tree_peak_mib"])

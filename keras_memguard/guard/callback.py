@@ -341,12 +341,22 @@ class MemGuardCallback(keras.callbacks.Callback):
             return
         self._batch_end(batch)
 
+    def on_predict_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._in_fit:
+            self._phase = "train"  # a predict() inside fit is over: training goes on
+
     def _begin_standalone(self, phase: str) -> None:
-        """``evaluate()`` or ``predict()`` outside ``fit``: the summary's halts go on."""
-        if not self._in_fit:
-            self._epoch = None
-            self._workers = WorkerContext()
-            self._check_every = self.check_every_n_batches
+        """``evaluate()`` or ``predict()`` outside ``fit``: the summary's halts go on.
+
+        Called from inside ``fit`` (a callback predicting on samples, say), it checks
+        the same bounds and keeps the epoch's peaks.
+        """
+        if self._in_fit:
+            self._phase, self._batches_since_check = phase, 0
+            return
+        self._epoch = None
+        self._workers = WorkerContext()
+        self._check_every = self.check_every_n_batches
         self._reset_phase(phase)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
