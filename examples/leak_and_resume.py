@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         def on_train_batch_end(self, batch, logs=None):
             held.append(b"x" * (args.leak_mib * 2**20))
 
-    start = mg.snapshot().process_tree_rss or 0
+    start = mg.snapshot().process_tree or 0
     bound = start + args.headroom_mib * 2**20
     checkpoint = os.path.join(args.work_dir, "guard.keras")
     guard = mg.MemGuardCallback(

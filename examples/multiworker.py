@@ -62,7 +62,7 @@ def worker(index: int, ports: list[str], work_dir: str, leak_mib: int) -> None:
 
     guard = LegacyMemGuardCallback(
         log_dir=os.path.join(work_dir, "logs"),
-        max_process_memory=(snapshot().process_tree_rss or 0) + 400 * 2**20,
+        max_process_memory=(snapshot().process_tree or 0) + 400 * 2**20,
         checkpoint_path=os.path.join(work_dir, "guard.keras"),
         check_every_n_batches=5,
     )

@@ -10,7 +10,7 @@ Example:
     ...     model.fit(x, y, callbacks=[MemGuardCallback(max_process_memory="8GiB",
     ...                                                 on_exceed="raise")])
     ... except MemoryLimitExceededError as err:
-    ...     print(err.snapshot.process_tree_rss)
+    ...     print(err.snapshot.process_tree)
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ class MemoryLimitExceededError(MemGuardError):
 
     Attributes:
         snapshot: the ``MemorySnapshot`` that crossed the bound.
-        metric: what crossed (for example ``"process_tree_rss"``).
+        metric: what crossed (for example ``"process_tree"``, ``"gpu0_allocated_peak"``).
         value: its value in bytes.
         bound: the bound in bytes.
-        epoch: the epoch (0-based) in which it crossed.
+        epoch: the epoch (0-based) in which it crossed; ``None`` in ``evaluate``/``predict``.
         batch: the batch within that epoch, or ``None`` at an epoch end.
     """
 

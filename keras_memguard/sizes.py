@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from keras_memguard.errors import invalid_argument
 
-__all__ = ["Size", "format_bytes", "parse_size"]
+__all__ = ["MIN_BYTES", "Size", "format_bytes", "parse_size"]
 
 _UNITS = {
     "b": 1,
@@ -34,8 +34,11 @@ _UNITS = {
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 _PERCENT_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*%\s*$")
 
+# A bare int below this many bytes is refused as a likely unit slip (8 meant as "8GiB").
+MIN_BYTES = 2**20
+
 ACCEPTED_FORMS = (
-    "bytes as a positive int (e.g. 2**30), a size string with a unit "
+    "bytes as an int of at least 1 MiB (e.g. 2**30), a size string with a unit "
     "('512MB', '12GiB'; units B, kB, MB, GB, TB, KiB, MiB, GiB, TiB), "
     "a fraction in (0, 1] such as 0.8, or a percentage such as '80%'"
 )
@@ -78,25 +81,48 @@ def _fraction(name: str, value: object, fraction: float) -> Size:
     return Size(fraction=fraction)
 
 
-def parse_size(value: object, *, name: str, allow_fraction: bool = True) -> Size:
+def _unit_slip(value: int, allow_fraction: bool) -> str:
+    """Why a bare int below ``MIN_BYTES`` is refused, with the likely meaning."""
+    if value == 1:
+        guess = "1.0 (100%) or '1GiB'" if allow_fraction else "'1GiB'"
+    elif value >= 1024:
+        guess = f"'{value}MiB'"  # TensorFlow's memory_limit convention
+    else:
+        guess = f"'{value}GiB'"
+    return f"a bare int is bytes, and below 1 MiB no bound makes sense; did you mean {guess}?"
+
+
+def parse_size(
+    value: object, *, name: str, allow_fraction: bool = True, forms: str | None = None
+) -> Size:
     """Parses a user-given memory size; raises ``ValueError`` naming ``name`` if it is bad.
+
+    A bare ``int`` is bytes and must be at least ``MIN_BYTES`` (1 MiB): ``8`` is far more
+    likely a slip for ``"8GiB"`` than a bound of eight bytes, so it is refused with that
+    suggestion. A string with a unit (``"100B"``) may be as small as one likes.
 
     Args:
         value: bytes (``int``), a fraction (``float`` in (0, 1]), or a string such as
             ``"512MB"``, ``"12GiB"``, ``"80%"`` or ``"0.8"``.
         name: the parameter's name, used in the error message.
         allow_fraction: whether fractions and percentages are accepted.
+        forms: the accepted forms as the error message lists them. Defaults to
+            `ACCEPTED_FORMS` (without fractions when they are refused).
 
     Example:
         >>> parse_size(0.5, name="memory_limit")
         Size(bytes=None, fraction=0.5)
+        >>> parse_size(8, name="max_process_memory")  # ValueError: did you mean '8GiB'?
     """
-    forms = ACCEPTED_FORMS if allow_fraction else ACCEPTED_FORMS.split(", a fraction")[0]
+    if forms is None:
+        forms = ACCEPTED_FORMS if allow_fraction else ACCEPTED_FORMS.split(", a fraction")[0]
     if isinstance(value, bool) or value is None:
         raise _invalid(name, value, forms=forms)
     if isinstance(value, int):
         if value <= 0:
             raise _invalid(name, value, "must be positive", forms)
+        if value < MIN_BYTES:
+            raise _invalid(name, value, _unit_slip(value, allow_fraction), forms)
         return Size(bytes=value)
     if isinstance(value, float):
         if not allow_fraction:
@@ -119,6 +145,8 @@ def parse_size(value: object, *, name: str, allow_fraction: bool = True) -> Size
             if not allow_fraction:
                 raise _invalid(name, value, "fractions are not accepted here", forms)
             return _fraction(name, value, number)
+        if 0 < number < MIN_BYTES:
+            raise _invalid(name, value, _unit_slip(int(number), allow_fraction), forms)
         unit = "b"
     if unit not in _UNITS:
         raise _invalid(name, value, f"unknown unit {match.group(2)!r}", forms)

@@ -76,7 +76,7 @@ def train_with_batch(batch_size, mib_per_example=4, headroom_mib=300):
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(x[:32], y[:32], verbose=0)
-    bound = snapshot().process_tree_rss + headroom_mib * MIB
+    bound = snapshot().process_tree + headroom_mib * MIB
     activations = []
 
     class Activations(keras.callbacks.Callback):

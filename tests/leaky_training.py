@@ -22,7 +22,7 @@ workdir = sys.argv[1]
 x, y = tiny_data(samples=640)
 model = tiny_model()
 model.fit(x[:64], y[:64], epochs=1, verbose=0)  # warm up tracing before measuring
-start = snapshot().process_tree_rss
+start = snapshot().process_tree
 bound = start + MARGIN_MIB * 2**20
 guard = MemGuardCallback(
     log_dir=os.path.join(workdir, "logs"),

@@ -22,9 +22,11 @@ MIB = 2**20
 # max_process_memory set (the bounds are logged so charts can show usage against them).
 BASE_TAGS = {
     "memory/process_rss_mib",
-    "memory/process_tree_rss_mib",
-    "memory/process_peak_rss_mib",
-    "memory/process_tree_rss_peak_mib",
+    "memory/process_tree_mib",
+    "memory/process_children_mib",
+    "memory/process_children_age_s",
+    "memory/process_rss_peak_mib",
+    "memory/process_tree_peak_mib",
     "memory/system_available_mib",
     "memory/system_used_percent",
     "memory/swap_used_mib",
@@ -56,7 +58,7 @@ def test_leak_is_halted_before_bound_plus_one_check(leaky_run):
     _, result, stderr = leaky_run
     halt = result["halt"]
     assert halt is not None, "the guard never halted a 25 MiB/batch leak"
-    assert halt["metric"] == "process_tree_rss"
+    assert halt["metric"] == "process_tree"
     assert halt["bound"] == result["bound"]
     # Checked every batch: the halt comes within one batch's leak (plus a little slack
     # for TensorFlow's own allocations) of the bound.
@@ -91,7 +93,7 @@ def test_tensorboard_events_hold_the_documented_tags(leaky_run):
     tags = set(scalars)
     container = {t for t in tags if t.startswith("memory/container_")}
     assert tags - container == BASE_TAGS
-    steps = [step for step, _ in scalars["memory/process_tree_rss_mib"]]
+    steps = [step for step, _ in scalars["memory/process_tree_mib"]]
     assert steps == list(range(result["epochs_run"]))
     bound_mib = scalars["memory/bound_process_mib"][0][1]
     assert bound_mib == pytest.approx(result["bound"] / MIB, abs=0.01)
@@ -124,8 +126,8 @@ def test_raise_saves_then_raises_with_the_snapshot(tmp_path):
     with pytest.raises(MemoryLimitExceededError) as info:
         fit(model, [guard])
     err = info.value
-    assert err.metric == "process_tree_rss" and err.bound == MIB
-    assert err.snapshot.process_tree_rss == err.value > MIB
+    assert err.metric == "process_tree" and err.bound == MIB
+    assert err.snapshot.process_tree == err.value > MIB
     assert (err.epoch, err.batch) == (0, 0)
     assert "raising" in str(err) and "max_process_memory" in str(err)
     restored = tiny_model()
@@ -174,7 +176,7 @@ def test_record_if_trap_with_keras_tensorboard_update_freq(tmp_path):
         ],
     )
     scalars = read_scalars(str(tmp_path / "memory"))
-    assert [s for s, _ in scalars["memory/process_tree_rss_mib"]] == [0, 1, 2]
+    assert [s for s, _ in scalars["memory/process_tree_mib"]] == [0, 1, 2]
     assert {"train", "validation", "memory"} <= set(os.listdir(tmp_path))
 
 
@@ -238,7 +240,7 @@ def test_batch_level_logging(tmp_path):
     guard = MemGuardCallback(log_dir=tmp_path, log_every_n_batches=2, verbose=0)
     fit(tiny_model(), [guard], epochs=2)  # 8 batches per epoch
     scalars = read_scalars(str(tmp_path / "memory"))
-    steps = [s for s, _ in scalars["memory_batch/process_tree_rss_mib"]]
+    steps = [s for s, _ in scalars["memory_batch/process_tree_mib"]]
     assert steps == [2, 4, 6, 8, 10, 12, 14, 16]
 
 

@@ -49,6 +49,7 @@ def write(path, text):
 
 
 def v2_tree(tmp_path, leaf="kubepods/pod1/ctr", limits=None, events=True):
+    """Each level charges 300 MiB more than the one below it (its other children)."""
     root = tmp_path / "cgroup"
     write(root / "cgroup.controllers", "cpuset cpu io memory hugetlb pids rdma misc")
     limits = limits or {}
@@ -56,13 +57,11 @@ def v2_tree(tmp_path, leaf="kubepods/pod1/ctr", limits=None, events=True):
     for depth in range(1, len(parts) + 1):
         level = root.joinpath(*parts[:depth])
         write(level / "memory.max", limits.get("/".join(parts[:depth]), "max"))
-    leaf_dir = root.joinpath(*parts)
-    write(leaf_dir / "memory.current", str(300 * MIB))
-    write(leaf_dir / "memory.stat", V2_STAT)
-    if events:
-        write(
-            leaf_dir / "memory.events", "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0"
-        )
+        write(level / "memory.current", str(300 * MIB * (len(parts) - depth + 1)))
+        write(level / "memory.stat", V2_STAT)
+        if events:
+            kills = len(parts) - depth + 1
+            write(level / "memory.events", f"low 0\nhigh 0\nmax 12\noom 2\noom_kill {kills}")
     proc = tmp_path / "proc_cgroup"
     write(proc, f"0::/{leaf}")
     return CgroupReader(str(root), str(proc))
@@ -77,10 +76,9 @@ def v1_tree(tmp_path, leaf="docker/abc", limits=None, mount="memory"):
     for depth in range(1, len(parts) + 1):
         level = root.joinpath(mount, *parts[:depth])
         write(level / "memory.limit_in_bytes", limits.get("/".join(parts[:depth]), V1_UNLIMITED))
-    leaf_dir = root.joinpath(mount, *parts)
-    write(leaf_dir / "memory.usage_in_bytes", str(300 * MIB))
-    write(leaf_dir / "memory.stat", V1_STAT)
-    write(leaf_dir / "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 3")
+        write(level / "memory.usage_in_bytes", str(300 * MIB * (len(parts) - depth + 1)))
+        write(level / "memory.stat", V1_STAT)
+        write(level / "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 3")
     proc = tmp_path / "proc_cgroup"
     # A hybrid host: v1 controllers plus the unified hierarchy's "0::" line.
     write(proc, f"12:{mount}:/{leaf}\n11:cpu,cpuacct:/{leaf}\n1:name=systemd:/{leaf}\n0::/")
@@ -94,17 +92,21 @@ def test_v2_effective_limit_is_the_smallest_along_the_path(tmp_path):
     mem = reader.read()
     assert mem.version == 2
     assert mem.limit == 1024 * MIB
-    assert mem.usage == 300 * MIB
-    assert mem.working_set == 300 * MIB - 157286400
-    assert mem.oom_kills == 1
-    assert mem.path.endswith("kubepods/pod1/ctr")
+    # Usage where the limit is in force (pod1: this container and its siblings).
+    assert mem.path.endswith("kubepods/pod1")
+    assert mem.usage == 600 * MIB
+    assert mem.working_set == 600 * MIB - 157286400
+    assert mem.oom_kills == 2  # pod1's count
+    assert mem.leaf.endswith("kubepods/pod1/ctr") and mem.leaf_usage == 300 * MIB
 
 
 def test_v2_leaf_limit_below_parent(tmp_path):
     reader = v2_tree(
         tmp_path, limits={"kubepods": str(4096 * MIB), "kubepods/pod1/ctr": str(512 * MIB)}
     )
-    assert reader.read().limit == 512 * MIB
+    mem = reader.read()
+    assert mem.limit == 512 * MIB
+    assert mem.usage == mem.leaf_usage == 300 * MIB  # the leaf's own limit is in force
 
 
 def test_v2_max_everywhere_means_no_limit(tmp_path):
@@ -143,8 +145,9 @@ def test_v1_walks_to_the_limited_ancestor(tmp_path):
     mem = reader.read()
     assert mem.version == 1
     assert mem.limit == 1536 * MIB
-    assert mem.usage == 300 * MIB
-    assert mem.working_set == 300 * MIB - 157286400
+    assert mem.path.endswith("kubepods/burstable/pod1")
+    assert mem.usage == 600 * MIB and mem.leaf_usage == 300 * MIB
+    assert mem.working_set == 600 * MIB - 157286400
     assert mem.oom_kills == 3
 
 
@@ -174,8 +177,12 @@ def test_unreadable_files_warn_once_and_return_none(tmp_path):
     assert reader.read() is not None
     current.unlink()
     current.mkdir()  # reading a directory fails like an unreadable file
-    with pytest.warns(MemGuardWarning, match="cannot read cgroup memory files"):
+    with pytest.warns(MemGuardWarning, match="cannot read .*memory.current") as record:
         assert reader.read() is None
+    message = str(record[0].message)
+    assert str(current) in message  # names the file
+    assert "'80%' means 80% of host RAM" in message  # and what the bound now means
+    assert reader.error is not None and str(current) in reader.error
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert reader.read() is None  # second failure: no second warning
@@ -188,12 +195,75 @@ def test_garbage_content_warns(tmp_path):
         assert reader.read() is None
 
 
-def test_this_machine_reads_without_error():
-    from keras_memguard.probes.cgroup import read_container_memory
+def test_slurm_like_tree_limit_on_the_job_usage_of_the_whole_job(tmp_path):
+    # SLURM: the job cgroup holds the limit; this step is one of several steps under it.
+    reader = v2_tree(
+        tmp_path,
+        leaf="system.slice/slurmstepd.scope/job_42/step_0/user/task_0",
+        limits={"system.slice/slurmstepd.scope/job_42": str(2048 * MIB)},
+    )
+    mem = reader.read()
+    assert mem.path.endswith("job_42") and mem.limit == 2048 * MIB
+    assert mem.usage == 4 * 300 * MIB  # the job's charge, siblings included
+    assert mem.leaf_usage == 300 * MIB
+    # What is left is the job's limit minus the job's working set, not the task's.
+    assert mem.limit - mem.working_set == 2048 * MIB - (1200 * MIB - 157286400)
 
+
+def test_working_set_never_mixes_a_cached_inactive_file_with_fresh_usage(tmp_path):
+    reader = v2_tree(tmp_path)
+    leaf = tmp_path / "cgroup/kubepods/pod1/ctr"
+    assert reader.read().working_set == 300 * MIB - 157286400
+    # Page cache reclaimed: usage falls and inactive_file with it, at the same moment.
+    write(leaf / "memory.current", str(200 * MIB))
+    write(leaf / "memory.stat", V2_STAT.replace("inactive_file 157286400", "inactive_file 0"))
+    mem = reader.read()
+    assert mem.usage == 200 * MIB and mem.working_set == 200 * MIB
+
+
+def test_near_the_limit_the_working_set_is_exact_on_every_read(tmp_path):
+    reader = v2_tree(tmp_path, limits={"kubepods/pod1/ctr": str(350 * MIB)})  # 300 used
+    leaf = tmp_path / "cgroup/kubepods/pod1/ctr"
+    assert reader.read().working_set == 300 * MIB - 157286400
+    # Cache turns active at once (usage unchanged): 50 MiB from the limit, so read now.
+    write(leaf / "memory.stat", V2_STAT.replace("inactive_file 157286400", "inactive_file 0"))
+    assert reader.read().working_set == 300 * MIB
+
+
+def test_far_from_the_limit_a_small_drift_reuses_the_last_stat(tmp_path):
+    reader = v2_tree(tmp_path)  # no limit
+    leaf = tmp_path / "cgroup/kubepods/pod1/ctr"
+    reader.read()
+    write(leaf / "memory.current", str(310 * MIB))  # 10 MiB more anonymous memory
+    (leaf / "memory.stat").unlink()  # not read again: usage moved less than STAT_DRIFT
+    assert reader.read().working_set == 310 * MIB - 157286400
+
+
+def _own_memory_cgroup():
+    """This process's memory cgroup directory, found independently of the reader."""
+    with open("/proc/self/cgroup") as f:
+        lines = [line.rstrip("\n").split(":", 2) for line in f]
+    for _, controllers, path in lines:
+        directory = os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"))
+        if "memory" in controllers.split(",") and os.path.isdir(directory):
+            return directory
+    for number, _controllers, path in lines:
+        directory = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
+        if number == "0" and os.path.exists(os.path.join(directory, "memory.current")):
+            return directory
+    return None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/cgroup"), reason="Linux only")
+def test_this_machine_reads_without_error():
+    reader = CgroupReader()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        mem = read_container_memory()
-    if mem is not None:
+        mem = reader.read()
+    assert reader.error is None
+    expected = _own_memory_cgroup()
+    assert (mem is None) == (expected is None)
+    if mem is not None:  # this machine has a memory cgroup (both CI and dev machines do)
+        assert os.path.samefile(mem.leaf, expected)
         assert mem.usage >= mem.working_set >= 0
         assert mem.limit is None or mem.limit > 0

@@ -31,7 +31,7 @@ def test_mirrored_strategy_on_two_logical_cpus_halts_a_leak_without_hanging():
             model = tiny_model()
         x, y = tiny_data(samples=640)
         model.fit(x[:64], y[:64], epochs=1, verbose=0)
-        bound = snapshot().process_tree_rss + 200 * 2**20
+        bound = snapshot().process_tree + 200 * 2**20
         guard = MemGuardCallback(max_process_memory=bound, check_every_n_batches=1, verbose=0)
         history = model.fit(x, y, batch_size=32, epochs=20, verbose=0,
                             callbacks=[Leak(mib_per_batch=25), guard])
@@ -47,7 +47,7 @@ def test_mirrored_strategy_on_two_logical_cpus_halts_a_leak_without_hanging():
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
-    assert result["halts"] == ["process_tree_rss"]
+    assert result["halts"] == ["process_tree"]
     assert result["epochs"] < 20
 
 
@@ -87,7 +87,7 @@ def two_workers(tmp_path_factory):
 
 def test_both_workers_stop_at_the_same_step(two_workers):
     _, (chief, leaker), _ = two_workers
-    assert leaker["halt"]["metric"] == "process_tree_rss"  # the one that leaked
+    assert leaker["halt"]["metric"] == "process_tree"  # the one that leaked
     assert chief["halt"]["metric"] == "another_worker"  # stopped with it
     assert (chief["halt"]["epoch"], chief["halt"]["batch"]) == (
         leaker["halt"]["epoch"],
@@ -119,4 +119,4 @@ def test_chief_writes_the_main_run_and_the_other_worker_its_own(two_workers):
     workdir, _, output = two_workers
     assert sorted(os.listdir(workdir / "logs")) == ["memory", "memory_worker1"]
     assert "worker 0: another worker crossed its memory bound" in output
-    assert "worker 1: process_tree_rss" in output
+    assert "worker 1: process_tree" in output

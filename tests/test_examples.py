@@ -31,7 +31,7 @@ def test_quickstart_trains_logs_and_points_to_tensorboard(shapes_dir, tmp_path):
     accuracy = float(out.stdout.split("test accuracy ")[1].split()[0])
     assert accuracy > 0.4  # four classes: chance is 0.25
     assert {"train", "validation", "memory"} <= set(os.listdir(log_dir))
-    assert "memory/process_tree_rss_mib" in read_scalars(str(log_dir / "memory"))
+    assert "memory/process_tree_mib" in read_scalars(str(log_dir / "memory"))
 
 
 @pytest.mark.parametrize("flag", ["--epochs", "--batch-size"])
@@ -58,16 +58,25 @@ def test_cifar10_offline_fails_fast_with_the_fix(tmp_path):
 def test_leak_example_halts_and_resumes(shapes_dir, tmp_path):
     out = run_example("leak_and_resume.py", "--work-dir", str(tmp_path), "--data-dir", shapes_dir)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "halted: process_tree_rss" in out.stdout
+    assert "halted: process_tree" in out.stdout
     assert "resumed at epoch 0" in out.stdout
     assert os.path.exists(tmp_path / "guard.keras")
 
 
-def test_trial_loop_prints_growth_per_trial(shapes_dir):
+def per_trial_mib(stdout, mode):
+    line = next(line for line in stdout.splitlines() if line.startswith(f"{mode}: "))
+    return float(line.split()[1])
+
+
+def test_trial_loop_isolated_driver_grows_far_less_than_the_plain_loop(shapes_dir):
     out = run_example(
-        "trial_loop.py", "--trials", "2", "--examples", "256", "--data-dir", shapes_dir
+        "trial_loop.py", "--trials", "3", "--examples", "256", "--data-dir", shapes_dir
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "plain:" in out.stdout and "release_memory:" in out.stdout
-    assert "run_isolated:" in out.stdout
-    assert "MiB per trial" in out.stdout
+    plain = per_trial_mib(out.stdout, "plain")
+    isolated = per_trial_mib(out.stdout, "run_isolated")
+    # Measured side by side in one run: the plain loop grows by megabytes per trial,
+    # the driver that runs each trial in a child barely at all. A loose ratio; the
+    # exact per-trial figures belong in benchmarks/bench_trials.py.
+    assert plain > 1.0
+    assert isolated < plain / 3

@@ -52,7 +52,7 @@ def test_text_report_per_run(log_dir):
     text = out.stdout
     assert "run calm/memory (3 epochs)" in text
     assert "run halted/memory (1 epochs)" in text
-    assert "process tree RSS" in text and "available" in text and "process bound" in text
+    assert "process tree" in text and "available" in text and "process bound" in text
     assert "halts: 0" in text and "halts: 1" in text
     assert "max_process_memory" in text  # the halt's own message
 
@@ -62,7 +62,7 @@ def test_json_report(log_dir):
     assert out.returncode == 0, out.stderr
     runs = {r["run"]: r for r in json.loads(out.stdout)}
     calm, halted = runs["calm/memory"], runs["halted/memory"]
-    rss = calm["figures"]["process_tree_rss_mib"]
+    rss = calm["figures"]["process_tree_mib"]
     assert rss["epochs"] == 3 and rss["lowest"] <= rss["final"] <= rss["peak"]
     assert halted["figures"]["bound_process_mib"]["final"] == pytest.approx(1.0)
     assert len(halted["halts"]) == 1 and calm["halts"] == []

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from keras_memguard.sizes import Size, format_bytes, parse_size
@@ -6,12 +8,13 @@ from keras_memguard.sizes import Size, format_bytes, parse_size
 @pytest.mark.parametrize(
     "value, expected",
     [
-        (1024, Size(bytes=1024)),
+        (2**20, Size(bytes=2**20)),
+        (3 * 2**30, Size(bytes=3 * 2**30)),
         ("512MB", Size(bytes=512 * 10**6)),
         ("512 MiB", Size(bytes=512 * 2**20)),
         ("12GiB", Size(bytes=12 * 2**30)),
         ("1.5gb", Size(bytes=1_500_000_000)),
-        ("2048", Size(bytes=2048)),
+        ("1048576", Size(bytes=2**20)),
         ("100B", Size(bytes=100)),
         (0.8, Size(fraction=0.8)),
         (1.0, Size(fraction=1.0)),
@@ -30,14 +33,10 @@ def test_accepted_forms(value, expected):
         (0, "must be positive"),
         (-5, "must be positive"),
         (0.0, "must be positive"),
-        (1.5, "cannot exceed 1"),
-        ("150%", "cannot exceed 1"),
+        (1.5, "a fraction cannot exceed 1"),
+        ("150%", "a fraction cannot exceed 1"),
         ("0%", "must be positive"),
         ("12XB", "unknown unit"),
-        ("twelve GiB", ""),
-        ("", ""),
-        (True, ""),
-        (None, ""),
         ([1], "unsupported type list"),
         (float("nan"), "must be positive"),
     ],
@@ -49,7 +48,57 @@ def test_bad_forms_name_the_parameter_and_list_accepted_forms(value, why):
     assert "`min_available_memory`" in message
     assert f"min_available_memory={value!r}" in message
     assert "'12GiB'" in message and "'80%'" in message
-    assert why in message
+    assert f"({why}" in message
+
+
+@pytest.mark.parametrize("value", ["twelve GiB", "", True, None])
+def test_unreadable_values_list_the_accepted_forms(value):
+    with pytest.raises(ValueError) as info:
+        parse_size(value, name="min_available_memory")
+    message = str(info.value)
+    assert f"Received: min_available_memory={value!r}. Expected bytes" in message
+    assert "'12GiB'" in message and "'80%'" in message
+
+
+@pytest.mark.parametrize(
+    "name, value, suggestion",
+    [
+        ("max_process_memory", 8, "did you mean '8GiB'?"),
+        ("min_available_memory", 2, "did you mean '2GiB'?"),
+        ("max_gpu_memory", 16, "did you mean '16GiB'?"),
+        ("max_gpu_memory", "16", "did you mean '16GiB'?"),
+        ("memory_limit", 5120, "did you mean '5120MiB'?"),
+        ("max_process_memory", 1, "did you mean 1.0 (100%) or '1GiB'?"),
+        ("max_process_memory", 2**20 - 1, "did you mean '1048575MiB'?"),
+    ],
+)
+def test_a_bare_int_below_one_mib_is_a_unit_slip(name, value, suggestion):
+    with pytest.raises(ValueError) as info:
+        parse_size(value, name=name)
+    message = str(info.value)
+    assert f"`{name}`" in message and suggestion in message
+
+
+def test_a_small_size_with_a_unit_is_taken_at_its_word():
+    assert parse_size("100B", name="x") == Size(bytes=100)
+    assert parse_size("8KiB", name="x") == Size(bytes=8192)
+
+
+def test_unit_slips_in_every_public_entry_point():
+    from keras_memguard import MemGuardCallback
+    from keras_memguard.backends.configure import configure_gpus
+
+    for kwargs, suggestion in [
+        ({"max_process_memory": 8}, "'8GiB'"),
+        ({"min_available_memory": 2}, "'2GiB'"),
+        ({"max_gpu_memory": 16}, "'16GiB'"),
+        ({"emergency_available_memory": 1}, "1.0 (100%)"),
+    ]:
+        with pytest.raises(ValueError, match=f"did you mean {re.escape(suggestion)}"):
+            MemGuardCallback(**kwargs)
+    for limit, suggestion in [(5120, "'5120MiB'"), (5, "'5GiB'")]:
+        with pytest.raises(ValueError, match=f"`memory_limit`.*did you mean {suggestion}"):
+            configure_gpus(memory_limit=limit)
 
 
 def test_fractions_can_be_refused():

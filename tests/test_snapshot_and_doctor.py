@@ -23,14 +23,31 @@ def memguard_command():
 
 def test_snapshot_fields_and_metrics():
     snap = snapshot()
-    assert snap.process_rss > 0 and snap.process_tree_rss >= snap.process_rss
+    assert snap.process_rss > 0 and snap.process_tree >= snap.process_rss
     assert snap.effective_limit <= snap.system_total
     assert 0 < snap.effective_available <= snap.effective_limit
     metrics = snap.metrics()
     assert metrics["process_rss_mib"] == pytest.approx(snap.process_rss / MIB, abs=0.01)
     assert metrics["effective_limit_mib"] == pytest.approx(snap.effective_limit / MIB, abs=0.01)
     assert all(isinstance(v, float) for v in metrics.values())
-    assert all(v is not None for v in metrics.values())
+    host = {
+        "process_rss_mib",
+        "process_tree_mib",
+        "process_children_mib",
+        "process_children_age_s",
+        "process_rss_peak_mib",
+        "system_available_mib",
+        "system_used_percent",
+        "swap_used_mib",
+        "effective_limit_mib",
+        "effective_available_mib",
+    }
+    assert host <= set(metrics)
+    # A figure that does not apply is left out rather than logged as 0 or NaN.
+    assert ("container_limit_mib" in metrics) == (snap.container_limit is not None)
+    assert not [k for k in metrics if k.startswith("gpu")]  # no GPU figures here
+    tree = metrics["process_rss_mib"] + metrics["process_children_mib"]
+    assert metrics["process_tree_mib"] == pytest.approx(tree, abs=0.01)
 
 
 def test_effective_limit_and_available_take_the_container_into_account():
@@ -127,6 +144,23 @@ def test_diagnose_container_far_below_host():
     assert "autotune" in advice and "8.0 GiB" in advice and "64.0 GiB" in advice
     assert "OOM killer has already killed 2" in advice
     assert "swap" in advice
+
+
+def test_diagnose_unreadable_cgroup_says_what_the_bound_now_means(tmp_path, monkeypatch):
+    from keras_memguard.probes import cgroup
+
+    root = tmp_path / "cgroup"
+    (root / "memory").mkdir(parents=True)
+    (root / "memory" / "memory.limit_in_bytes").write_text(str(4 * GIB))
+    (root / "memory" / "memory.usage_in_bytes").mkdir()  # unreadable as a file
+    (tmp_path / "proc_cgroup").write_text("5:memory:/\n")
+    reader = cgroup.CgroupReader(str(root), str(tmp_path / "proc_cgroup"))
+    monkeypatch.setattr(cgroup, "_default_reader", reader)
+    with pytest.warns(Warning, match="memory.usage_in_bytes"):
+        report = doctor_report()
+    advice = "\n".join(report["warnings"])
+    assert "memory.usage_in_bytes" in advice and "80% of host RAM" in advice
+    assert "in bytes" in advice
 
 
 def test_diagnose_nearly_out_of_memory():

@@ -28,20 +28,45 @@ def tiny_model(features: int = 8) -> keras.Model:
 
 
 class Leak(keras.callbacks.Callback):
-    """Holds `mib_per_batch` (or per epoch) of fresh memory, like a real leak would."""
+    """Holds fresh memory per batch of a phase (or per epoch), like a real leak would.
 
-    def __init__(self, mib_per_batch: int = 0, mib_per_epoch: int = 0) -> None:
+    ``mib_per_batch`` leaks in training batches, ``mib_per_test_batch`` in validation
+    and ``evaluate()`` batches, ``mib_per_predict_batch`` in ``predict()`` batches.
+    ``batches`` counts the batch ends seen per phase.
+    """
+
+    def __init__(
+        self,
+        mib_per_batch: int = 0,
+        mib_per_epoch: int = 0,
+        mib_per_test_batch: int = 0,
+        mib_per_predict_batch: int = 0,
+    ) -> None:
         super().__init__()
         self.mib_per_batch, self.mib_per_epoch = mib_per_batch, mib_per_epoch
+        self.mib_per_test_batch = mib_per_test_batch
+        self.mib_per_predict_batch = mib_per_predict_batch
         self.held: list[bytes] = []
+        self.batches = {"train": 0, "test": 0, "predict": 0}
+
+    def _hold(self, mib: int) -> None:
+        if mib:
+            self.held.append(b"x" * (mib * 2**20))
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.mib_per_batch:
-            self.held.append(b"x" * (self.mib_per_batch * 2**20))
+        self.batches["train"] += 1
+        self._hold(self.mib_per_batch)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.batches["test"] += 1
+        self._hold(self.mib_per_test_batch)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.batches["predict"] += 1
+        self._hold(self.mib_per_predict_batch)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.mib_per_epoch:
-            self.held.append(b"x" * (self.mib_per_epoch * 2**20))
+        self._hold(self.mib_per_epoch)
 
 
 def read_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:

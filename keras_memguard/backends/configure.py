@@ -117,10 +117,7 @@ def _parse_limits(memory_limit: Any) -> Size | dict[int, Size] | None:
                 )
             limits[key] = parse_size(value, name=f"memory_limit[{key}]")
         return limits
-    try:
-        return parse_size(memory_limit, name="memory_limit")
-    except ValueError:
-        raise invalid_argument("memory_limit", memory_limit, _LIMIT_FORMS) from None
+    return parse_size(memory_limit, name="memory_limit", forms=_LIMIT_FORMS)
 
 
 def _needs_totals(limits: Size | dict[int, Size] | None) -> bool:

@@ -20,7 +20,7 @@ from importlib import metadata
 from typing import Any
 
 from keras_memguard.backends import tensorflow as tf_devices
-from keras_memguard.probes import nvml
+from keras_memguard.probes import cgroup, nvml
 from keras_memguard.probes.snapshot import MemorySnapshot, snapshot
 from keras_memguard.sizes import format_bytes
 
@@ -72,9 +72,20 @@ def _gpu_configuration() -> dict[str, Any]:
     return current_gpu_configuration()
 
 
-def diagnose(snap: MemorySnapshot, env: dict[str, str], installed: dict[str, Any]) -> list[str]:
+def diagnose(
+    snap: MemorySnapshot,
+    env: dict[str, str],
+    installed: dict[str, Any],
+    container_error: str | None = None,
+    gpu_order_certain: bool = True,
+) -> list[str]:
     """Turns a snapshot and the environment into warnings a user can act on."""
     advice = []
+    if container_error:
+        advice.append(
+            f"keras-memguard {container_error}. Give max_process_memory and "
+            "min_available_memory in bytes (e.g. '12GiB') while this lasts."
+        )
     if (
         snap.container_limit is not None
         and snap.system_total
@@ -104,14 +115,21 @@ def diagnose(snap: MemorySnapshot, env: dict[str, str], installed: dict[str, Any
             "programs or expect the OOM killer."
         )
     for gpu in snap.gpus:
-        if gpu.total and gpu.used is not None:
-            others = gpu.used - (gpu.process_used or 0)
+        if gpu.total and gpu.device_used is not None:
+            others = gpu.device_used - (gpu.process_used or 0)
             if others > 0.5 * gpu.total:
                 advice.append(
                     f"Other processes hold {format_bytes(others)} of GPU {gpu.index}'s "
                     f"{format_bytes(gpu.total)}: check nvidia-smi, or pick another GPU with "
                     "CUDA_VISIBLE_DEVICES."
                 )
+    if snap.gpus and not gpu_order_certain:
+        advice.append(
+            "This machine mixes GPU models and CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA "
+            "numbers the fastest GPU first, NVML by PCI bus, so per-GPU figures may land on "
+            "the wrong GPU. Set CUDA_DEVICE_ORDER=PCI_BUS_ID (or list GPU UUIDs in "
+            "CUDA_VISIBLE_DEVICES)."
+        )
     if installed.get("pynvml-distribution"):
         advice.append(
             "The deprecated 'pynvml' distribution is installed and may shadow nvidia-ml-py: "
@@ -125,6 +143,8 @@ def diagnose(snap: MemorySnapshot, env: dict[str, str], installed: dict[str, Any
 def doctor_report() -> dict[str, Any]:
     """Everything ``memguard doctor`` shows, as plain data."""
     snap = snapshot()
+    container = cgroup.read_container_memory()
+    container_error = cgroup.read_error()
     env = {name: os.environ[name] for name in ENVIRONMENT_VARIABLES if name in os.environ}
     versions: dict[str, Any] = {
         "python": platform.python_version(),
@@ -141,11 +161,14 @@ def doctor_report() -> dict[str, Any]:
         "versions": versions,
         "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
         "snapshot": asdict(snap),
+        "container": asdict(container) if container else None,
         "effective_limit": snap.effective_limit,
         "effective_available": snap.effective_available,
         "gpu_configuration": _gpu_configuration(),
         "environment": env,
-        "warnings": diagnose(snap, env, versions),
+        "warnings": diagnose(
+            snap, env, versions, container_error, nvml.order_is_certain() if snap.gpus else True
+        ),
         "tensorflow_initialized": tf_devices.is_initialized(),
     }
 
@@ -167,8 +190,9 @@ def format_doctor(report: dict[str, Any]) -> str:
     lines.append(_row("rss", b(snap["process_rss"])))
     lines.append(
         _row(
-            "rss with children",
-            f"{b(snap['process_tree_rss'])} ({snap['child_processes']} children)",
+            "tree (rss + children private)",
+            f"{b(snap['process_tree'])} ({snap['child_processes']} children, "
+            f"{b(snap['process_children'])} private)",
         )
     )
     lines.append(_row("peak rss", b(snap["process_peak_rss"])))
@@ -181,8 +205,14 @@ def format_doctor(report: dict[str, Any]) -> str:
         lines += ["", "Container (cgroup)"]
         limit = snap["container_limit"]
         lines.append(_row("limit", b(limit) if limit is not None else "none"))
+        container = report.get("container") or {}
+        if container.get("path"):
+            lines.append(_row("cgroup read", container["path"]))
         lines.append(_row("usage (with page cache)", b(snap["container_usage"])))
         lines.append(_row("working set", b(snap["container_working_set"])))
+        if container.get("leaf") and container.get("leaf") != container.get("path"):
+            lines.append(_row("this process's cgroup", container["leaf"]))
+            lines.append(_row("  its own charge", b(container.get("leaf_usage"))))
         if snap["container_oom_kills"] is not None:
             lines.append(_row("oom kills", snap["container_oom_kills"]))
     lines += ["", "Effective"]
@@ -195,7 +225,8 @@ def format_doctor(report: dict[str, Any]) -> str:
             lines.append(
                 _row(
                     f"GPU {gpu['index']} {gpu['name'] or ''}".strip(),
-                    f"{b(gpu['used'])} / {b(gpu['total'])} used, this process {own}",
+                    f"{b(gpu['device_used'])} / {b(gpu['total'])} used (all processes), "
+                    f"this process {own}",
                 )
             )
     config = report["gpu_configuration"]

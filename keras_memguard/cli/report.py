@@ -129,9 +129,9 @@ def format_report(runs: list[RunReport]) -> str:
         lines.append(f"run {run.name} ({epochs} epochs)")
         rows = [
             (
-                "process tree RSS",
-                get("process_tree_rss_mib", "final"),
-                get("process_tree_rss_peak_mib", "peak") or get("process_tree_rss_mib", "peak"),
+                "process tree",
+                get("process_tree_mib", "final"),
+                get("process_tree_peak_mib", "peak") or get("process_tree_mib", "peak"),
             ),
             (
                 "available",
@@ -140,15 +140,12 @@ def format_report(runs: list[RunReport]) -> str:
                 or get("effective_available_mib", "lowest"),
             ),
         ]
-        gpu_keys = sorted(k for k in figures if k.startswith("gpu") and k.endswith("_used_mib"))
+        gpu_keys = sorted(
+            k for k in figures if k.startswith("gpu") and k.endswith("_allocated_peak_mib")
+        )
         for key in gpu_keys:
-            rows.append(
-                (
-                    key.replace("_used_mib", " used").upper().replace("GPU", "GPU "),
-                    get(key, "final"),
-                    get(key, "peak"),
-                )
-            )
+            index = key[len("gpu") : -len("_allocated_peak_mib")]
+            rows.append((f"GPU {index} alloc. peak", get(key, "final"), get(key, "peak")))
         lines.append(f"  {'':<20}{'final':>14}{'peak / lowest':>16}")
         for label, final, extreme in rows:
             lines.append(f"  {label:<20}{_fmt(final):>14}{_fmt(extreme):>16}")
@@ -183,14 +180,20 @@ def plot_report(runs: list[RunReport], path: str) -> str:
         raise ReportError("--plot needs matplotlib: pip install 'keras-memguard[plot]'") from None
     panels = [
         (
-            "Process tree RSS (MiB)",
-            ["process_tree_rss_mib", "process_tree_rss_peak_mib"],
+            "Process tree (MiB)",
+            ["process_tree_mib", "process_tree_peak_mib"],
             ["bound_process_mib"],
         ),
         ("Available memory (MiB)", ["effective_available_mib"], ["bound_available_mib"]),
     ]
     if any(k.startswith("memory/gpu") for run in runs for k in run.scalars):
-        panels.append(("GPU memory (MiB)", ["gpu0_used_mib", "gpu0_peak_mib"], ["gpu0_bound_mib"]))
+        panels.append(
+            (
+                "GPU memory (MiB)",
+                ["gpu0_allocated_peak_mib", "gpu0_device_used_mib"],
+                ["gpu0_bound_mib"],
+            )
+        )
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False)
     for ax, (title, keys, bounds) in zip(axes[:, 0], panels, strict=True):
         for run in runs:

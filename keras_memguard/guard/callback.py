@@ -2,7 +2,10 @@
 
 Logged keys (TensorBoard tags are ``memory/<key>`` in the run ``<log_dir>/memory``; the
 Keras ``logs`` get a short subset, see ``LOG_KEYS``) are documented with their units in
-docs/metrics.md. Every key ends in its unit: ``_mib`` (MiB), ``_percent``.
+docs/metrics.md. Every key ends in its unit: ``_mib`` (MiB), ``_percent``, ``_s``.
+
+The same bounds are checked in every phase: training batches, the validation pass
+inside ``fit``, ``evaluate()`` and ``predict()``.
 
 Example:
     >>> guard = MemGuardCallback(log_dir="logs", max_process_memory="80%",
@@ -25,7 +28,6 @@ from typing import Any
 
 import keras
 
-from keras_memguard.backends import tensorflow as tf_devices
 from keras_memguard.errors import (
     MemGuardWarning,
     MemoryLimitExceededError,
@@ -42,25 +44,25 @@ from keras_memguard.guard.policy import (
     bounds_mib,
     crossings,
     epochs_until,
+    gpu_peaks_since_check,
+    gpus_without_total,
     is_low_memory,
     mib,
 )
 from keras_memguard.guard.release import release_memory
 from keras_memguard.guard.tensorboard import EventWriter
-from keras_memguard.probes.snapshot import MIB, MemorySnapshot, snapshot
+from keras_memguard.probes import nvml
+from keras_memguard.probes.snapshot import MIB, MemorySnapshot, reset_gpu_peaks, snapshot
 from keras_memguard.sizes import Size, format_bytes, parse_size
 
 __all__ = ["LOG_KEYS", "Halt", "MemGuardCallback", "MemGuardSummary", "memory_layout"]
 
 ON_EXCEED = ("stop", "raise", "warn")
 PREFIX = "memory/"
-# The keys added to Keras `logs` at each epoch end (History, CSVLogger, progress bar),
-# plus `memory/gpu<i>_used_mib` and `memory/gpu<i>_peak_mib` for each GPU.
-LOG_KEYS = (
-    "memory/process_tree_rss_mib",
-    "memory/process_tree_rss_peak_mib",
-    "memory/effective_available_mib",
-)
+# The keys added to Keras `logs` at each epoch end (History, CSVLogger, progress bar,
+# and keras.callbacks.TensorBoard's `epoch_<key>`), plus `memory/gpu<i>_allocated_peak_mib`
+# for each GPU. Few on purpose: every key lands in all of those places.
+LOG_KEYS = ("memory/process_tree_peak_mib",)
 # With several workers, checks happen on batch counts (the same step on every worker).
 MULTI_WORKER_CHECK_EVERY = 10
 
@@ -107,15 +109,20 @@ class MemGuardCallback(keras.callbacks.Callback):
         log_dir: TensorBoard directory; the guard writes the run `<log_dir>/memory`,
             beside `keras.callbacks.TensorBoard`'s `train/` and `validation/`.
             Defaults to `None` (no TensorBoard output).
-        max_process_memory: bound on this process tree's RSS (children included).
-            Defaults to `None`.
+        max_process_memory: bound on this process tree: its RSS plus its child
+            processes' private memory (pages shared with forked workers count once,
+            as the kernel charges them). Defaults to `None`.
         min_available_memory: floor on the machine's / container's available memory.
             Defaults to `None`.
         max_gpu_memory: per-GPU bound, a fraction of each GPU's total or bytes; compared
-            with TensorFlow's live bytes on that GPU (NVML's figure when TensorFlow's is
-            unknown). Defaults to `None`.
+            with the framework allocator's peak since the previous check (the in-step
+            peak is what runs a GPU out), else its live bytes, else NVML's figure for
+            this process. A fraction needs the GPU's total (NVML, or the framework's
+            own limit). Defaults to `None`.
         on_exceed: `"stop"` (save, then `model.stop_training = True`), `"raise"` (save,
-            then raise `MemoryLimitExceededError`) or `"warn"`. Defaults to `"stop"`.
+            then raise `MemoryLimitExceededError`) or `"warn"`. In `evaluate()` and
+            `predict()`, `"stop"` raises too: a truncated result would mislead.
+            Defaults to `"stop"`.
         checkpoint_path: where the model is saved before a halt (`.keras` for the whole
             model, `.weights.h5` for weights). Defaults to `None` (nothing saved).
         check_interval: seconds between threshold checks during an epoch; one check
@@ -125,9 +132,11 @@ class MemGuardCallback(keras.callbacks.Callback):
             Defaults to `None`.
         log_every_n_batches: also write `memory_batch/<key>` scalars every N batches.
             Defaults to `None`.
-        add_to_logs: add `LOG_KEYS` (and GPU keys) to each epoch's `logs`. Callbacks
-            listed *before* this one in `callbacks=[...]` do not see them.
-            Defaults to `True`.
+        add_to_logs: add `memory/process_tree_peak_mib` and, per GPU,
+            `memory/gpu<i>_allocated_peak_mib` to each epoch's `logs` (only these: each
+            key appears in the progress bar, `CSVLogger` and Keras's `TensorBoard`;
+            every other figure is in the `memory` run). Callbacks listed *before* this
+            one in `callbacks=[...]` do not see them. Defaults to `True`.
         leak_warmup_epochs: epochs ignored by leak detection. Defaults to `1`.
         leak_threshold: growth per epoch above which memory counts as leaking.
             Defaults to `"4MiB"`.
@@ -189,6 +198,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.max_process_memory = _optional_size(max_process_memory, "max_process_memory")
         self.min_available_memory = _optional_size(min_available_memory, "min_available_memory")
         self.max_gpu_memory = _optional_size(max_gpu_memory, "max_gpu_memory")
+        _check_gpu_fraction_has_totals(self.max_gpu_memory)
         self.emergency_available_memory = _optional_size(
             emergency_available_memory, "emergency_available_memory"
         )
@@ -218,52 +228,82 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.summary = MemGuardSummary()
         self.last_snapshot: MemorySnapshot | None = None
         self._writer: Any = None
+        self._in_fit = False
         self._reset_run_state()
 
     # ----------------------------------------------------------------- run state
     def _reset_run_state(self) -> None:
         self.summary = MemGuardSummary()
-        self._epoch = 0
+        self._epoch: int | None = 0
         self._global_batch = 0
-        self._batches_since_check = 0
-        self._last_check = float("-inf")
-        self._epoch_peak_rss: int | None = None
-        self._epoch_min_available: int | None = None
         self._leak = LeakDetector(
             self.leak_warmup_epochs, (self.leak_threshold.bytes or 0) / MIB, self.leak_patience
         )
         self._halted = False
+        self._halted_epoch: int | None = None
         self._over: set[str] = set()  # bounds currently crossed (warn mode, low memory)
         self._log_keys: list[str] | None = None
         self._workers = WorkerContext()
         self._check_every = self.check_every_n_batches
+        self._phase = "train"
+        self._phase_halted = False
+        self._batches_since_check = 0
+        self._last_check = float("-inf")
+        self._epoch_peak_tree: int | None = None
+        self._epoch_min_available: int | None = None
+        self._epoch_gpu_peaks: dict[int, int] = {}
+        self._gpu_peaks_seen: dict[int, int] = {}
+
+    def _reset_phase(self, phase: str) -> None:
+        """A phase (an epoch's training, evaluate, predict) starts: its cadence and peaks.
+
+        The allocator's peaks are reset where the framework allows (this resets them
+        for the user's own code too, see docs/callback.md).
+        """
+        self._phase = phase
+        self._phase_halted = False
+        self._batches_since_check = 0
+        self._last_check = float("-inf")
+        self._epoch_peak_tree = None
+        self._epoch_min_available = None
+        self._epoch_gpu_peaks = {}
+        reset_gpu_peaks()
+        # A peak that cannot be reset counts only once it rises above today's.
+        _, self._gpu_peaks_seen = gpu_peaks_since_check(snapshot().gpus, {})
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._reset_run_state()
+        self._in_fit = True
+        self._reset_phase("train")
         self._workers = worker_context(self.model)
         if self._workers.multi_worker and self._check_every is None:
             self._check_every = MULTI_WORKER_CHECK_EVERY
         snap = self._sample()
-        self.summary.start_process_tree_rss = snap.process_tree_rss
+        self.summary.start_process_tree_rss = snap.process_tree
+        self._warn_unbounded_gpus(snap)
         self._open_writer([gpu.index for gpu in snap.gpus])
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
-        self._epoch_peak_rss = None
-        self._epoch_min_available = None
-        tf_devices.reset_allocator_peaks()
+        self._reset_phase("train")
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._global_batch += 1
+        log_due = (
+            self.log_every_n_batches is not None
+            and self._global_batch % self.log_every_n_batches == 0
+        )
+        self._batch_end(batch, log_due)
+
+    def _batch_end(self, batch: int, log_due: bool = False) -> None:
+        """The check of every phase: by batch count or by time, as configured."""
+        if self._phase == "validation" and self._workers.multi_worker:
+            return  # one worker stopping its validation alone would stall the others
         self._batches_since_check += 1
         if self._check_every is not None:
             due = self._batches_since_check >= self._check_every
         else:
             due = time.monotonic() - self._last_check >= self.check_interval
-        log_due = (
-            self.log_every_n_batches is not None
-            and self._global_batch % self.log_every_n_batches == 0
-        )
         if not (due or log_due):
             return
         snap = self._sample()
@@ -273,30 +313,84 @@ class MemGuardCallback(keras.callbacks.Callback):
             self._batches_since_check = 0
             self._check(snap, batch)
 
+    # ------------------------------------------- validation, evaluate(), predict()
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self._in_fit:
+            # The validation pass: keep the training epoch's peaks, check the same bounds.
+            self._phase = "validation"
+            self._batches_since_check = 0
+            if self._halted:
+                # Keras validates after a halt; stop it after its first batch (the
+                # earliest Keras allows), and keep its partial val_* out of `logs`.
+                self.model.stop_evaluating = True
+            return
+        self._begin_standalone("evaluate")
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._phase_halted or (self._in_fit and self._halted):
+            self.model.stop_evaluating = True
+            return
+        self._batch_end(batch)
+
+    def on_predict_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._begin_standalone("predict")
+
+    def on_predict_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._phase_halted:
+            self.model.stop_predicting = True
+            return
+        self._batch_end(batch)
+
+    def on_predict_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._in_fit:
+            self._phase = "train"  # a predict() inside fit is over: training goes on
+
+    def _begin_standalone(self, phase: str) -> None:
+        """``evaluate()`` or ``predict()`` outside ``fit``: the summary's halts go on.
+
+        Called from inside ``fit`` (a callback predicting on samples, say), it checks
+        the same bounds and keeps the epoch's peaks.
+        """
+        if self._in_fit:
+            self._phase, self._batches_since_check = phase, 0
+            return
+        self._epoch = None
+        self._workers = WorkerContext()
+        self._check_every = self.check_every_n_batches
+        self._reset_phase(phase)
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._phase = "train"
         snap = self._sample()
         metrics = snap.metrics()
-        metrics["process_tree_rss_peak_mib"] = mib(self._epoch_peak_rss)
+        metrics["process_tree_peak_mib"] = mib(self._epoch_peak_tree)
         metrics["effective_available_min_mib"] = mib(self._epoch_min_available)
-        for gpu in snap.gpus:
-            if gpu.tf_peak is not None:
-                metrics[f"gpu{gpu.index}_peak_mib"] = mib(gpu.tf_peak)
+        for index, peak in self._epoch_gpu_peaks.items():
+            metrics[f"gpu{index}_allocated_peak_mib"] = mib(peak)
         metrics.update(bounds_mib(self.bounds, snap))
         slope = self._update_leak(epoch, snap)
         if slope is not None:
             metrics["leak_slope_mib_per_epoch"] = slope
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
         self._write_scalars(PREFIX, metrics, epoch)
+        if logs is not None and self._halted_epoch == epoch:
+            # Validation after (or cut short by) a halt covers a batch or so: a val_loss
+            # from it would mislead EarlyStopping and ModelCheckpoint(save_best_only).
+            # NaN, not deletion: Keras's ModelCheckpoint saves unconditionally when its
+            # monitor is missing, while NaN is never an improvement.
+            for key in [k for k in logs if k.startswith("val_")]:
+                logs[key] = float("nan")
         if self.add_to_logs and logs is not None:
             self._add_to_logs(logs, metrics, snap)
         self.summary.epochs += 1
         self._check(snap, None)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._in_fit = False
         if self.release_on_train_end:
             self.summary.release = release_memory(clear_session=False)
         snap = self._sample()
-        self.summary.end_process_tree_rss = snap.process_tree_rss
+        self.summary.end_process_tree_rss = snap.process_tree
         self._close_writer()
         if self.verbose:
             print(self.summary, file=sys.stderr)
@@ -304,27 +398,49 @@ class MemGuardCallback(keras.callbacks.Callback):
     # ------------------------------------------------------------------ sampling
     def _sample(self) -> MemorySnapshot:
         snap = snapshot()
+        gpus, self._gpu_peaks_seen = gpu_peaks_since_check(snap.gpus, self._gpu_peaks_seen)
+        if any(gpu.peak_resettable for gpu in snap.gpus):
+            reset_gpu_peaks()  # the next sample's peak is the peak since this one
+        snap = replace(snap, gpus=gpus)
         self.last_snapshot = snap
         self._last_check = time.monotonic()
         summary = self.summary
-        rss, available = snap.process_tree_rss, snap.effective_available
-        if rss is not None:
-            self._epoch_peak_rss = _extreme(max, self._epoch_peak_rss, rss)
-            summary.peak_process_tree_rss = _extreme(max, summary.peak_process_tree_rss, rss)
+        tree, available = snap.process_tree, snap.effective_available
+        if tree is not None:
+            self._epoch_peak_tree = _extreme(max, self._epoch_peak_tree, tree)
+            summary.peak_process_tree_rss = _extreme(max, summary.peak_process_tree_rss, tree)
         if available is not None:
             self._epoch_min_available = _extreme(min, self._epoch_min_available, available)
             summary.min_effective_available = _extreme(
                 min, summary.min_effective_available, available
             )
         for gpu in snap.gpus:
-            usage = gpu.tf_peak if gpu.tf_peak is not None else gpu.guarded_usage
-            if usage is not None:
-                summary.peak_gpu[gpu.index] = max(summary.peak_gpu.get(gpu.index, 0), usage)
+            guarded = gpu.guarded  # the figure max_gpu_memory is compared with
+            if guarded is not None:
+                peak_gpu = summary.peak_gpu
+                peak_gpu[gpu.index] = max(peak_gpu.get(gpu.index, 0), guarded[1])
+            peak = gpu.allocated_peak if gpu.allocated_peak is not None else gpu.allocated
+            if peak is not None:
+                peaks = self._epoch_gpu_peaks
+                peaks[gpu.index] = max(peaks.get(gpu.index, 0), peak)
         return snap
+
+    def _warn_unbounded_gpus(self, snap: MemorySnapshot) -> None:
+        """A fractional GPU bound without a total is no bound: say so, loudly, once."""
+        missing = gpus_without_total(self.bounds, snap)
+        if missing:
+            warnings.warn(
+                f"keras-memguard: max_gpu_memory={self.max_gpu_memory} is DISABLED for GPU(s) "
+                f"{missing}: their total memory is unknown (no NVML, and the framework "
+                "reports no limit). Give the bound in bytes, e.g. max_gpu_memory='12GiB', "
+                "or install nvidia-ml-py.",
+                MemGuardWarning,
+                stacklevel=3,
+            )
 
     # ---------------------------------------------------------------- thresholds
     def _check(self, snap: MemorySnapshot, batch: int | None) -> None:
-        if self._halted:
+        if self._phase_halted or (self._in_fit and self._halted):
             return
         self._warn_low_memory(snap)
         found = crossings(self.bounds, snap)
@@ -341,17 +457,21 @@ class MemGuardCallback(keras.callbacks.Callback):
                         batch,
                         "warn",
                         None,
+                        self._phase,
                     )
                     self.summary.halts.append(halt)
                     warnings.warn(
-                        f"keras-memguard: {halt.describe()} ({crossing.parameter}); training "
-                        "continues because on_exceed='warn'.",
+                        f"keras-memguard: {halt.describe()} ({crossing.parameter}); "
+                        f"{'training' if self._in_fit else self._phase} continues because "
+                        "on_exceed='warn'.",
                         MemGuardWarning,
                         stacklevel=2,
                     )
             return
-        # Every worker votes at this same step, so that all stop together or none does.
-        if not self._workers.any_worker(bool(found)):
+        # Every worker votes at this same step, so that all stop together or none does
+        # (outside fit, each process decides alone).
+        voted = self._workers.any_worker(bool(found)) if self._in_fit else bool(found)
+        if not voted:
             return
         if found:
             metric, parameter, value, bound = (
@@ -363,7 +483,9 @@ class MemGuardCallback(keras.callbacks.Callback):
         else:
             metric, parameter, value, bound = ("another_worker", "a bound on another worker", 0, 0)
         self._halt(
-            Halt(metric, value, bound, self._epoch, batch, self.on_exceed, None), parameter, snap
+            Halt(metric, value, bound, self._epoch, batch, self.on_exceed, None, self._phase),
+            parameter,
+            snap,
         )
 
     def _warn_low_memory(self, snap: MemorySnapshot) -> None:
@@ -381,22 +503,36 @@ class MemGuardCallback(keras.callbacks.Callback):
             self._over.discard("low-memory")
 
     def _halt(self, halt: Halt, parameter: str, snap: MemorySnapshot) -> None:
-        self._halted = True
-        saved = self._save_checkpoint()
+        standalone = not self._in_fit
+        self._phase_halted = True
+        if standalone:
+            # evaluate() / predict(): nothing was trained, so nothing to save; the caller
+            # gets an error rather than truncated metrics or predictions.
+            saved = None
+            verb = "raising"
+        else:
+            self._halted = True
+            self._halted_epoch = self._epoch
+            saved = self._save_checkpoint()
+            verb = "stopping training" if self.on_exceed == "stop" else "raising"
         halt = replace(halt, checkpoint=saved)
         self.summary.halts.append(halt)
-        verb = "stopping training" if self.on_exceed == "stop" else "raising"
         line = f"keras-memguard: {verb}: {halt.describe()} ({parameter})"
         if saved:
             line += f"; model saved to {saved}"
+        elif standalone:
+            line += f"; {halt.phase}() gives no partial result"
         elif self.checkpoint_path is None:
             line += "; no checkpoint_path was given, so nothing was saved"
         elif not self._workers.is_chief:
             line += "; the chief worker keeps the checkpoint"
         print(line, file=sys.stderr, flush=True)
-        self._write_text("memory/halt", line, self._epoch)
-        if self.on_exceed == "raise":
+        self._write_text("memory/halt", line, self._epoch or 0)
+        if self._phase == "validation":
+            self.model.stop_evaluating = True
+        if self.on_exceed == "raise" or standalone:
             self._close_writer()
+            self._in_fit = False  # fit ends here: on_train_end will not run
             raise MemoryLimitExceededError(
                 line,
                 snapshot=snap,
@@ -437,9 +573,9 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     # ----------------------------------------------------------- leak detection
     def _update_leak(self, epoch: int, snap: MemorySnapshot) -> float | None:
-        if snap.process_tree_rss is None:
+        if snap.process_tree is None:
             return None
-        slope, warn = self._leak.update(epoch, snap.process_tree_rss / MIB)
+        slope, warn = self._leak.update(epoch, snap.process_tree / MIB)
         if slope is None:
             return None
         self.summary.leak_slope_mib_per_epoch = slope
@@ -454,7 +590,7 @@ class MemGuardCallback(keras.callbacks.Callback):
             f"keras-memguard: process memory grows by {slope:.1f} MiB/epoch "
             f"(above {self.leak_threshold} for {self.leak_patience} epochs)"
         )
-        left = epochs_until(bound, snap.process_tree_rss, slope)
+        left = epochs_until(bound, snap.process_tree, slope)
         if left is not None:
             name = "max_process_memory" if size else "the effective memory limit"
             message += (
@@ -520,13 +656,12 @@ class MemGuardCallback(keras.callbacks.Callback):
         if self._log_keys is None:
             keys = list(LOG_KEYS)
             for gpu in snap.gpus:
-                keys += [f"{PREFIX}gpu{gpu.index}_used_mib", f"{PREFIX}gpu{gpu.index}_peak_mib"]
+                key = f"gpu{gpu.index}_allocated_peak_mib"
+                if key in metrics:  # only where the framework's allocator reports
+                    keys.append(PREFIX + key)
             self._log_keys = keys
-        values = dict(metrics)
-        for gpu in snap.gpus:
-            values[f"gpu{gpu.index}_used_mib"] = mib(gpu.guarded_usage)
         for key in self._log_keys:
-            logs[key] = values.get(key[len(PREFIX) :], float("nan"))
+            logs[key] = metrics.get(key[len(PREFIX) :], float("nan"))
 
 
 def memory_layout(gpu_indices: list[int]) -> Any:
@@ -548,8 +683,8 @@ def memory_layout(gpu_indices: list[int]) -> Any:
                 chart=[
                     chart(
                         "Process memory against its bound (MiB)",
-                        r"memory/(process_tree_rss_mib|process_tree_rss_peak_mib|"
-                        r"bound_process_mib)",
+                        r"memory/(process_tree_mib|process_tree_peak_mib|"
+                        r"container_usage_mib|bound_process_mib)",
                     ),
                     chart(
                         "Available memory against its floor (MiB)",
@@ -559,7 +694,7 @@ def memory_layout(gpu_indices: list[int]) -> Any:
                     *(
                         chart(
                             f"GPU {i} memory against its bound (MiB)",
-                            rf"memory/gpu{i}_(used|process|tf_current|tf_peak|peak|bound)_mib",
+                            rf"memory/gpu{i}_(process|allocated|allocated_peak|reserved|bound)_mib",
                         )
                         for i in gpu_indices
                     ),
@@ -567,6 +702,21 @@ def memory_layout(gpu_indices: list[int]) -> Any:
             )
         ]
     )
+
+
+def _check_gpu_fraction_has_totals(size: Size | None) -> None:
+    """A fractional ``max_gpu_memory`` where GPUs are set up and no total can be read."""
+    if size is None or size.fraction is None or nvml.is_available():
+        return
+    devices = snapshot().gpus
+    if devices and any(gpu.total is None for gpu in devices):
+        raise invalid_argument(
+            "max_gpu_memory",
+            size.fraction,
+            "bytes such as '12GiB' here",
+            "a fraction needs each GPU's total: NVML (nvidia-ml-py) is not available and "
+            "the framework reports no memory limit",
+        )
 
 
 def _extreme(pick: Any, current: int | None, value: int) -> int:

@@ -6,15 +6,15 @@ acts on what comes out, so every decision is tested without ``fit``.
 Example:
     >>> bounds = Bounds(max_process_memory=parse_size("8GiB", name="max_process_memory"))
     >>> [c.metric for c in crossings(bounds, snap)]
-    ['process_tree_rss']
+    ['process_tree']
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from keras_memguard.probes.snapshot import MIB, MemorySnapshot
+from keras_memguard.probes.snapshot import MIB, GpuSnapshot, MemorySnapshot
 from keras_memguard.sizes import Size, format_bytes
 
 __all__ = [
@@ -27,6 +27,8 @@ __all__ = [
     "available_floor",
     "bounds_mib",
     "crossings",
+    "gpu_peaks_since_check",
+    "gpus_without_total",
     "is_low_memory",
     "slope",
 ]
@@ -46,7 +48,12 @@ class Bounds:
 
 @dataclass(frozen=True)
 class Crossing:
-    """One bound crossed now: what crossed, the parameter that set the bound, in bytes."""
+    """One bound crossed now: what crossed, the parameter that set the bound, in bytes.
+
+    ``metric`` is the figure's key without its unit: ``process_tree``,
+    ``effective_available``, ``gpu0_allocated_peak`` (or ``gpu0_allocated``,
+    ``gpu0_process``, ``gpu0_device_used`` where the allocator's peak is not reported).
+    """
 
     metric: str
     parameter: str
@@ -54,20 +61,33 @@ class Crossing:
     bound: int
 
 
+PHASES = ("train", "validation", "evaluate", "predict")
+
+
 @dataclass(frozen=True)
 class Halt:
-    """One crossing of a bound that stopped (or would have stopped) training."""
+    """One crossing of a bound that stopped (or would have stopped) a phase.
+
+    ``phase`` is ``"train"``, ``"validation"`` (the pass inside ``fit``), ``"evaluate"``
+    or ``"predict"``; ``epoch`` is ``None`` outside ``fit``.
+    """
 
     metric: str
     value: int
     bound: int
-    epoch: int
+    epoch: int | None
     batch: int | None
     action: str
     checkpoint: str | None
+    phase: str = "train"
 
     def describe(self) -> str:
-        where = f"epoch {self.epoch}" + (f", batch {self.batch}" if self.batch is not None else "")
+        parts = [] if self.epoch is None else [f"epoch {self.epoch}"]
+        if self.batch is not None:
+            parts.append(f"{'' if self.phase == 'train' else self.phase + ' '}batch {self.batch}")
+        elif self.phase != "train":
+            parts.append(f"the end of {self.phase}")
+        where = ", ".join(parts) or self.phase
         if self.metric == "another_worker":
             return f"another worker crossed its memory bound at {where}"
         relation = "fell below" if self.metric == "effective_available" else "crossed"
@@ -94,7 +114,7 @@ class MemGuardSummary:
     def __str__(self) -> str:
         b = format_bytes
         lines = [
-            f"keras-memguard: {self.epochs} epoch(s); process tree RSS "
+            f"keras-memguard: {self.epochs} epoch(s); process tree "
             f"{b(self.start_process_tree_rss)} -> {b(self.end_process_tree_rss)} "
             f"(peak {b(self.peak_process_tree_rss)}); lowest available "
             f"{b(self.min_effective_available)}"
@@ -124,21 +144,57 @@ def available_floor(bounds: Bounds, snap: MemorySnapshot) -> tuple[str, int] | N
 def crossings(bounds: Bounds, snap: MemorySnapshot) -> list[Crossing]:
     """Every bound that ``snap`` crosses, process first."""
     found = []
-    rss = snap.process_tree_rss
-    if bounds.max_process_memory is not None and rss is not None:
+    tree = snap.process_tree
+    if bounds.max_process_memory is not None and tree is not None:
         bound = bounds.max_process_memory.resolve(snap.effective_limit)
-        if bound is not None and rss > bound:
-            found.append(Crossing("process_tree_rss", "max_process_memory", rss, bound))
+        if bound is not None and tree > bound:
+            found.append(Crossing("process_tree", "max_process_memory", tree, bound))
     floor = available_floor(bounds, snap)
     available = snap.effective_available
     if floor is not None and available is not None and available < floor[1]:
         found.append(Crossing("effective_available", floor[0], available, floor[1]))
     if bounds.max_gpu_memory is not None:
         for gpu in snap.gpus:
-            bound, usage = bounds.max_gpu_memory.resolve(gpu.total), gpu.guarded_usage
-            if bound is not None and usage is not None and usage > bound:
-                found.append(Crossing(f"gpu{gpu.index}_memory", "max_gpu_memory", usage, bound))
+            bound, guarded = bounds.max_gpu_memory.resolve(gpu.total), gpu.guarded
+            if bound is not None and guarded is not None and guarded[1] > bound:
+                metric = f"gpu{gpu.index}_{guarded[0]}"
+                found.append(Crossing(metric, "max_gpu_memory", guarded[1], bound))
     return found
+
+
+def gpus_without_total(bounds: Bounds, snap: MemorySnapshot) -> list[int]:
+    """GPUs a fractional ``max_gpu_memory`` cannot bound: their total is unknown."""
+    size = bounds.max_gpu_memory
+    if size is None or size.fraction is None:
+        return []
+    return [gpu.index for gpu in snap.gpus if gpu.total is None]
+
+
+def gpu_peaks_since_check(
+    gpus: tuple[GpuSnapshot, ...], seen: dict[int, int]
+) -> tuple[tuple[GpuSnapshot, ...], dict[int, int]]:
+    """Each GPU's allocator peak *since the previous check*, and the peaks now seen.
+
+    A resettable peak (reset after every check) is already that. A peak that cannot be
+    reset is the highest since the process started: it tells something new only when
+    it rose above the one seen at the previous check; otherwise it is dropped, and the
+    bound falls back to the live bytes.
+
+    Example:
+        >>> gpus, seen = gpu_peaks_since_check((gpu,), {0: gpu.allocated_peak})
+        >>> gpus[0].allocated_peak is None   # (when not resettable and not risen)
+        True
+    """
+    out, now = [], dict(seen)
+    for gpu in gpus:
+        peak = gpu.allocated_peak
+        if peak is not None and not gpu.peak_resettable:
+            last = seen.get(gpu.index)
+            now[gpu.index] = peak if last is None else max(last, peak)
+            if last is not None and peak <= last:
+                gpu = replace(gpu, allocated_peak=None)
+        out.append(gpu)
+    return tuple(out), now
 
 
 def bounds_mib(bounds: Bounds, snap: MemorySnapshot) -> dict[str, float]:

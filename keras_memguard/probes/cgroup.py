@@ -1,12 +1,27 @@
 """Memory of the container (Linux control group) this process runs in.
 
-Docker, Kubernetes and systemd bound memory with cgroups; the OOM killer acts on the
-cgroup's limit, not on the machine's RAM. This module finds this process's memory
+Docker, Kubernetes, SLURM and systemd bound memory with cgroups; the OOM killer acts on
+the cgroup's limit, not on the machine's RAM. This module finds this process's memory
 cgroup (v2, or v1 including hybrid set-ups), walks from it up to the root of the
-hierarchy, and takes the smallest limit on the way as the effective one.
+hierarchy, and takes the smallest limit on the way as the one *in force*.
+
+Usage is read **at the cgroup whose limit is in force**, not at this process's own
+(leaf) cgroup: under a SLURM job or a systemd slice the limit sits on an ancestor that
+sibling steps or services share, and the leaf's usage would overstate what is left.
+The leaf's own charge is kept beside it (``leaf_usage``).
 
 ``usage`` counts page cache too; ``working_set`` (usage minus inactive file pages) is
-what the kubelet compares against the limit, and what the guard uses.
+what the kubelet compares against the limit, and what the guard uses. ``usage`` is read
+on every call; ``memory.stat`` (long for the kernel to produce: ~70 µs on cgroup v1) is
+read *with it* whenever usage has moved more than ``STAT_DRIFT`` since the last pair,
+whenever less than ``NEAR_LIMIT`` of the limit is left, and at least every
+``STAT_REFRESH_S``. So a cached ``inactive_file`` is never subtracted from a usage figure
+that has moved on (page cache reclaimed, usage fallen): the working set is exact near
+the limit and within ``STAT_DRIFT`` elsewhere.
+
+A file that cannot be read warns once, naming it; the reading is then ``None``, so
+fractions such as ``"80%"`` resolve against the machine's RAM instead
+(:func:`read_error` says so, and ``memguard doctor`` shows it).
 
 Example:
     >>> mem = CgroupReader().read()   # None outside any memory cgroup
@@ -21,21 +36,26 @@ import time
 from dataclasses import dataclass
 
 from keras_memguard.errors import warn_once
-from keras_memguard.probes.procfs import find_key, read_int, read_text
+from keras_memguard.probes.procfs import find_key, read_text
 
 __all__ = [
     "LIMIT_REFRESH_S",
+    "NEAR_LIMIT",
+    "STAT_DRIFT",
     "STAT_REFRESH_S",
     "CgroupReader",
     "ContainerMemory",
     "read_container_memory",
+    "read_error",
 ]
 
 # Limits and OOM-kill counts change rarely; they are read again after this many seconds.
 LIMIT_REFRESH_S = 5.0
-# memory.stat is long to read and parse; its inactive-file figure is refreshed each second
-# (usage itself is read on every call).
+# memory.stat is read again with usage after this long, or once usage moved this much,
+# or on every call when less than NEAR_LIMIT of the limit is left.
 STAT_REFRESH_S = 1.0
+STAT_DRIFT = 32 * 2**20
+NEAR_LIMIT = 0.25
 # cgroup v1 writes "no limit" as the largest page-aligned 63-bit number.
 _V1_UNLIMITED = 1 << 62
 
@@ -46,11 +66,14 @@ class ContainerMemory:
 
     Attributes:
         version: 1 or 2.
-        path: the cgroup directory read.
+        path: the cgroup whose limit is in force (this process's own when unlimited);
+            ``usage`` and ``working_set`` are read there.
         limit: the effective (smallest) limit along the path, ``None`` when unlimited.
-        usage: memory charged to the cgroup, page cache included.
+        usage: memory charged to ``path``, page cache included.
         working_set: ``usage`` minus inactive file pages (reclaimable cache).
-        oom_kills: processes the OOM killer has killed in this cgroup, if reported.
+        oom_kills: processes the OOM killer has killed in ``path``, if reported.
+        leaf: this process's own cgroup.
+        leaf_usage: memory charged to ``leaf`` (equals ``usage`` when ``leaf == path``).
     """
 
     version: int
@@ -59,6 +82,8 @@ class ContainerMemory:
     usage: int
     working_set: int
     oom_kills: int | None
+    leaf: str = ""
+    leaf_usage: int | None = None
 
 
 @dataclass(frozen=True)
@@ -132,12 +157,21 @@ def _discover(root: str, proc_cgroup: str) -> _Layout | None:
     return None
 
 
-def _read_oom_kills(layout: _Layout) -> int | None:
-    name = "memory.oom_control" if layout.version == 1 else "memory.events"
+def _read_oom_kills(version: int, directory: str) -> int | None:
+    name = "memory.oom_control" if version == 1 else "memory.events"
     try:
-        return find_key(read_text(os.path.join(layout.leaf, name)), "oom_kill")
+        return find_key(read_text(os.path.join(directory, name)), "oom_kill")
     except (OSError, ValueError):
         return None
+
+
+class _ReadError(Exception):
+    """A cgroup file that exists but cannot be read or parsed."""
+
+    def __init__(self, path: str, err: Exception) -> None:
+        super().__init__(f"{path}: {err}")
+        self.path = path
+        self.reason = err
 
 
 class CgroupReader:
@@ -155,38 +189,67 @@ class CgroupReader:
     def __init__(self, root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup"):
         self.root = root
         self.proc_cgroup = proc_cgroup
+        self.error: str | None = None  # the last read failure, for `memguard doctor`
         self._layout: _Layout | None = None
         self._discovered = False
         self._limit: int | None = None
+        self._in_force = ""
         self._oom_kills: int | None = None
         self._slow_read_at = float("-inf")
-        self._inactive = 0
-        self._stat_read_at = float("-inf")
+        # (cgroup, usage, inactive_file, when) of the last memory.stat read
+        self._pair: tuple[str, int, int, float] | None = None
 
-    def _slow_figures(self, layout: _Layout) -> tuple[int | None, int | None]:
-        """The effective limit and OOM-kill count, read again every ``LIMIT_REFRESH_S``."""
+    def _read(self, path: str) -> str:
+        try:
+            return read_text(path)
+        except OSError as err:
+            raise _ReadError(path, err) from None
+
+    def _int(self, path: str) -> int | None:
+        text = self._read(path).strip()
+        try:
+            return None if text == "max" else int(text)
+        except ValueError as err:
+            raise _ReadError(path, err) from None
+
+    def _slow_figures(self, layout: _Layout) -> tuple[int | None, str, int | None]:
+        """The limit in force, its cgroup, and its OOM-kill count (every LIMIT_REFRESH_S)."""
         now = time.monotonic()
         if now - self._slow_read_at < LIMIT_REFRESH_S:
-            return self._limit, self._oom_kills
-        limits = []
-        for path in layout.limit_files:
-            value = read_int(path)
-            if value is not None and not (layout.version == 1 and value >= _V1_UNLIMITED):
-                limits.append(value)
-        self._limit = min(limits) if limits else None
-        self._oom_kills = _read_oom_kills(layout)
+            return self._limit, self._in_force, self._oom_kills
+        best: tuple[int, str] | None = None
+        for path in layout.limit_files:  # from the leaf up: the nearest wins a tie
+            value = self._int(path)
+            if value is None or (layout.version == 1 and value >= _V1_UNLIMITED):
+                continue
+            if best is None or value < best[0]:
+                best = (value, os.path.dirname(path))
+        self._limit, self._in_force = (best[0], best[1]) if best else (None, layout.leaf)
+        self._oom_kills = _read_oom_kills(layout.version, self._in_force)
         self._slow_read_at = now
-        return self._limit, self._oom_kills
+        return self._limit, self._in_force, self._oom_kills
 
-    def _inactive_file(self, layout: _Layout) -> int:
-        """Inactive file pages from ``memory.stat``, read again every ``STAT_REFRESH_S``."""
+    def _usage(self, version: int, directory: str, limit: int | None) -> tuple[int, int]:
+        """Usage and working set of one cgroup (``memory.stat`` re-read as it must be)."""
+        name = "memory.usage_in_bytes" if version == 1 else "memory.current"
+        usage = self._int(os.path.join(directory, name)) or 0
         now = time.monotonic()
-        if now - self._stat_read_at >= STAT_REFRESH_S:
-            stat = read_text(os.path.join(layout.leaf, "memory.stat"))
-            key = "total_inactive_file" if layout.version == 1 else "inactive_file"
-            self._inactive = find_key(stat, key) or 0
-            self._stat_read_at = now
-        return self._inactive
+        pair = self._pair
+        if (
+            pair is None
+            or pair[0] != directory
+            or abs(usage - pair[1]) > STAT_DRIFT
+            or now - pair[3] >= STAT_REFRESH_S
+            or (limit is not None and limit - usage < NEAR_LIMIT * limit)
+        ):
+            stat_path = os.path.join(directory, "memory.stat")
+            key = "total_inactive_file" if version == 1 else "inactive_file"
+            try:
+                inactive = find_key(self._read(stat_path), key) or 0
+            except ValueError as err:
+                raise _ReadError(stat_path, err) from None
+            pair = self._pair = (directory, usage, inactive, now)
+        return usage, max(0, usage - pair[2])
 
     def read(self) -> ContainerMemory | None:
         """Returns the cgroup's figures; ``None`` outside a memory cgroup or on error."""
@@ -196,27 +259,31 @@ class CgroupReader:
         layout = self._layout
         if layout is None:
             return None
-        v1 = layout.version == 1
         try:
-            usage = read_int(
-                os.path.join(layout.leaf, "memory.usage_in_bytes" if v1 else "memory.current")
+            limit, in_force, oom_kills = self._slow_figures(layout)
+            usage, working_set = self._usage(layout.version, in_force, limit)
+            leaf_usage = usage
+            if os.path.normpath(in_force) != os.path.normpath(layout.leaf):
+                name = "memory.usage_in_bytes" if layout.version == 1 else "memory.current"
+                leaf_usage = self._int(os.path.join(layout.leaf, name)) or 0
+        except _ReadError as err:
+            self.error = (
+                f"cannot read {err.path} ({err.reason}); the container's figures "
+                "are left out, so the effective limit falls back to the machine's RAM and "
+                "a fraction such as '80%' means 80% of host RAM"
             )
-            limit, oom_kills = self._slow_figures(layout)
-            inactive = self._inactive_file(layout)
-        except (OSError, ValueError) as err:
-            warn_once(
-                "container-memory",
-                f"keras-memguard cannot read cgroup memory files under {layout.leaf}: {err}",
-            )
+            warn_once("container-memory", f"keras-memguard {self.error}.")
             return None
-        usage = usage or 0
+        self.error = None
         return ContainerMemory(
             version=layout.version,
-            path=layout.leaf,
+            path=in_force,
             limit=limit,
             usage=usage,
-            working_set=max(0, usage - inactive),
+            working_set=working_set,
             oom_kills=oom_kills,
+            leaf=layout.leaf,
+            leaf_usage=leaf_usage,
         )
 
 
@@ -226,3 +293,13 @@ _default_reader = CgroupReader()
 def read_container_memory() -> ContainerMemory | None:
     """Reads this process's memory cgroup (see :class:`CgroupReader`)."""
     return _default_reader.read()
+
+
+def read_error() -> str | None:
+    """Why the last reading of this process's cgroup failed, or ``None``.
+
+    Example:
+        >>> read_error() is None   # readable (or no memory cgroup at all)
+        True
+    """
+    return _default_reader.error

@@ -1,10 +1,20 @@
 """The NVML boundary: the only module that imports ``pynvml``.
 
 ``pynvml`` comes from the ``nvidia-ml-py`` distribution (``pip install
-keras-memguard[gpu]``). Device indices here are CUDA's (and TensorFlow's) indices:
-they respect ``CUDA_VISIBLE_DEVICES``, so ``index=0`` is ``/GPU:0`` even when it is
-physical GPU 3. No driver, no library: every function returns ``None`` quietly. NVML
-failing in any other way returns ``None`` after one warning per cause.
+keras-memguard[gpu]``). Device indices here are CUDA's (and the frameworks') indices:
+they respect ``CUDA_VISIBLE_DEVICES`` (indices or ``GPU-`` UUIDs, in the order given),
+so ``index=0`` is ``/GPU:0`` even when it is physical GPU 3.
+
+NVML numbers devices in PCI bus order; CUDA does too with
+``CUDA_DEVICE_ORDER=PCI_BUS_ID``, but by default it puts the fastest device first. On a
+machine whose GPUs are all alike the two orders agree; on a mixed machine they may not,
+and :func:`order_is_certain` says so (``snapshot()`` then joins figures through the
+framework's UUIDs where it reports them, or warns once that they may be misplaced).
+
+No driver, no library: every function returns ``None`` quietly. NVML failing in any
+other way returns ``None`` after one warning per cause, and is tried again after a
+back-off (``RETRY_FIRST_S``, doubling up to ``RETRY_MAX_S``): one transient error does
+not turn GPU figures off for good.
 
 Tests stand a fake module in at ``sys.modules["pynvml"]`` and call :func:`reset`.
 
@@ -18,6 +28,7 @@ from __future__ import annotations
 import importlib
 import os
 import threading
+import time
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -29,6 +40,7 @@ __all__ = [
     "GpuMemory",
     "driver_version",
     "is_available",
+    "order_is_certain",
     "parse_visible_devices",
     "read_gpu_memory",
     "reset",
@@ -36,6 +48,9 @@ __all__ = [
 ]
 
 INSTALL_HINT = "pip install 'keras-memguard[gpu]'  (installs nvidia-ml-py)"
+# After a failure NVML is left alone this long, doubling per failure up to RETRY_MAX_S.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,7 @@ class GpuMemory:
     used: int
     free: int
     process_used: int | None
+    uuid: str | None = None
 
 
 class _State:
@@ -72,6 +88,19 @@ class _State:
         self.tried = False
         self.module: Any = None
         self.devices: list[GpuDevice] | None = None
+        self.order_certain = True
+        self.absent = False  # no library or driver: never tried again
+        self.retry_at = float("-inf")
+        self.backoff = RETRY_FIRST_S
+
+    def failed(self) -> None:
+        """A failure: leave NVML alone for a while, longer after each failure."""
+        self.retry_at = time.monotonic() + self.backoff
+        self.backoff = min(self.backoff * 2, RETRY_MAX_S)
+
+    def succeeded(self) -> None:
+        self.retry_at = float("-inf")
+        self.backoff = RETRY_FIRST_S
 
 
 _state = _State()
@@ -134,15 +163,33 @@ def parse_visible_devices(value: str | None, uuids: list[str]) -> list[int] | No
     return chosen
 
 
+def _cuda_order(every: list[GpuDevice]) -> tuple[list[int], bool]:
+    """NVML indices in CUDA's order, and whether that order is certain."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    order = parse_visible_devices(visible, [device.uuid for device in every])
+    if order is None:
+        order = list(range(len(every)))
+    by_bus = os.environ.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST") == "PCI_BUS_ID"
+    alike = len({every[i].name for i in order}) <= 1
+    # UUIDs in CUDA_VISIBLE_DEVICES fix both the devices and their order.
+    named = visible is not None and all(
+        entry.strip().startswith("GPU-") for entry in visible.split(",") if entry.strip()
+    )
+    return order, by_bus or alike or named
+
+
 def _initialize() -> Any:
     """Returns the initialized pynvml module, or ``None``. Call with the lock held."""
     state = _state
-    if state.tried:
+    if state.module is not None or state.absent:
         return state.module
+    if time.monotonic() < state.retry_at:
+        return None
     state.tried = True
     try:
         nvml = importlib.import_module("pynvml")
     except ImportError:
+        state.absent = True
         return None
     try:
         nvml.nvmlInit()
@@ -160,14 +207,16 @@ def _initialize() -> Any:
                 )
             )
     except Exception as err:  # NVML raises NVMLError subclasses, OSError, AttributeError
-        if not _is_absent(nvml, err):
-            warn_once("nvml-init", f"keras-memguard cannot initialize NVML: {err}")
+        if _is_absent(nvml, err):
+            state.absent = True
+        else:
+            warn_once(
+                "nvml-init",
+                f"keras-memguard cannot initialize NVML: {err}; it tries again later.",
+            )
+            state.failed()
         return None
-    order = parse_visible_devices(
-        os.environ.get("CUDA_VISIBLE_DEVICES"), [device.uuid for device in every]
-    )
-    if order is None:
-        order = list(range(len(every)))
+    order, state.order_certain = _cuda_order(every)
     state.devices = [
         GpuDevice(
             cuda,
@@ -179,7 +228,20 @@ def _initialize() -> Any:
         for cuda, nvml_index in enumerate(order)
     ]
     state.module = nvml
+    state.succeeded()
     return nvml
+
+
+def order_is_certain() -> bool:
+    """Whether NVML's devices map onto CUDA's indices for sure (see the module's text).
+
+    Example:
+        >>> order_is_certain()   # False on a mixed machine without CUDA_DEVICE_ORDER
+        True
+    """
+    with _state.lock:
+        _initialize()
+        return _state.order_certain
 
 
 def is_available() -> bool:
@@ -222,7 +284,7 @@ def read_gpu_memory() -> list[GpuMemory] | None:
     """Reads every visible GPU's memory; ``None`` without NVML or when a read fails."""
     with _state.lock:
         nvml = _initialize()
-        if nvml is None:
+        if nvml is None or time.monotonic() < _state.retry_at:
             return None
         pid = os.getpid()
         result = []
@@ -239,9 +301,16 @@ def read_gpu_memory() -> list[GpuMemory] | None:
                         used=int(info.used),
                         free=int(info.free),
                         process_used=_process_used(nvml, handle, pid),
+                        uuid=device.uuid,
                     )
                 )
         except Exception as err:
-            warn_once("nvml-read", f"keras-memguard cannot read GPU memory through NVML: {err}")
+            warn_once(
+                "nvml-read",
+                f"keras-memguard cannot read GPU memory through NVML: {err}; GPU figures "
+                "are left out until a later read succeeds.",
+            )
+            _state.failed()
             return None
+        _state.succeeded()
         return result

@@ -1,0 +1,222 @@
+"""The bounds a user relies on, each in a real fit(): the available-memory floor, the
+default emergency halt, the 10% warning, the GPU bound on the allocator's peak, and
+release_memory()'s figures.
+
+Container memory comes from a cgroup v2 tree under a temporary directory whose usage a
+callback raises batch by batch; the GPU from a fake backend adapter at its one
+boundary (`current_backend()` in probes/snapshot.py). Everything else is real.
+"""
+
+import warnings
+
+import keras
+import pytest
+from training import tiny_data, tiny_model
+
+from keras_memguard import MemGuardCallback, release_memory
+from keras_memguard.backends.base import DeviceMemory
+from keras_memguard.errors import MemGuardWarning
+from keras_memguard.probes import cgroup
+from keras_memguard.probes import snapshot as snapshot_module
+
+MIB, GIB = 2**20, 2**30
+LIMIT = GIB
+
+
+def fit(model, callbacks, epochs=2, batch_size=16):
+    x, y = tiny_data(samples=256)  # 16 batches of 16
+    return model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=callbacks)
+
+
+class Container:
+    """A cgroup v2 with a 1 GiB limit whose usage the test sets."""
+
+    def __init__(self, root):
+        self.root = root
+        (root / "cgroup.controllers").write_text("memory\n")
+        (root / "memory.max").write_text(f"{LIMIT}\n")
+        (root / "memory.stat").write_text("anon 0\ninactive_file 0\n")
+        (root / "memory.events").write_text("oom_kill 0\n")
+        self.set_usage(0)
+
+    def set_usage(self, usage):
+        (self.root / "memory.current").write_text(f"{usage}\n")
+
+
+class GrowUsage(keras.callbacks.Callback):
+    """The container's usage grows by `step` per training batch from `start`."""
+
+    def __init__(self, container, start, step):
+        super().__init__()
+        self.container, self.usage, self.step = container, start, step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.usage += self.step
+        self.container.set_usage(self.usage)
+
+
+@pytest.fixture
+def container(tmp_path, monkeypatch):
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (tmp_path / "proc_cgroup").write_text("0::/\n")
+    monkeypatch.setattr(
+        cgroup, "_default_reader", cgroup.CgroupReader(str(root), str(tmp_path / "proc_cgroup"))
+    )
+    return Container(root)
+
+
+def test_min_available_memory_halts_when_the_container_fills(container):
+    container.set_usage(600 * MIB)
+    guard = MemGuardCallback(min_available_memory="300MiB", check_every_n_batches=1, verbose=0)
+    history = fit(tiny_model(), [GrowUsage(container, 600 * MIB, 20 * MIB), guard], epochs=3)
+    halt = guard.summary.halts[0]
+    assert halt.metric == "effective_available" and halt.bound == 300 * MIB
+    assert 280 * MIB <= halt.value < 300 * MIB  # within one batch's growth
+    assert (halt.epoch, halt.batch) == (0, 6)  # 600 + 7 x 20 = 740 MiB used: 284 left
+    assert "fell below" in halt.describe()
+    assert len(history.history["loss"]) == 1
+
+
+def test_default_guard_warns_at_10_percent_and_halts_at_2_percent(container, capsys):
+    container.set_usage(880 * MIB)
+    guard = MemGuardCallback(check_every_n_batches=1, verbose=0)  # no bound given
+    with pytest.warns(MemGuardWarning, match=r"only .* of 1\.0 GiB is available") as record:
+        history = fit(tiny_model(), [GrowUsage(container, 880 * MIB, 10 * MIB), guard], epochs=3)
+    assert len([w for w in record if "is available" in str(w.message)]) == 1
+    halt = guard.summary.halts[0]
+    assert halt.metric == "effective_available" and halt.bound == int(LIMIT * 0.02)
+    assert int(LIMIT * 0.02) - 10 * MIB <= halt.value < int(LIMIT * 0.02)
+    assert "(emergency_available_memory)" in capsys.readouterr().err
+    assert len(history.history["loss"]) == 1
+
+
+def test_low_memory_warning_alone_never_halts(container):
+    container.set_usage(950 * MIB)  # 74 MiB left: below 10%, above 2%
+    guard = MemGuardCallback(check_every_n_batches=1, verbose=0)
+    with pytest.warns(MemGuardWarning, match="is available") as record:
+        history = fit(tiny_model(), [guard], epochs=2)
+    assert len([w for w in record if "is available" in str(w.message)]) == 1
+    assert len(history.history["loss"]) == 2 and guard.summary.halts == []
+
+
+def test_release_memory_reports_what_the_collector_freed():
+    class Cycle:
+        pass
+
+    block = Cycle()
+    block.self, block.data = block, b"x" * (300 * MIB)  # freed only by the collector
+    del block
+    result = release_memory()
+    assert result.collected >= 1
+    assert result.rss_before - result.rss_after >= 250 * MIB
+    assert result.freed == result.rss_before - result.rss_after
+    assert result.cleared_session is False
+
+
+class FakeFramework:
+    """A framework's allocator for one GPU: live bytes at batch end, an in-step peak."""
+
+    name = "fake"
+
+    def __init__(self, resettable=True, limit=16 * GIB, initialized=True):
+        self.resettable, self.limit, self.initialized = resettable, limit, initialized
+        self.allocated, self.peak, self.resets = GIB, GIB, 0
+
+    def step(self, activations):
+        self.peak = max(self.peak, self.allocated + activations)
+
+    def is_gpu_initialized(self):
+        return self.initialized
+
+    def device_memory(self):
+        if not self.initialized:
+            return None
+        figures = DeviceMemory(
+            0, self.allocated, self.peak, limit=self.limit, peak_resettable=self.resettable
+        )
+        return [figures]
+
+    def reset_peaks(self):
+        if not self.resettable:
+            return False
+        self.peak, self.resets = self.allocated, self.resets + 1
+        return True
+
+
+class Steps(keras.callbacks.Callback):
+    def __init__(self, framework, activations):
+        super().__init__()
+        self.framework, self.activations = framework, activations
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.framework.step(self.activations(self.model.optimizer.iterations.numpy()))
+
+
+@pytest.fixture
+def framework(monkeypatch, no_nvml):
+    fake = FakeFramework()
+    monkeypatch.setattr(snapshot_module, "current_backend", lambda: fake)
+    return fake
+
+
+def test_gpu_bound_is_compared_with_the_in_step_peak(framework, capsys):
+    # Live bytes stay at 1 GiB; from step 5 each step peaks 3 GiB higher.
+    guard = MemGuardCallback(max_gpu_memory="2GiB", check_every_n_batches=1, verbose=0)
+    steps = Steps(framework, lambda i: 3 * GIB if i >= 5 else 0)
+    history = fit(tiny_model(), [steps, guard], epochs=2)
+    halt = guard.summary.halts[0]
+    assert halt.metric == "gpu0_allocated_peak" and halt.value == 4 * GIB
+    assert (halt.epoch, halt.batch) == (0, 5)
+    assert "gpu0_allocated_peak 4.0 GiB crossed the bound 2.0 GiB" in capsys.readouterr().err
+    assert len(history.history["loss"]) == 1
+    assert framework.resets >= 6  # peak since the previous check: reset after each one
+    assert history.history["memory/gpu0_allocated_peak_mib"] == [4096.0]
+
+
+def test_gpu_epoch_peak_in_logs_survives_the_per_check_resets(framework):
+    guard = MemGuardCallback(check_every_n_batches=1, verbose=0)
+    steps = Steps(framework, lambda i: GIB if i == 3 else 0)  # one 2 GiB step, then calm
+    history = fit(tiny_model(), [steps, guard], epochs=2)
+    assert history.history["memory/gpu0_allocated_peak_mib"] == [2048.0, 1024.0]
+
+
+def test_a_peak_that_cannot_be_reset_counts_only_when_it_rises(framework):
+    framework.resettable = False
+    framework.peak = 5 * GIB  # reached before this fit (say, a bigger model earlier)
+    guard = MemGuardCallback(max_gpu_memory="3GiB", check_every_n_batches=1, verbose=0)
+    calm = fit(tiny_model(), [Steps(framework, lambda i: GIB), guard], epochs=2)
+    assert len(calm.history["loss"]) == 2 and guard.summary.halts == []
+    steps = Steps(framework, lambda i: 5 * GIB if i >= 40 else GIB)  # 6 GiB > old peak
+    fit(tiny_model(), [steps, guard], epochs=4)
+    halt = guard.summary.halts[0]
+    assert halt.metric == "gpu0_allocated_peak" and halt.value == 6 * GIB
+
+
+def test_gpu_fraction_fails_in_init_when_no_total_can_be_known(framework):
+    framework.limit = None  # GPUs set up, no NVML, the framework reports no limit
+    with pytest.raises(ValueError, match=r"`max_gpu_memory`.*needs each GPU.s total"):
+        MemGuardCallback(max_gpu_memory=0.8)
+    MemGuardCallback(max_gpu_memory="12GiB")  # bytes need no total
+
+
+def test_gpu_fraction_resolves_against_the_framework_limit_without_nvml(framework):
+    guard = MemGuardCallback(max_gpu_memory=0.1, check_every_n_batches=1, verbose=0)
+    fit(tiny_model(), [Steps(framework, lambda i: GIB), guard], epochs=1)
+    assert guard.summary.halts[0].bound == int(16 * GIB * 0.1)
+
+
+def test_gpu_fraction_unknowable_until_fit_warns_loudly_once(framework):
+    framework.initialized, framework.limit = False, None  # GPUs not set up yet
+    guard = MemGuardCallback(max_gpu_memory=0.8, verbose=0)  # cannot know yet: accepted
+    framework.initialized = True
+    with pytest.warns(MemGuardWarning, match=r"max_gpu_memory=80% is DISABLED .*'12GiB'") as rec:
+        history = fit(tiny_model(), [guard], epochs=2)
+    assert len([w for w in rec if "DISABLED" in str(w.message)]) == 1
+    assert len(history.history["loss"]) == 2
+
+
+def test_no_warning_without_a_gpu_bound(framework):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MemGuardWarning)
+        fit(tiny_model(), [MemGuardCallback(verbose=0)], epochs=1)

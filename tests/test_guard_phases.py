@@ -1,0 +1,193 @@
+"""Every phase is guarded: the validation pass inside fit, evaluate() and predict().
+
+A callback leaks 30 MiB per batch of one phase; the same bound that halts training
+must halt that phase within one check, and the caller must not get a partial result
+that looks whole.
+"""
+
+import keras
+import numpy as np
+import pytest
+from training import Leak, tiny_data, tiny_model
+
+from keras_memguard import MemGuardCallback, MemoryLimitExceededError, snapshot
+
+MIB = 2**20
+LEAK_MIB = 30
+MARGIN_MIB = 150
+SLACK = 16 * MIB  # Python's and TensorFlow's own allocations between two checks
+# Batches a leak needs to cross the bound, with room for the process shrinking a little
+# after the bound was taken; far fewer than the 64 to 128 batches of each full pass.
+STOPPED_WITHIN = (MARGIN_MIB + 64) // LEAK_MIB + 2
+
+
+@pytest.fixture
+def model():
+    model = tiny_model()
+    x, y = tiny_data(samples=64)
+    model.fit(x, y, epochs=1, verbose=0)  # trace train, test and predict functions first
+    model.evaluate(x, y, verbose=0)
+    model.predict(x, verbose=0)
+    return model
+
+
+def guard_above_now(**kwargs):
+    bound = snapshot().process_tree + MARGIN_MIB * MIB
+    kwargs.setdefault("check_every_n_batches", 1)
+    return MemGuardCallback(max_process_memory=bound, verbose=0, **kwargs), bound
+
+
+def assert_halted_within_one_check(halt, bound, phase):
+    assert halt.phase == phase and halt.metric == "process_tree"
+    assert halt.bound == bound
+    assert bound < halt.value <= bound + LEAK_MIB * MIB + SLACK
+
+
+def test_leak_in_the_validation_pass_is_halted(model, tmp_path):
+    x, y = tiny_data(samples=256)
+    guard, bound = guard_above_now(checkpoint_path=tmp_path / "g.keras")
+    leak = Leak(mib_per_test_batch=LEAK_MIB)
+    history = model.fit(
+        x,
+        y,
+        batch_size=32,
+        epochs=3,
+        verbose=0,
+        validation_data=(x, y),
+        validation_batch_size=4,  # 64 validation batches: 1.9 GiB if nothing stops it
+        callbacks=[leak, guard],
+    )
+    halt = guard.summary.halts[0]
+    assert_halted_within_one_check(halt, bound, "validation")
+    assert halt.epoch == 0 and halt.checkpoint == str(tmp_path / "g.keras")
+    assert leak.batches["test"] <= STOPPED_WITHIN  # stopped, not run to the end
+    assert len(history.history["loss"]) == 1  # training stopped too
+    # The cut-short pass's val_loss would mislead EarlyStopping: its figures are NaN.
+    val = {k: v for k, v in history.history.items() if k.startswith("val_")}
+    assert set(val) == {"val_loss", "val_accuracy"}  # no val_memory/... keys either
+    assert all(np.isnan(v[0]) for v in val.values())
+    assert "validation batch" in halt.describe()
+
+
+def test_after_a_training_halt_validation_is_cut_and_kept_out_of_logs(model, tmp_path):
+    class LeakFromEpochOne(Leak):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.mib_per_batch = LEAK_MIB if epoch >= 1 else 0
+
+    x, y = tiny_data(samples=256)
+    guard, bound = guard_above_now()
+    leak = LeakFromEpochOne()
+    best = tmp_path / "best.keras"
+    checkpoint = keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=5)
+    history = model.fit(
+        x,
+        y,
+        batch_size=8,  # 32 training batches: the leak crosses the bound mid-epoch 1
+        epochs=4,
+        verbose=0,
+        validation_data=(x, y),
+        validation_batch_size=4,  # 64 validation batches in a full pass
+        callbacks=[leak, guard, checkpoint, stopper],
+    )
+    halt = guard.summary.halts[0]
+    assert_halted_within_one_check(halt, bound, "train")
+    assert halt.epoch == 1
+    assert leak.batches["test"] == 64 + 1  # epoch 0's full pass; after the halt, one batch
+    assert len(history.history["loss"]) == 2
+    first, halted = history.history["val_loss"]
+    assert np.isfinite(first) and np.isnan(halted)
+    # save_best_only and EarlyStopping kept epoch 0's figure as the best: the one-batch
+    # val_loss of the halted epoch never counted as an improvement.
+    assert checkpoint.best == pytest.approx(first) and stopper.best == pytest.approx(first)
+    assert best.exists()  # from epoch 0
+
+
+@pytest.mark.parametrize("on_exceed", ["stop", "raise"])
+def test_leak_during_evaluate_raises_instead_of_partial_metrics(model, on_exceed, capsys):
+    x, y = tiny_data(samples=512)
+    guard, bound = guard_above_now(on_exceed=on_exceed)
+    leak = Leak(mib_per_test_batch=LEAK_MIB)
+    with pytest.raises(MemoryLimitExceededError) as info:
+        model.evaluate(x, y, batch_size=4, verbose=0, callbacks=[leak, guard])
+    err = info.value
+    assert err.metric == "process_tree" and err.bound == bound and err.epoch is None
+    assert leak.batches["test"] <= STOPPED_WITHIN
+    assert_halted_within_one_check(guard.summary.halts[0], bound, "evaluate")
+    assert "evaluate() gives no partial result" in capsys.readouterr().err
+    # The process goes on: the leak released, the same guard lets a clean run through.
+    leak.held.clear()
+    guard.bounds = guard.bounds  # unchanged bound
+    results = model.evaluate(x[:64], y[:64], batch_size=32, verbose=0, callbacks=[guard])
+    assert len(results) == 2
+
+
+def test_leak_during_predict_raises_instead_of_truncated_predictions(model):
+    x, _ = tiny_data(samples=512)
+    guard, bound = guard_above_now()
+    leak = Leak(mib_per_predict_batch=LEAK_MIB)
+    with pytest.raises(MemoryLimitExceededError) as info:
+        model.predict(x, batch_size=4, verbose=0, callbacks=[leak, guard])
+    assert info.value.metric == "process_tree"
+    assert leak.batches["predict"] <= STOPPED_WITHIN
+    assert_halted_within_one_check(guard.summary.halts[0], bound, "predict")
+    leak.held.clear()
+    assert model.predict(x[:64], verbose=0, callbacks=[guard]).shape == (64, 2)
+
+
+def test_warn_mode_in_predict_warns_and_returns_everything(model):
+    x, _ = tiny_data(samples=64)
+    guard = MemGuardCallback(
+        max_process_memory=MIB, on_exceed="warn", check_every_n_batches=1, verbose=0
+    )
+    with pytest.warns(Warning, match="predict continues because on_exceed='warn'"):
+        out = model.predict(x, batch_size=8, verbose=0, callbacks=[guard])
+    assert out.shape == (64, 2)
+    assert [h.phase for h in guard.summary.halts] == ["predict"]
+
+
+def test_default_time_based_check_halts_a_leak_mid_epoch(model):
+    # No check_every_n_batches: the default checks every 0.1 s. Batches take ~20 ms.
+    class Slow(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            import time
+
+            time.sleep(0.02)
+
+    x, y = tiny_data(samples=64 * 8)
+    bound = snapshot().process_tree + MARGIN_MIB * MIB
+    guard = MemGuardCallback(max_process_memory=bound, verbose=0)
+    assert guard.check_every_n_batches is None and guard.check_interval == 0.1
+    leak = Leak(mib_per_batch=10)
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[Slow(), leak, guard])
+    halt = guard.summary.halts[0]
+    assert halt.phase == "train" and halt.epoch == 0
+    assert halt.batch is not None and halt.batch < 63  # mid-epoch, not at its end
+    # 0.1 s between checks at >= 20 ms per batch: at most ~6 batches of 10 MiB late.
+    assert bound < halt.value <= bound + 8 * 10 * MIB + SLACK
+    assert len(history.history["loss"]) == 1
+
+
+def test_evaluate_after_a_fit_that_raised_is_guarded_as_evaluate(model):
+    x, y = tiny_data(samples=256)
+    guard = MemGuardCallback(
+        max_process_memory=MIB, on_exceed="raise", check_every_n_batches=1, verbose=0
+    )
+    with pytest.raises(MemoryLimitExceededError):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[guard])
+    with pytest.raises(MemoryLimitExceededError):
+        model.evaluate(x, y, verbose=0, callbacks=[guard])
+    assert [h.phase for h in guard.summary.halts] == ["train", "evaluate"]
+
+
+def test_predict_inside_fit_keeps_the_epoch_peaks_and_the_training_phase(model):
+    class PredictEachEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.predict(x[:32], verbose=0, callbacks=[guard])
+
+    x, y = tiny_data(samples=128)
+    guard = MemGuardCallback(check_every_n_batches=1, verbose=0)
+    history = model.fit(x, y, epochs=2, verbose=0, callbacks=[guard, PredictEachEpoch()])
+    assert len(history.history["loss"]) == 2 and guard.summary.halts == []
+    assert guard.summary.epochs == 2
+    assert all(v > 0 for v in history.history["memory/process_tree_peak_mib"])
