@@ -80,6 +80,14 @@ class Backend(Protocol):
         """Whether an error (or its type name and message, from a child) is a device OOM."""
         ...
 
+    def empty_cache(self) -> bool:
+        """Returns the allocator's unused cached blocks to the device; whether it did."""
+        ...
+
+    def clear_caches(self) -> bool:
+        """Drops the framework's compilation caches (the next call recompiles)."""
+        ...
+
 
 def backend_name() -> str:
     """The Keras backend in use or configured, without importing Keras or a framework.
@@ -119,6 +127,12 @@ class NullBackend:
 
     def is_out_of_memory(self, error: BaseException | None, type_name: str, message: str) -> bool:
         return isinstance(error, MemoryError) or type_name.rsplit(".", 1)[-1] == "MemoryError"
+
+    def empty_cache(self) -> bool:
+        return False
+
+    def clear_caches(self) -> bool:
+        return False
 
 
 _adapters: dict[str, Backend] = {}
