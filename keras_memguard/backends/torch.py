@@ -25,7 +25,7 @@ from typing import Any
 from keras_memguard.backends.base import DeviceMemory
 from keras_memguard.errors import warn_once
 
-__all__ = ["ADAPTER", "TorchBackend", "is_initialized"]
+__all__ = ["ADAPTER", "TorchBackend", "TorchDevices", "is_initialized"]
 
 _OOM_MARKERS = ("CUDA out of memory", "CUDA error: out of memory", "can't allocate memory")
 
@@ -140,3 +140,34 @@ class TorchBackend:
 
 
 ADAPTER = TorchBackend()
+
+
+class TorchDevices:
+    """The ``torch.cuda`` calls that ``configure_gpus`` makes, in one narrow adapter.
+
+    ``device_count()`` does not initialise CUDA (torch asks NVML first);
+    ``total()``, ``get_fraction()`` and ``set_fraction()`` do, on the device they touch.
+    """
+
+    def _cuda(self) -> Any:
+        import torch
+
+        return torch.cuda
+
+    def is_initialized(self) -> bool:
+        return is_initialized()
+
+    def device_count(self) -> int:
+        return int(self._cuda().device_count())
+
+    def gpu_name(self, index: int) -> str:
+        return str(self._cuda().get_device_name(index))
+
+    def total(self, index: int) -> int:
+        return int(self._cuda().get_device_properties(index).total_memory)
+
+    def get_fraction(self, index: int) -> float:
+        return float(self._cuda().get_per_process_memory_fraction(index))
+
+    def set_fraction(self, fraction: float, index: int) -> None:
+        self._cuda().set_per_process_memory_fraction(float(fraction), index)
