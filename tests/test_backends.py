@@ -139,12 +139,13 @@ def test_reading_jax_figures_imports_and_initialises_nothing():
         adapter = current_backend()
         assert adapter.name == "jax"
         assert adapter.device_memory() is None and not adapter.is_gpu_initialized()
-        mg.snapshot(); mg.release_memory()
+        from keras_memguard.cli.doctor import doctor_report
+        mg.snapshot(); mg.release_memory(); doctor_report()
         loaded = [m for m in ("jax", "tensorflow", "torch") if m in sys.modules]
         assert loaded == [], loaded
         import jax
         from jax._src import xla_bridge
-        mg.snapshot(); adapter.device_memory(); mg.release_memory()
+        mg.snapshot(); adapter.device_memory(); mg.release_memory(); doctor_report()
         assert not xla_bridge.backends_are_initialized()
         print("ok")
         """,
@@ -282,10 +283,13 @@ def test_reading_torch_figures_initialises_no_cuda():
         from keras_memguard.backends.base import current_backend
         adapter = current_backend()
         assert adapter.name == "torch"
+        from keras_memguard.cli.doctor import doctor_report
         mg.snapshot(); mg.release_memory(); adapter.device_memory(); adapter.reset_peaks()
+        doctor_report()
         assert [m for m in ("torch", "tensorflow", "jax") if m in sys.modules] == []
         import torch
         mg.snapshot(); mg.release_memory(); adapter.device_memory(); adapter.reset_peaks()
+        doctor_report()
         assert not torch.cuda.is_initialized()
         print("ok")
         """,
