@@ -1,12 +1,14 @@
-"""``configure_gpus``: cap each GPU's memory before TensorFlow maps all of it.
+"""``configure_gpus``: cap each GPU's memory before the framework takes it.
 
-TensorFlow maps nearly all of every visible GPU's memory the first time it runs an
-op. Limits (logical device configurations) and memory growth can be set only before
-that moment, so this is an explicit bootstrap, to be called first thing in a script:
-never at import time, safe to call twice, and it reports what it did.
+Every framework takes GPU memory at its first operation: TensorFlow maps nearly all of
+every visible GPU, JAX preallocates 75%, PyTorch grows a caching pool on demand. Their
+limits can be set only before that moment (PyTorch's memory fraction excepted), so this
+is an explicit bootstrap, to be called first thing in a script: never at import time,
+safe to call twice, and it reports what it did. It configures the Keras backend in use
+(``KERAS_BACKEND``); see docs/backends.md for what it does on each.
 
-Users who cannot run code early can set ``TF_FORCE_GPU_ALLOW_GROWTH=true`` in the
-environment instead (memory growth only) before Python starts.
+Users who cannot run code early can set the environment instead before Python starts
+(``TF_FORCE_GPU_ALLOW_GROWTH=true``, ``XLA_PYTHON_CLIENT_PREALLOCATE=false``, ...).
 
 Example:
     >>> import keras_memguard
