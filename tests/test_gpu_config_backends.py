@@ -215,3 +215,17 @@ def test_configure_gpus_with_the_real_framework_on_this_cpu_machine(backend):
         pytest.skip(f"{backend} is not installed in this environment")
     assert result.returncode == 0, result.stderr
     assert "nothing to configure" in result.stdout
+
+
+def test_torch_visible_gpus_before_cuda_initialises(clean_env, monkeypatch):
+    devices = FakeTorchDevices()
+    report = configure_gpus(memory_limit="8GiB", visible_gpus=[1], backend="torch", devices=devices)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    assert report.hidden == (0,)
+    # Torch will number the one visible GPU 0; its limit is set there.
+    assert devices.calls == [(0.5, 0)]
+    # Indices count the GPUs visible now: GPU 0 of "1" is the same GPU, nothing changes.
+    assert not configure_gpus(visible_gpus=[0], backend="torch", devices=devices).changed
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(GpuConfigError, match="CUDA_VISIBLE_DEVICES"):
+        configure_gpus(visible_gpus=[0], backend="torch", devices=devices)

@@ -650,7 +650,15 @@ def _visible_devices(visible_gpus: list[int], count: int | None) -> str:
     current = os.environ.get("CUDA_VISIBLE_DEVICES")
     if current:
         ids = [x.strip() for x in current.split(",") if x.strip()]
-        return ",".join(ids[i] for i in visible_gpus if i < len(ids))
+        bad = [i for i in visible_gpus if not 0 <= i < len(ids)]
+        if bad:
+            raise invalid_argument(
+                "visible_gpus",
+                visible_gpus,
+                f"indices into CUDA_VISIBLE_DEVICES={current!r}",
+                f"no GPU {bad[0]} among the {len(ids)} visible",
+            )
+        return ",".join(ids[i] for i in visible_gpus)
     return ",".join(str(i) for i in visible_gpus)
 
 
@@ -864,6 +872,7 @@ def _configure_torch(
         )
     settings = []
     limited = 0
+    hidden = tuple(i for i in range(count) if visible_gpus is not None and i not in visible_gpus)
     if visible_gpus is not None and not initialized:
         count = len(visible_gpus)  # the devices torch will see
     for index in range(count):
@@ -906,7 +915,7 @@ def _configure_torch(
         initialized=initialized,
         allocator=os.environ.get(_torch_conf_variable()),
         message=message,
-        hidden=(),
+        hidden=hidden,
         backend="torch",
         environment=_environment("torch"),
     )

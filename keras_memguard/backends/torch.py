@@ -81,7 +81,8 @@ class TorchBackend:
                 if _has_context(index):
                     properties = cuda.get_device_properties(index)
                     uuid = _uuid(properties)
-                    fraction = float(cuda.get_per_process_memory_fraction(index))
+                    get_fraction = getattr(cuda, "get_per_process_memory_fraction", None)
+                    fraction = float(get_fraction(index)) if get_fraction else 1.0  # torch<2.5
                     if fraction < 1.0:
                         limit = int(fraction * properties.total_memory)
                 result.append(
