@@ -5,7 +5,11 @@ configure_gpus -> dataset_from_tfds -> a small CNN -> fit with MemGuardCallback 
 keras.callbacks.TensorBoard writing into one log directory -> the memory summary and
 the command that opens TensorBoard.
 
+On JAX or PyTorch (`KERAS_BACKEND=jax`) it needs no TensorFlow: the data come as NumPy
+arrays (`keras_memguard.data.shapes`) and the guard writes its TensorBoard run itself.
+
 Run:  python examples/quickstart.py [--epochs 3] [--log-dir memguard_logs]
+      KERAS_BACKEND=jax python examples/quickstart.py
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -49,36 +54,19 @@ def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
     import keras_memguard as mg
 
-    # 1. Before TensorFlow touches a GPU: cap it instead of letting TF map all of it.
+    # 1. Before the framework touches a GPU: cap it instead of letting it take most of it
+    #    (TensorFlow maps nearly all of every GPU, JAX preallocates 75%).
     if args.gpu_memory_limit:
         print(mg.configure_gpus(memory_limit=args.gpu_memory_limit))
     else:
         print(mg.configure_gpus(memory_growth=True))
 
     import keras
-    import tensorflow as tf
 
-    def scale(images, labels):
-        return tf.cast(images, tf.float32) / 255.0, labels
-
-    # 2. A pipeline that caches raw images within the RAM budget. repeat=True with
-    #    steps_per_epoch keeps one iterator for the whole run (no epoch-start stall).
-    train, plan = mg.dataset_from_tfds(
-        args.dataset,
-        "train",
-        batch_size=args.batch_size,
-        batch_preprocess=scale,
-        data_dir=args.data_dir,
-        repeat=True,
-        with_info=True,
-    )
-    test = mg.dataset_from_tfds(
-        args.dataset, "test", batch_size=256, batch_preprocess=scale, data_dir=args.data_dir
-    )
-    print(f"pipeline: {plan}")
-    info = plan.tfds_info
-    shape = info.features["image"].shape
-    classes = info.features["label"].num_classes
+    if keras.config.backend() == "tensorflow":
+        train, test, fit_kwargs, shape, classes = _tfds_data(args, mg)
+    else:  # JAX, PyTorch: NumPy arrays, no TensorFlow
+        train, test, fit_kwargs, shape, classes = _array_data(args)
 
     # 3. A small CNN.
     keras.utils.set_random_seed(0)
@@ -104,21 +92,67 @@ def main(argv: list[str] | None = None) -> float:
         checkpoint_path=args.checkpoint or os.path.join(log_dir, "guard.keras"),
     )
     start = time.time()
+    # Keras's TensorBoard callback needs TensorFlow; the guard's own run does not.
+    callbacks = (
+        [keras.callbacks.TensorBoard(log_dir)] if keras.config.backend() == "tensorflow" else []
+    )
+    inputs = train if isinstance(train, tuple) else (train,)
     model.fit(
-        train,
+        *inputs,
         validation_data=test,
         epochs=args.epochs,
-        steps_per_epoch=plan.steps_per_epoch,
         verbose=2,
-        shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data.Dataset
-        callbacks=[guard, keras.callbacks.TensorBoard(log_dir)],
+        callbacks=[guard, *callbacks],
+        **fit_kwargs,
     )
-    _, accuracy = model.evaluate(test, verbose=0)
+    _, accuracy = model.evaluate(*(test if isinstance(test, tuple) else (test,)), verbose=0)
 
     # 5. What happened to memory (the guard printed its summary), and where to look.
     print(f"test accuracy {accuracy:.3f} (chance {1 / classes:.3f}) in {time.time() - start:.0f} s")
     print(f"See it in TensorBoard:  tensorboard --logdir {log_dir}")
     return float(accuracy)
+
+
+def _tfds_data(args: argparse.Namespace, mg: Any) -> tuple[Any, Any, dict, tuple, int]:
+    """2. A tf.data pipeline that caches raw images within the RAM budget.
+
+    repeat=True with steps_per_epoch keeps one iterator for the whole run (no epoch-start
+    stall); the pipeline shuffles (Keras cannot shuffle a tf.data.Dataset).
+    """
+    import tensorflow as tf
+
+    def scale(images, labels):
+        return tf.cast(images, tf.float32) / 255.0, labels
+
+    train, plan = mg.dataset_from_tfds(
+        args.dataset,
+        "train",
+        batch_size=args.batch_size,
+        batch_preprocess=scale,
+        data_dir=args.data_dir,
+        repeat=True,
+        with_info=True,
+    )
+    test = mg.dataset_from_tfds(
+        args.dataset, "test", batch_size=256, batch_preprocess=scale, data_dir=args.data_dir
+    )
+    print(f"pipeline: {plan}")
+    info = plan.tfds_info
+    fit_kwargs = {"steps_per_epoch": plan.steps_per_epoch, "shuffle": False}
+    return train, test, fit_kwargs, info.features["image"].shape, info.features["label"].num_classes
+
+
+def _array_data(args: argparse.Namespace) -> tuple[Any, Any, dict, tuple, int]:
+    """2. The same offline data as NumPy arrays (no TensorFlow needed)."""
+    from keras_memguard.data.shapes import CLASSES, load_shapes_arrays
+
+    if args.dataset != "memguard_shapes":
+        raise SystemExit("without TensorFlow, only --dataset memguard_shapes is available")
+    x, y = load_shapes_arrays("train")
+    x_test, y_test = load_shapes_arrays("test")
+    train = (x.astype("float32") / 255.0, y)
+    test = (x_test.astype("float32") / 255.0, y_test)
+    return train, test, {"batch_size": args.batch_size}, x.shape[1:], len(CLASSES)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -12,10 +13,41 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from fake_nvml import FakeGpu, FakeNvml
 
+from keras_memguard.backends.base import backend_name
 from keras_memguard.errors import reset_warnings
 from keras_memguard.probes import nvml
 
 GIB = 2**30
+
+# Modules whose tests run on every Keras backend (`pytest -m backends` under JAX and
+# PyTorch, in environments without TensorFlow); a test in them that needs TensorFlow
+# carries @pytest.mark.tensorflow. Other modules mark themselves with pytestmark.
+BACKEND_MODULES = {
+    "test_sizes.py",
+    "test_process_and_system_memory.py",
+    "test_container_memory.py",
+    "test_nvml.py",
+    "test_snapshot_and_doctor.py",
+    "test_report.py",
+    "test_callback.py",
+    "test_callback_faults.py",
+    "test_isolation.py",
+    "test_public_api.py",
+}
+
+
+# Modules that import TensorFlow at their top: not even collected where it is missing.
+collect_ignore = ["test_pipeline.py"] if importlib.util.find_spec("tensorflow") is None else []
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_tf = pytest.mark.skip(reason=f"needs the TensorFlow backend (this is {backend_name()})")
+    for item in items:
+        needs_tf = item.get_closest_marker("tensorflow") is not None
+        if item.path.name in BACKEND_MODULES and not needs_tf:
+            item.add_marker(pytest.mark.backends)
+        if needs_tf and backend_name() != "tensorflow":
+            item.add_marker(skip_tf)
 
 
 @pytest.fixture(autouse=True)

@@ -157,6 +157,7 @@ def test_stop_without_checkpoint_says_nothing_was_saved(capsys):
     assert model.stop_training
 
 
+@pytest.mark.tensorflow
 def test_record_if_trap_with_keras_tensorboard_update_freq(tmp_path):
     # Keras's TensorBoard(update_freq=3) installs a global record condition; with 4
     # steps per epoch and validation, it is False from epoch 1 on. The guard's epoch

@@ -124,6 +124,7 @@ def test_no_child_is_left_behind():
     }
 
 
+@pytest.mark.tensorflow
 def test_gpu_config_is_applied_in_the_child_before_fn():
     report, tf_loaded = run_isolated(
         tasks.child_state, gpu_config={"memory_growth": True}, timeout=120

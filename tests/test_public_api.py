@@ -1,5 +1,7 @@
 """The flat public API: every exported name resolves, and nothing else is advertised."""
 
+import pytest
+
 import keras_memguard
 
 EXPECTED = {
@@ -37,6 +39,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.tensorflow
 def test_exported_names():
     assert set(keras_memguard.__all__) == EXPECTED
     for name in keras_memguard.__all__:

@@ -65,6 +65,7 @@ def test_effective_limit_and_available_take_the_container_into_account():
     assert bare.effective_limit is None and bare.metrics() == {}
 
 
+@pytest.mark.tensorflow
 def test_snapshot_does_not_initialize_tensorflow_devices():
     code = textwrap.dedent(
         """
@@ -91,6 +92,7 @@ def test_snapshot_does_not_initialize_tensorflow_devices():
     assert out.stdout.strip().endswith("ok")
 
 
+@pytest.mark.tensorflow
 def test_doctor_console_script_text():
     out = subprocess.run(
         [*memguard_command(), "doctor"], capture_output=True, text=True, timeout=120
@@ -103,6 +105,7 @@ def test_doctor_console_script_text():
     assert "Warning" not in out.stderr  # and no noise
 
 
+@pytest.mark.tensorflow
 def test_doctor_console_script_json():
     env = {**os.environ, "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
     out = subprocess.run(

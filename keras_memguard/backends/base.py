@@ -19,8 +19,10 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = [
     "BACKENDS",
@@ -29,6 +31,7 @@ __all__ = [
     "NullBackend",
     "backend_name",
     "current_backend",
+    "tensorflow_kept_out",
 ]
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -80,6 +83,14 @@ class Backend(Protocol):
         """Whether an error (or its type name and message, from a child) is a device OOM."""
         ...
 
+    def empty_cache(self) -> bool:
+        """Returns the allocator's unused cached blocks to the device; whether it did."""
+        ...
+
+    def clear_caches(self) -> bool:
+        """Drops the framework's compilation caches (the next call recompiles)."""
+        ...
+
 
 def backend_name() -> str:
     """The Keras backend in use or configured, without importing Keras or a framework.
@@ -120,6 +131,12 @@ class NullBackend:
     def is_out_of_memory(self, error: BaseException | None, type_name: str, message: str) -> bool:
         return isinstance(error, MemoryError) or type_name.rsplit(".", 1)[-1] == "MemoryError"
 
+    def empty_cache(self) -> bool:
+        return False
+
+    def clear_caches(self) -> bool:
+        return False
+
 
 _adapters: dict[str, Backend] = {}
 
@@ -140,3 +157,31 @@ def current_backend(name: str | None = None) -> Backend:
             adapter = NullBackend(name)
         _adapters[name] = adapter
     return adapter
+
+
+@contextmanager
+def tensorflow_kept_out() -> Iterator[None]:
+    """Keeps Keras from importing TensorFlow just to look for its types (non-TF backends).
+
+    Keras's ``model.save()`` asks ``module_utils.tensorflow.available`` while it
+    serializes, which imports TensorFlow whenever it is installed (seconds, hundreds of
+    MiB, and GPU memory beside JAX's or torch's pool). Under another backend, with
+    TensorFlow not imported, no object can be a TensorFlow type, so answering "not
+    available" for the duration is exact. Nothing changes under TensorFlow.
+
+    Example:
+        >>> with tensorflow_kept_out():
+        ...     model.save("guard.keras")
+    """
+    lazy: Any = None
+    if backend_name() != "tensorflow" and "tensorflow" not in sys.modules:
+        utils = sys.modules.get("keras.src.utils.module_utils")
+        candidate = getattr(utils, "tensorflow", None)
+        if getattr(candidate, "_available", True) is None:
+            lazy = candidate
+            lazy._available = False
+    try:
+        yield
+    finally:
+        if lazy is not None and "tensorflow" not in sys.modules:
+            lazy._available = None

@@ -177,5 +177,13 @@ class TensorFlowBackend:
         short = type_name.rsplit(".", 1)[-1]
         return short in ("ResourceExhaustedError", "MemoryError") or isinstance(error, MemoryError)
 
+    def empty_cache(self) -> bool:
+        """TensorFlow's BFC allocator never hands memory back while the process lives."""
+        return False
+
+    def clear_caches(self) -> bool:
+        """``keras.backend.clear_session()`` clears TensorFlow's kernel cache; nothing more."""
+        return False
+
 
 ADAPTER = TensorFlowBackend()

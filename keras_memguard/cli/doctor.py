@@ -34,7 +34,10 @@ ENVIRONMENT_VARIABLES = (
     "KERAS_BACKEND",
     "XLA_PYTHON_CLIENT_PREALLOCATE",
     "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    "XLA_CLIENT_MEM_FRACTION",
     "XLA_PYTHON_CLIENT_ALLOCATOR",
+    "PYTORCH_ALLOC_CONF",
+    "PYTORCH_CUDA_ALLOC_CONF",
 )
 
 
@@ -60,13 +63,15 @@ def _keras_backend() -> str:
 
 
 def _gpu_configuration() -> dict[str, Any]:
-    """TensorFlow's GPU state, read without initializing anything.
+    """The Keras backend's GPU state, read without initializing anything.
 
-    TensorFlow is imported (seconds) only where NVML shows GPUs to ask it about.
+    TensorFlow is imported (seconds) only where it is the backend and NVML shows GPUs
+    to ask it about; JAX and PyTorch are never imported here.
     """
+    from keras_memguard.backends.base import backend_name
     from keras_memguard.backends.configure import current_gpu_configuration
 
-    if nvml.visible_devices():
+    if backend_name() == "tensorflow" and nvml.visible_devices():
         import tensorflow  # noqa: F401
 
     return current_gpu_configuration()
@@ -231,7 +236,8 @@ def format_doctor(report: dict[str, Any]) -> str:
             )
     config = report["gpu_configuration"]
     if config.get("gpus"):
-        lines += ["", "TensorFlow GPU configuration"]
+        framework = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+        lines += ["", f"{framework.get(config.get('backend', ''), 'Backend')} GPU configuration"]
         lines.append(_row("initialized", "yes" if config["initialized"] else "no"))
         for gpu in config["gpus"]:
             lines.append(_row(gpu["device"], gpu["setting"]))

@@ -5,7 +5,9 @@ procedurally from a fixed seed: the same bytes on every machine, no download. Sh
 size, position, colour and background vary, so a small CNN has something to learn
 and clearly beats chance (25%) within an epoch or two.
 
-After ``import keras_memguard`` it is registered with TFDS like any other dataset.
+After ``import keras_memguard`` it is registered with TFDS like any other dataset. The
+drawing lives in :mod:`keras_memguard.data.shapes` (NumPy only), which also gives the
+same examples as arrays without TensorFlow.
 
 Example:
     >>> import keras_memguard, tensorflow_datasets as tfds
@@ -16,42 +18,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import numpy as np
 import tensorflow_datasets as tfds
 
+from keras_memguard.data.shapes import CLASSES, IMAGE_SIZE, draw_shape, generate_examples
+
 __all__ = ["CLASSES", "MemguardShapes", "draw_shape"]
-
-CLASSES = ("circle", "square", "triangle", "cross")
-IMAGE_SIZE = 32
-TRAIN_EXAMPLES = 6000
-TEST_EXAMPLES = 1000
-
-
-def draw_shape(rng: np.random.Generator, label: int) -> np.ndarray:
-    """Draws one 32×32×3 uint8 image of class ``label``."""
-    size = IMAGE_SIZE
-    background = rng.integers(0, 96, size=3)
-    image = np.empty((size, size, 3), dtype=np.int16)
-    image[:] = background
-    image += rng.integers(-12, 13, size=(size, size, 3))
-    colour = rng.integers(128, 256, size=3)
-    radius = rng.uniform(6, 11)
-    cy, cx = rng.uniform(radius + 1, size - radius - 1, size=2)
-    yy, xx = np.mgrid[0:size, 0:size]
-    dy, dx = yy - cy, xx - cx
-    if CLASSES[label] == "circle":
-        mask = dy**2 + dx**2 <= radius**2
-    elif CLASSES[label] == "square":
-        mask = (np.abs(dy) <= radius * 0.8) & (np.abs(dx) <= radius * 0.8)
-    elif CLASSES[label] == "triangle":
-        mask = (dy <= radius * 0.7) & (dy >= -radius) & (np.abs(dx) <= (dy + radius) * 0.6)
-    else:
-        arm = radius * 0.3
-        mask = ((np.abs(dy) <= arm) & (np.abs(dx) <= radius)) | (
-            (np.abs(dx) <= arm) & (np.abs(dy) <= radius)
-        )
-    image[mask] = colour
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 class MemguardShapes(tfds.core.GeneratorBasedBuilder):
@@ -77,13 +48,8 @@ class MemguardShapes(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        return {
-            "train": self._generate_examples(TRAIN_EXAMPLES, seed=2024),
-            "test": self._generate_examples(TEST_EXAMPLES, seed=7),
-        }
+        return {"train": self._generate_examples("train"), "test": self._generate_examples("test")}
 
-    def _generate_examples(self, count: int, seed: int):
-        rng = np.random.default_rng(seed)
-        for index in range(count):
-            label = index % len(CLASSES)
-            yield index, {"image": draw_shape(rng, label), "label": label}
+    def _generate_examples(self, split: str):
+        for index, image, label in generate_examples(split):
+            yield index, {"image": image, "label": label}

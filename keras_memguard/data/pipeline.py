@@ -27,8 +27,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import tensorflow as tf
-import tensorflow_datasets as tfds
+try:
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+except ImportError as _missing:
+    raise ImportError(
+        "keras_memguard.dataset_from_tfds builds a tf.data pipeline and needs TensorFlow "
+        "and TensorFlow Datasets, which are not installed here "
+        f"({_missing}). Install them with: pip install 'keras-memguard[tensorflow]'. "
+        "On JAX or PyTorch without TensorFlow, keras_memguard.data.shapes."
+        "load_shapes_arrays() gives the offline memguard_shapes data as NumPy arrays."
+    ) from _missing
 
 from keras_memguard.data import tfds_registration as _tfds_registration
 from keras_memguard.errors import MemGuardError, invalid_argument, positive_int

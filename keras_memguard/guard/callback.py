@@ -28,6 +28,7 @@ from typing import Any
 
 import keras
 
+from keras_memguard.backends.base import tensorflow_kept_out
 from keras_memguard.errors import (
     MemGuardWarning,
     MemoryLimitExceededError,
@@ -557,7 +558,8 @@ class MemGuardCallback(keras.callbacks.Callback):
             if path.endswith(".weights.h5"):
                 self.model.save_weights(path)
             else:
-                self.model.save(path)
+                with tensorflow_kept_out():  # Keras's save imports TF when installed
+                    self.model.save(path)
             if not self._workers.is_chief:
                 shutil.rmtree(os.path.dirname(path), ignore_errors=True)
                 return None

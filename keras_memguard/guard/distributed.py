@@ -1,10 +1,15 @@
-"""Where this process stands in a ``tf.distribute`` run, and a vote across workers.
+"""Where this process stands in a distributed run, and a vote across workers.
 
 With ``MultiWorkerMirroredStrategy`` every worker runs its own ``fit`` and callbacks.
 If one worker stops and another does not, the next collective op pairs a scalar
 all-reduce with a gradient all-reduce and both workers crash ("Collective ops is aborted
 by: Shape mismatch..."). So the guard decides together: at the same check step on every
 worker it all-reduces a "must stop" flag, and every worker stops if any must.
+
+On JAX, ``keras.distribution.DataParallel`` over local devices runs in one process:
+there is one guard, it watches the whole process, and the vote is the process's own
+decision (``num_workers == 1``). Multi-process JAX (``jax.distributed``) has no vote
+yet: each process's guard decides alone.
 
 Example:
     >>> ctx = worker_context(model)

@@ -1,8 +1,13 @@
 """``release_memory``: give memory back between phases of a program.
 
-It runs the garbage collector, optionally ``keras.backend.clear_session()``, and asks
+It runs the garbage collector, optionally ``keras.backend.clear_session()``, returns the
+framework's cached device blocks (``torch.cuda.empty_cache()`` under PyTorch), optionally
+drops compilation caches (``jax.clear_caches()``, ``torch._dynamo.reset()``), and asks
 glibc to return freed heap pages to the system (``malloc_trim``), then reports what the
-process's RSS did. Call it *between* phases (after ``fit``, between trials), never while
+process's RSS and the device allocator did. Device figures are read only where the
+framework has initialised its GPUs itself (see :mod:`keras_memguard.backends.base`).
+
+Call it *between* phases (after ``fit``, between trials), never while
 a model is training: ``clear_session`` resets Keras's layer-name counters, the global
 dtype policy and seed state under a live model.
 
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from keras_memguard.backends.base import DeviceMemory, current_backend
 from keras_memguard.probes.process import read_process_memory
 
 __all__ = ["ReleaseResult", "release_memory"]
@@ -40,6 +46,26 @@ class ReleaseResult:
     collected: int
     cleared_session: bool
     trimmed: bool
+    backend: str = ""
+    device_before: tuple[DeviceMemory, ...] | None = None
+    device_after: tuple[DeviceMemory, ...] | None = None
+    emptied_cache: bool = False
+    cleared_caches: bool = False
+
+    @property
+    def device_freed(self) -> int | None:
+        """Bytes the framework's pools gave back to the GPUs (reserved, else allocated).
+
+        ``None`` where the framework reports no device figures (CPU, or GPUs not yet
+        initialised by the framework).
+        """
+        if self.device_before is None or self.device_after is None:
+            return None
+
+        def held(devices: tuple[DeviceMemory, ...]) -> int:
+            return sum(d.reserved if d.reserved is not None else d.allocated for d in devices)
+
+        return max(0, held(self.device_before) - held(self.device_after))
 
     @property
     def freed(self) -> int:
@@ -60,24 +86,45 @@ def _malloc_trim() -> Any:
         return None
 
 
-def release_memory(clear_session: bool = False, trim: bool = True) -> ReleaseResult:
+def _device(backend: Any) -> tuple[DeviceMemory, ...] | None:
+    figures = backend.device_memory()
+    return tuple(figures) if figures is not None else None
+
+
+def release_memory(
+    clear_session: bool = False,
+    trim: bool = True,
+    *,
+    empty_cache: bool = True,
+    clear_caches: bool = False,
+) -> ReleaseResult:
     """Collects garbage (and optionally Keras's global state); returns what was freed.
 
     Args:
         clear_session: also call `keras.backend.clear_session()`. Only between phases.
+            Under PyTorch, Keras's `clear_session` also resets `torch.compile`'s caches.
             Defaults to `False`.
         trim: ask glibc to return freed heap memory to the system. Defaults to `True`.
+        empty_cache: return the framework's unused cached device blocks to the GPU
+            (`torch.cuda.empty_cache()`; TensorFlow and JAX keep their pools).
+            Defaults to `True`.
+        clear_caches: drop compiled functions too (`jax.clear_caches()`,
+            `torch._dynamo.reset()`): the next `fit` recompiles. Defaults to `False`.
 
     Example:
         >>> release_memory().collected >= 0
         True
     """
+    backend = current_backend()
     before = read_process_memory()
+    device_before = _device(backend)
     if clear_session:
         import keras
 
         keras.backend.clear_session()
+    cleared_caches = backend.clear_caches() if clear_caches else False
     collected = gc.collect()
+    emptied = backend.empty_cache() if empty_cache else False
     trimmed = False
     trim_fn = _malloc_trim() if trim else None
     if trim_fn is not None:
@@ -90,4 +137,9 @@ def release_memory(clear_session: bool = False, trim: bool = True) -> ReleaseRes
         collected=collected,
         cleared_session=clear_session,
         trimmed=trimmed,
+        backend=backend.name,
+        device_before=device_before,
+        device_after=_device(backend),
+        emptied_cache=emptied,
+        cleared_caches=cleared_caches,
     )
