@@ -20,7 +20,7 @@ workdir = sys.argv[1]
 x, y = tiny_data(samples=640)
 model = tiny_model()
 model.fit(x[:64], y[:64], epochs=1, verbose=0)  # compile before measuring
-bound = snapshot().process_tree_rss + 250 * 2**20
+bound = snapshot().process_tree + 250 * 2**20
 guard = MemGuardCallback(
     log_dir=os.path.join(workdir, "logs"),
     max_process_memory=bound,

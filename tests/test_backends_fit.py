@@ -46,14 +46,14 @@ def test_leak_halted_with_a_loadable_checkpoint(guarded_fit):
     backend, _, result = guarded_fit
     assert result["backend"] == backend
     assert result["halt"] is not None, "the guard never halted a 25 MiB/batch leak"
-    assert result["halt"]["metric"] == "process_tree_rss"
+    assert result["halt"]["metric"] == "process_tree"
     assert result["restored_iterations"] == result["iterations"] > 0
 
 
 def test_tensorboard_events_and_history_keys(guarded_fit):
     _, workdir, result = guarded_fit
     run = read_run(os.path.join(workdir, "logs", "memory"))
-    assert "memory/process_tree_rss_mib" in run.scalars
+    assert "memory/process_tree_mib" in run.scalars
     assert len(run.halts) == 1 and "max_process_memory" in run.halts[0]
     assert set(LOG_KEYS) <= set(result["history_keys"])
 

@@ -41,6 +41,6 @@ def test_guard_under_jax_data_parallel(tmp_path):
     # No GPU: JAX reports no allocator figures, and the guard logs none.
     assert result["device_memory"] is None
     scalars = read_run(str(tmp_path / "logs" / "memory")).scalars
-    assert [s for s, _ in scalars["memory/process_tree_rss_mib"]] == [0, 1]
+    assert [s for s, _ in scalars["memory/process_tree_mib"]] == [0, 1]
     assert not any(tag.startswith("memory/gpu") for tag in scalars)
     assert result["frameworks"] == ["jax"]
