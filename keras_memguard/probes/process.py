@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -50,22 +51,38 @@ class ProcessMemory:
 
 
 class _ChildCache:
-    """The descendants of one pid, listed again only every ``CHILD_REFRESH_S``."""
+    """The descendants of each watched pid, listed again only every ``CHILD_REFRESH_S``.
+
+    One entry per pid, behind a lock: two threads watching two processes (two
+    ``run_isolated`` calls, or a guard beside a watch) never see each other's children.
+    """
 
     def __init__(self) -> None:
-        self.pid = -1
-        self.pids: list[int] = []
-        self.listed_at = float("-inf")
+        self._entries: dict[int, tuple[float, list[int]]] = {}
+        self._lock = threading.Lock()
 
     def get(self, pid: int) -> list[int]:
         now = time.monotonic()
-        if pid != self.pid or now - self.listed_at >= CHILD_REFRESH_S:
-            self.pid, self.listed_at = pid, now
-            self.pids = [child.pid for child in psutil.Process(pid).children(recursive=True)]
-        return self.pids
+        with self._lock:
+            entry = self._entries.get(pid)
+        if entry is not None and now - entry[0] < CHILD_REFRESH_S:
+            return entry[1]
+        pids = [child.pid for child in psutil.Process(pid).children(recursive=True)]
+        with self._lock:
+            if len(self._entries) > 64:  # pids watched long ago (ended children)
+                stale = [p for p, (at, _) in self._entries.items() if now - at > 60]
+                for old in stale:
+                    del self._entries[old]
+            self._entries[pid] = (now, pids)
+        return pids
 
-    def forget(self) -> None:
-        self.listed_at = float("-inf")
+    def forget(self, pid: int | None = None) -> None:
+        """Lists ``pid``'s children (every pid's, by default) again on the next read."""
+        with self._lock:
+            if pid is None:
+                self._entries.clear()
+            else:
+                self._entries.pop(pid, None)
 
 
 _children = _ChildCache()
@@ -110,7 +127,7 @@ def read_process_memory(pid: int | None = None) -> ProcessMemory | None:
         except (OSError, psutil.Error, ValueError, IndexError):
             gone = True  # exited since it was listed
     if gone:
-        _children.forget()
+        _children.forget(pid)
     return ProcessMemory(
         rss=rss, tree_rss=tree, peak_rss=_peak_rss() if own else None, children=counted
     )
