@@ -165,3 +165,10 @@ class Squares:
         model.compile("sgd", "mse")
         history = model.fit(data, epochs=1, verbose=0)
         return len(history.history["loss"])
+
+
+def fail_above(batch_size, limit):
+    """Out of memory above ``limit``; else where it ran and whether it was preloaded."""
+    if batch_size > limit:
+        raise MemoryError(f"batch {batch_size} does not fit")
+    return os.getpid(), "wave" in sys.modules

@@ -1,5 +1,6 @@
 """run_isolated and find_batch_size with real child processes."""
 
+import functools
 import os
 import signal
 import sys
@@ -158,6 +159,24 @@ def test_find_batch_size_gives_up_below_the_floor():
     with pytest.raises(BatchSizeSearchError, match="256, 128") as info:
         find_batch_size(tasks.leak, 256, min_batch_size=128, max_memory="200MiB", timeout=60)
     assert [a.outcome for a in info.value.attempts] == ["out of memory"] * 2
+
+
+def test_find_batch_size_keep_warm_runs_the_retry_in_a_preloaded_spare():
+    from keras_memguard.isolation import run as isolation
+
+    try:
+        train = functools.partial(tasks.fail_above, limit=32)
+        found = find_batch_size(train, 64, keep_warm=True, preload=("wave",))
+        pid, preloaded = found.result
+        assert [(a.batch_size, a.outcome) for a in found.attempts] == [
+            (64, "out of memory"),
+            (32, "ok"),
+        ]
+        assert preloaded  # the retry ran in the spare the first attempt started
+        (spare,) = isolation._spares.values()  # and the next spare waits
+        assert spare.pid != pid
+    finally:
+        isolation.shutdown_spares()
 
 
 def test_find_batch_size_reraises_other_failures():
