@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("keras_tuner")
 pytest.importorskip("sklearn")
 
-from keras_memguard import isolate_trials  # noqa: E402
-from keras_memguard.isolation.tuner import SharedArray, _Isolation  # noqa: E402
+from keras_memguard import isolate_trials
+from keras_memguard.isolation.tuner import SharedArray, _Isolation
 
 MIB = 2**20
 HERE = os.path.dirname(__file__)

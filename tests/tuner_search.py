@@ -49,13 +49,26 @@ def build(hp):
 
 if MODE == "hyperband":
     tuner = keras_tuner.Hyperband(
-        build, "val_accuracy", max_epochs=2, factor=2, hyperband_iterations=1,
-        directory=DIRECTORY, project_name=MODE, overwrite=True, seed=1,
+        build,
+        "val_accuracy",
+        max_epochs=2,
+        factor=2,
+        hyperband_iterations=1,
+        directory=DIRECTORY,
+        project_name=MODE,
+        overwrite=True,
+        seed=1,
     )
 else:
     tuner = keras_tuner.RandomSearch(
-        build, "val_accuracy", max_trials=TRIALS, directory=DIRECTORY, project_name=MODE,
-        overwrite=True, seed=1, max_consecutive_failed_trials=TRIALS,
+        build,
+        "val_accuracy",
+        max_trials=TRIALS,
+        directory=DIRECTORY,
+        project_name=MODE,
+        overwrite=True,
+        seed=1,
+        max_consecutive_failed_trials=TRIALS,
     )
 if MODE != "plain":
     mg.isolate_trials(
@@ -98,9 +111,7 @@ print(
                 for root, _, names in os.walk(log_dir)
                 for name in names
             ),
-            "epochs": sorted(
-                int(t.hyperparameters.values.get("tuner/epochs", 0)) for t in trials
-            ),
+            "epochs": sorted(int(t.hyperparameters.values.get("tuner/epochs", 0)) for t in trials),
         }
     )
 )

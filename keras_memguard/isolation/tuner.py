@@ -147,7 +147,7 @@ class _OracleView:
 
 
 def _build_and_fit_in_child(
-    tuner_class: type, tuner: Any, trial: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    tuner_class: Any, tuner: Any, trial: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Runs the tuner class's own ``_build_and_fit_model`` in the trial's process."""
     results = tuner_class._build_and_fit_model(tuner, trial, *_restore(args), **_restore(kwargs))
