@@ -59,9 +59,13 @@ def test_hyperband_resumes_trials_in_isolated_processes_and_the_guard_runs_in_ea
     assert result["resumed"] >= 1  # a trial loaded an earlier trial's checkpoint
     assert max(result["epochs"]) == 2
     assert result["builds_here"] == 2
-    # One MemGuardCallback passed to search(): KerasTuner's copy of it wrote an event
-    # file from every trial's own process.
-    assert len(result["guard_logs"]) == len(result["statuses"])
+    # One MemGuardCallback passed to search(): KerasTuner's copy of it ran in every
+    # trial's own process, wrote a run named after the trial, and one summary point.
+    runs = [path.split(os.sep)[0] for path in result["guard_logs"]]
+    assert sorted(r for r in runs if r != "memory_fits") == sorted(
+        f"memory_trial_{trial_id}" for trial_id in result["trial_ids"]
+    )
+    assert runs.count("memory_fits") == len(result["trial_ids"])
 
 
 def test_a_trial_over_the_memory_bound_fails_and_the_search_goes_on(tmp_path):

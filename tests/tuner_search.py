@@ -105,6 +105,7 @@ print(
             "best_accuracy": accuracy,
             "best_units": tuner.get_best_hyperparameters()[0].values["units"],
             "units": [t.hyperparameters.values["units"] for t in trials],
+            "trial_ids": [t.trial_id for t in trials],
             "resumed": sum("tuner/trial_id" in t.hyperparameters.values for t in trials),
             "guard_logs": sorted(
                 os.path.relpath(os.path.join(root, name), log_dir)

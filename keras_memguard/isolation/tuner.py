@@ -150,6 +150,9 @@ def _build_and_fit_in_child(
     tuner_class: Any, tuner: Any, trial: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Runs the tuner class's own ``_build_and_fit_model`` in the trial's process."""
+    from keras_memguard.guard import fits
+
+    fits.set_trial(str(trial.trial_id))  # a guard's run is named after the trial
     results = tuner_class._build_and_fit_model(tuner, trial, *_restore(args), **_restore(kwargs))
     return _portable(results)
 
