@@ -69,6 +69,7 @@ else:
         overwrite=True,
         seed=1,
         max_consecutive_failed_trials=TRIALS,
+        executions_per_trial=2 if MODE == "bounded" else 1,
     )
 if MODE != "plain":
     mg.isolate_trials(

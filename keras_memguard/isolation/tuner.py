@@ -146,15 +146,26 @@ class _OracleView:
         self.objective = objective
 
 
+def _best_values(callbacks: Any) -> list[float]:
+    """The best objective value each ``SaveBestEpoch`` callback has seen."""
+    from keras_tuner.src.engine import tuner_utils
+
+    return [c.best_value for c in callbacks or [] if isinstance(c, tuner_utils.SaveBestEpoch)]
+
+
 def _build_and_fit_in_child(
     tuner_class: Any, tuner: Any, trial: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Runs the tuner class's own ``_build_and_fit_model`` in the trial's process."""
+) -> tuple[Any, list[float]]:
+    """Runs the tuner class's own ``_build_and_fit_model`` in the trial's process.
+
+    Returns the results and the checkpoint callbacks' best values: with
+    ``executions_per_trial > 1`` the next execution must only beat the best so far.
+    """
     from keras_memguard.guard import fits
 
     fits.set_trial(str(trial.trial_id))  # a guard's run is named after the trial
     results = tuner_class._build_and_fit_model(tuner, trial, *_restore(args), **_restore(kwargs))
-    return _portable(results)
+    return _portable(results), _best_values(kwargs.get("callbacks"))
 
 
 def _child_view(tuner: Any) -> Any:
@@ -187,7 +198,7 @@ def _isolated_build_and_fit(self: Any, trial: Any, *args: Any, **kwargs: Any) ->
         kwargs = {**kwargs, "callbacks": callbacks}
     shared_args, shared_kwargs = state.share(args), state.share(kwargs)
     try:
-        return run_isolated(
+        results, best_values = run_isolated(
             _build_and_fit_in_child,
             type(self),
             view,
@@ -207,6 +218,10 @@ def _isolated_build_and_fit(self: Any, trial: Any, *args: Any, **kwargs: Any) ->
                 f"trial {trial.trial_id} ran out of memory: {type(err).__name__}: {err}"
             ) from err
         raise
+    checkpoints = [c for c in callbacks if isinstance(c, tuner_utils.SaveBestEpoch)]
+    for checkpoint, best in zip(checkpoints, best_values, strict=False):
+        checkpoint.best_value = best  # the driver's copy carries over to the next execution
+    return results
 
 
 def isolate_trials(
