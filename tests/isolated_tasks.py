@@ -172,3 +172,13 @@ def fail_above(batch_size, limit):
     if batch_size > limit:
         raise MemoryError(f"batch {batch_size} does not fit")
     return os.getpid(), "wave" in sys.modules
+
+
+def oom_killed_like(events_path):
+    """What the kernel's OOM killer does: the cgroup's oom_kill count rises, SIGKILL."""
+    import signal
+
+    with open(events_path, "w") as f:
+        f.write("low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(10)

@@ -421,3 +421,22 @@ def test_a_phase_defined_in_an_unguarded_script_runs_once(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["result 40"]  # the script body ran once, not twice
+
+
+def test_the_oom_kill_count_is_read_fresh_for_the_verdict(tmp_path, monkeypatch):
+    from test_container_memory import v2_tree
+
+    from keras_memguard.isolation import run as isolation
+
+    fixture = v2_tree(tmp_path)  # a cgroup whose memory.events says oom_kill 1
+    events = os.path.join(fixture.root, "kubepods", "pod1", "ctr", "memory.events")
+    monkeypatch.setattr(
+        isolation, "CgroupReader", lambda: type(fixture)(fixture.root, fixture.proc_cgroup)
+    )
+    assert fixture.read().oom_kills == 1  # a reader that caches would keep saying 1
+    with pytest.raises(ChildKilledError, match="OOM killer") as info:
+        run_isolated(tasks.oom_killed_like, events)  # the count rises within a second
+    assert info.value.exit.oom_killed and info.value.exit.signal == "SIGKILL"
+    with pytest.raises(ChildKilledError) as info:  # SIGKILL with no new OOM kill
+        run_isolated(tasks.kill_self, signal.SIGKILL)
+    assert not info.value.exit.oom_killed
