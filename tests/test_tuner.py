@@ -40,7 +40,7 @@ def growth_per_trial(rss):
 
 
 def test_isolated_random_search_completes_and_its_driver_stays_flat(tmp_path):
-    trials = 5
+    trials = 4
     plain = search("plain", trials, str(tmp_path))
     isolated = search("warm", trials, str(tmp_path))
     for result in (plain, isolated):
@@ -59,6 +59,7 @@ def test_hyperband_resumes_trials_in_isolated_processes_and_the_guard_runs_in_ea
     assert result["resumed"] >= 1  # a trial loaded an earlier trial's checkpoint
     assert max(result["epochs"]) == 2
     assert result["builds_here"] == 2
+    assert result["spares_left"] == 0  # keep_warm's spare ended with the search
     # One MemGuardCallback passed to search(): KerasTuner's copy of it ran in every
     # trial's own process, wrote a run named after the trial, and one summary point.
     runs = [path.split(os.sep)[0] for path in result["guard_logs"]]

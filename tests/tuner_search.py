@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 import keras_memguard as mg
+from keras_memguard.isolation import run as isolation
 from keras_memguard.probes.process import read_process_memory
 
 MODE, TRIALS, DIRECTORY = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -92,6 +93,7 @@ tuner.on_trial_end = record
 log_dir = os.path.join(DIRECTORY, "memguard-logs")
 callbacks = [mg.MemGuardCallback(log_dir, verbose=0)] if MODE == "hyperband" else []
 tuner.search(x, y, epochs=1, validation_split=0.2, verbose=0, callbacks=callbacks)
+spares_left = len(isolation._spares)  # isolate_trials ends its spare with the search
 mg.shutdown_spares()
 best = tuner.get_best_models()[0]
 accuracy = float(best.evaluate(x, y, verbose=0)[1])
@@ -107,6 +109,7 @@ print(
             "best_units": tuner.get_best_hyperparameters()[0].values["units"],
             "units": [t.hyperparameters.values["units"] for t in trials],
             "trial_ids": [t.trial_id for t in trials],
+            "spares_left": spares_left,
             "resumed": sum("tuner/trial_id" in t.hyperparameters.values for t in trials),
             "guard_logs": sorted(
                 os.path.relpath(os.path.join(root, name), log_dir)

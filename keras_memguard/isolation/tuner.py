@@ -38,7 +38,12 @@ from typing import Any
 from keras_memguard.backends.base import backend_name
 from keras_memguard.errors import invalid_argument
 from keras_memguard.isolation.batch_size import is_out_of_memory
-from keras_memguard.isolation.run import IsolatedError, default_preload, run_isolated
+from keras_memguard.isolation.run import (
+    IsolatedError,
+    default_preload,
+    run_isolated,
+    shutdown_spares,
+)
 from keras_memguard.sizes import format_bytes
 
 __all__ = ["isolate_trials"]
@@ -249,8 +254,8 @@ def isolate_trials(
             `max_memory`, out of memory, or killed is reported to the oracle as failed.
             With `keep_warm=True` the next trial's process starts (and imports the
             backend's framework, Keras and KerasTuner: the default `preload`) while the
-            current trial runs; `shutdown_spares()` ends the spare (it also ends at
-            exit). `env` gets `KERAS_BACKEND` of the driver unless it names one.
+            current trial runs; the spare ends when the search does. `env` gets the
+            driver's `KERAS_BACKEND` unless it names one.
         share_arrays_over: NumPy arrays passed to `search()` of at least this many bytes
             are written once per search to a temporary `.npy` file that each trial
             memory-maps, instead of being copied through a pipe per trial. `None`
@@ -310,6 +315,8 @@ def isolate_trials(
             on_search_end(self)
         finally:
             self._memguard_isolation.release()
+            if keep_warm:  # the search is over: no trial needs the spare
+                shutdown_spares()
 
     tuner.on_search_end = types.MethodType(search_ended, tuner)
     atexit.register(state.release)
