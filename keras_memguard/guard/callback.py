@@ -473,8 +473,9 @@ class MemGuardCallback(keras.callbacks.Callback):
             return
         try:
             run = "memory" if self._workers.is_chief else f"memory_worker{self._workers.index}"
-            self._fit = fits.begin(self.log_dir, run)  # a run per fit or trial
-            self._writer = EventWriter(os.path.join(self.log_dir, self._fit.run))
+            fit = fits.begin(self.log_dir, run)  # a run per fit or trial
+            self._writer = EventWriter(os.path.join(self.log_dir, fit.run))
+            self._fit = fit
             self._writer.custom_scalars_layout(memory_layout(gpu_indices))
         except Exception as err:
             self._writer = None
