@@ -3,7 +3,8 @@
 subprocess and read the JSON line it prints.
 
 Usage: python tests/tuner_search.py MODE TRIALS DIRECTORY
-MODE: plain | isolated | warm | hyperband (isolated, with a guard) | bounded
+MODE: plain | isolated | warm | hyperband (isolated, with a guard) |
+      bounded (isolated BayesianOptimization, max_memory="1GiB", 2 executions a trial)
 """
 
 import json
@@ -60,6 +61,19 @@ if MODE == "hyperband":
         overwrite=True,
         seed=1,
     )
+elif MODE == "bounded":  # BayesianOptimization: its model of the space lives in the driver
+    tuner = keras_tuner.BayesianOptimization(
+        build,
+        "val_accuracy",
+        max_trials=TRIALS,
+        num_initial_points=2,
+        directory=DIRECTORY,
+        project_name=MODE,
+        overwrite=True,
+        seed=1,
+        max_consecutive_failed_trials=TRIALS,
+        executions_per_trial=2,
+    )
 else:
     tuner = keras_tuner.RandomSearch(
         build,
@@ -70,7 +84,6 @@ else:
         overwrite=True,
         seed=1,
         max_consecutive_failed_trials=TRIALS,
-        executions_per_trial=2 if MODE == "bounded" else 1,
     )
 if MODE != "plain":
     mg.isolate_trials(
