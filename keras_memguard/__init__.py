@@ -29,10 +29,13 @@ from keras_memguard.isolation.run import (
     ChildFailedError,
     ChildKilledError,
     ChildMemoryLimitError,
+    ChildSystemExit,
     ChildTimeoutError,
     IsolatedError,
     run_isolated,
+    shutdown_spares,
 )
+from keras_memguard.isolation.tuner import isolate_trials
 from keras_memguard.probes.snapshot import GpuSnapshot, MemorySnapshot, snapshot
 from keras_memguard.sizes import Size, format_bytes, parse_size
 
@@ -62,6 +65,7 @@ __all__ = [
     "ChildFailedError",
     "ChildKilledError",
     "ChildMemoryLimitError",
+    "ChildSystemExit",
     "ChildTimeoutError",
     "DatasetUnavailableError",
     "GpuConfigError",
@@ -83,9 +87,11 @@ __all__ = [
     "dataset_from_tfds",
     "find_batch_size",
     "format_bytes",
+    "isolate_trials",
     "parse_size",
     "release_memory",
     "run_isolated",
+    "shutdown_spares",
     "snapshot",
 ]
 

@@ -27,8 +27,10 @@ def fail_unpicklably():
     raise Unpicklable()
 
 
-def return_a_lambda():
-    return lambda: None
+def return_a_lock():
+    import threading
+
+    return threading.Lock()
 
 
 def sleep(seconds):
@@ -98,4 +100,85 @@ def train_with_batch(batch_size, mib_per_example=4, headroom_mib=300):
 
 
 def pid_and_env(name):
-    return os.getpid(), os.environ.get(name), "json" in sys.modules
+    return os.getpid(), os.environ.get(name), "wave" in sys.modules
+
+
+def _square(n):
+    return n * n
+
+
+def pool_sum(method, n=6):
+    """A phase with its own multiprocessing pool (a daemonic child could not have one)."""
+    import multiprocessing
+
+    with multiprocessing.get_context(method).Pool(2) as pool:
+        return sum(pool.map(_square, range(n)))
+
+
+def nested_add(a, b):
+    from keras_memguard.isolation.run import run_isolated
+
+    return run_isolated(add, a, b), os.getpid()
+
+
+def system_exit(code):
+    sys.exit(code)
+
+
+def start_grandchild_and_sleep(pidfile, own_session=False, hold_mib=0, seconds=60):
+    """Starts a grandchild (optionally in its own session), notes both pids, sleeps."""
+    import subprocess
+
+    code = f"import time; held = b'x' * ({hold_mib} * 2**20); time.sleep({seconds})"
+    child = subprocess.Popen([sys.executable, "-c", code], start_new_session=own_session)
+    with open(pidfile + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {child.pid}")
+    os.replace(pidfile + ".tmp", pidfile)
+    time.sleep(seconds)
+    return child.pid
+
+
+def hold_with_grandchild(pidfile, hold_mib, seconds):
+    """Memory held by a grandchild, then a result: the tree must be counted."""
+    start_grandchild_and_sleep(pidfile, hold_mib=hold_mib, seconds=seconds)
+    return "done"
+
+
+class Squares:
+    """Built inside the child: a PyDataset with worker processes."""
+
+    @staticmethod
+    def fit_with_workers():
+        import keras
+        import numpy as np
+
+        class Batches(keras.utils.PyDataset):
+            def __len__(self):
+                return 4
+
+            def __getitem__(self, index):
+                x = np.full((8, 2), index, dtype="float32")
+                return x, x.sum(axis=1, keepdims=True)
+
+        data = Batches(workers=2, use_multiprocessing=True)
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        history = model.fit(data, epochs=1, verbose=0)
+        return len(history.history["loss"])
+
+
+def fail_above(batch_size, limit):
+    """Out of memory above ``limit``; else where it ran and whether it was preloaded."""
+    if batch_size > limit:
+        raise MemoryError(f"batch {batch_size} does not fit")
+    return os.getpid(), "wave" in sys.modules
+
+
+def oom_killed_like(events_path):
+    """What the kernel's OOM killer does: the cgroup's oom_kill count rises, SIGKILL."""
+    import signal
+
+    with open(events_path, "w") as f:
+        f.write("low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(10)

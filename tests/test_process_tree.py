@@ -70,7 +70,9 @@ def test_four_forked_children_of_a_1_5_gib_parent_count_once(fresh_children):
         naive = during.rss + sum(rss_of(pid) for pid in pids)
     finally:
         reap(pids)
-    assert during.children == 4
+    # Other tests of the session may have left a helper process (a resource tracker, a
+    # spare): count ours relative to what was there before.
+    assert during.children - before.children == 4
     assert naive > 7 * GIB  # what adding RSS reads: the 1.5 GiB once per process
     # Each child holds only what it touched since the fork (its private pages).
     assert during.children_private < 4 * 64 * MIB
@@ -93,7 +95,8 @@ def test_memory_a_child_writes_is_counted(fresh_children):
     after = read_process_memory()
     assert during.tree - before.tree >= 2 * 195 * MIB
     assert after.tree - before.tree < 50 * MIB  # gone with the children
-    assert after.children == 0 and after.children_private == 0
+    assert after.children == before.children
+    assert after.children_private - before.children_private < 16 * MIB
 
 
 def test_children_figure_is_refreshed_on_its_own_cadence_and_says_its_age(monkeypatch):

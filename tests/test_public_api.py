@@ -11,6 +11,7 @@ EXPECTED = {
     "ChildFailedError",
     "ChildKilledError",
     "ChildMemoryLimitError",
+    "ChildSystemExit",
     "ChildTimeoutError",
     "DatasetUnavailableError",
     "GpuConfigError",
@@ -32,9 +33,11 @@ EXPECTED = {
     "dataset_from_tfds",
     "find_batch_size",
     "format_bytes",
+    "isolate_trials",
     "parse_size",
     "release_memory",
     "run_isolated",
+    "shutdown_spares",
     "snapshot",
 }
 

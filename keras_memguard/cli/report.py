@@ -31,7 +31,7 @@ __all__ = [
     "report_json",
 ]
 
-PREFIXES = ("memory/", "memory_batch/")
+PREFIXES = ("memory/", "memory_batch/", "fits/")
 
 
 class ReportError(Exception):
@@ -46,6 +46,17 @@ class RunReport:
     path: str
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     halts: list[str] = field(default_factory=list)
+    fit_runs: dict[int, str] = field(default_factory=dict)  # the summary run: step -> run
+
+    def fits(self) -> list[dict[str, Any]]:
+        """The summary run's fits: index, run, start, end and peak MiB, by index."""
+        rows: dict[int, dict[str, Any]] = {}
+        for tag, points in self.scalars.items():
+            if tag.startswith("fits/"):
+                for step, value in points:
+                    row = rows.setdefault(step, {"index": step, "run": self.fit_runs.get(step)})
+                    row[tag[len("fits/") :]] = value
+        return [rows[index] for index in sorted(rows)]
 
     def series(self, key: str) -> list[tuple[int, float]]:
         return self.scalars.get("memory/" + key, [])
@@ -63,7 +74,15 @@ class RunReport:
                 "final": values[-1],
                 "epochs": len(values),
             }
-        return {"run": self.name, "path": self.path, "figures": figures, "halts": self.halts}
+        summary: dict[str, Any] = {
+            "run": self.name,
+            "path": self.path,
+            "figures": figures,
+            "halts": self.halts,
+        }
+        if self.fits():
+            summary["fits"] = self.fits()
+        return summary
 
 
 def find_runs(log_dir: str) -> list[str]:
@@ -90,6 +109,8 @@ def read_run(run_dir: str, name: str | None = None) -> RunReport:
                     report.scalars.setdefault(value.tag, []).append((event.step, content))
                 elif isinstance(content, str) and value.tag == "memory/halt":
                     report.halts.append(content)
+                elif isinstance(content, str) and value.tag == "fits/run":
+                    report.fit_runs[event.step] = content
     for points in report.scalars.values():
         points.sort()
     return report
@@ -119,6 +140,9 @@ def format_report(runs: list[RunReport]) -> str:
     """A compact table per run."""
     lines = []
     for run in runs:
+        if run.fits():
+            lines.extend(_format_fits(run))
+            continue
         figures = run.summary()["figures"]
 
         def get(key: str, which: str, figures: dict[str, Any] = figures) -> float | None:
@@ -162,6 +186,23 @@ def format_report(runs: list[RunReport]) -> str:
         for halt in run.halts:
             lines.append(f"    {halt}")
     return "\n".join(lines)
+
+
+def _format_fits(run: RunReport) -> list[str]:
+    """The summary run: one line per fit or trial, and the growth across them."""
+    rows = run.fits()
+    lines = [f"fits in {run.name} ({len(rows)})"]
+    lines.append(f"  {'fit':>5}  {'run':<24}{'start':>14}{'end':>14}{'peak':>14}")
+    for row in rows:
+        lines.append(
+            f"  {row['index']:>5}  {row['run'] or '?':<24}{_fmt(row.get('start_mib')):>14}"
+            f"{_fmt(row.get('end_mib')):>14}{_fmt(row.get('peak_mib')):>14}"
+        )
+    ends = [(row["index"], row["end_mib"]) for row in rows if row.get("end_mib") is not None]
+    if len(ends) >= 2 and ends[-1][0] != ends[0][0]:
+        slope = (ends[-1][1] - ends[0][1]) / (ends[-1][0] - ends[0][0])
+        lines.append(f"  {'growth':<20}{_fmt(slope, ' MiB/fit'):>14}  (end of first to last)")
+    return lines
 
 
 def report_json(runs: list[RunReport]) -> str:

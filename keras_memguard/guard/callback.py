@@ -36,6 +36,7 @@ from keras_memguard.errors import (
     positive_int,
     warn_once,
 )
+from keras_memguard.guard import fits
 from keras_memguard.guard.distributed import WorkerContext, worker_context
 from keras_memguard.guard.policy import (
     Bounds,
@@ -392,6 +393,9 @@ class MemGuardCallback(keras.callbacks.Callback):
             self.summary.release = release_memory(clear_session=False)
         snap = self._sample()
         self.summary.end_process_tree_rss = snap.process_tree
+        fit = self.__dict__.pop("_fit", None)  # this fit's point in the memory_fits run
+        if fit is not None and self.log_dir is not None:
+            fits.end(self.log_dir, fit, self.summary)
         self._close_writer()
         if self.verbose:
             print(self.summary, file=sys.stderr)
@@ -607,7 +611,9 @@ class MemGuardCallback(keras.callbacks.Callback):
             return
         try:
             run = "memory" if self._workers.is_chief else f"memory_worker{self._workers.index}"
-            self._writer = EventWriter(os.path.join(self.log_dir, run))
+            fit = fits.begin(self.log_dir, run)  # a run per fit or trial
+            self._writer = EventWriter(os.path.join(self.log_dir, fit.run))
+            self._fit = fit
             self._writer.custom_scalars_layout(memory_layout(gpu_indices))
         except Exception as err:
             self._writer = None

@@ -1,11 +1,13 @@
 """``find_batch_size``: retry training with smaller batches until memory suffices.
 
 HuggingFace accelerate's ``find_executable_batch_size`` does this for PyTorch; this is
-the TensorFlow version. Each attempt runs in its own process (:func:`run_isolated`), so
-a failed attempt leaves nothing behind: no half-grown allocator pool, no traced graphs.
-An attempt counts as "out of memory" when it raises ``tf.errors.ResourceExhaustedError``
-or the guard's ``MemoryLimitExceededError``, crosses ``max_memory``, or is killed by the
-OOM killer (or SIGKILL). Any other failure is re-raised at once.
+the Keras version. Each attempt runs in its own process (:func:`run_isolated`), so a
+failed attempt leaves nothing behind: no half-grown allocator pool, no traced graphs.
+An attempt counts as "out of memory" when it raises an error the Keras backend's adapter
+recognises as an OOM (``tf.errors.ResourceExhaustedError``, JAX's and PyTorch's
+out-of-memory errors, ``MemoryError``) or the guard's ``MemoryLimitExceededError``,
+crosses ``max_memory``, or is killed by SIGKILL (the OOM killer). Any other failure is
+re-raised at once.
 
 Example:
     >>> def train(batch_size):           # at module level
@@ -22,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from keras_memguard.backends.base import NullBackend, current_backend
 from keras_memguard.errors import (
     MemGuardError,
     MemoryLimitExceededError,
@@ -32,12 +35,11 @@ from keras_memguard.isolation.run import (
     ChildFailedError,
     ChildKilledError,
     ChildMemoryLimitError,
+    ChildSystemExit,
     run_isolated,
 )
 
 __all__ = ["Attempt", "BatchSizeResult", "BatchSizeSearchError", "find_batch_size"]
-
-_OOM_TYPE_NAMES = ("ResourceExhaustedError", "MemoryLimitExceededError", "MemoryError")
 
 
 @dataclass(frozen=True)
@@ -67,14 +69,31 @@ class BatchSizeSearchError(MemGuardError):
         self.attempts = attempts
 
 
-def _out_of_memory(err: BaseException) -> bool:
+def is_out_of_memory(err: BaseException, backend: str | None = None) -> bool:
+    """Whether a ``run_isolated`` failure means "out of memory" for ``backend``
+    (default: the Keras backend in use).
+
+    Example:
+        >>> is_out_of_memory(MemoryError())
+        True
+    """
     if isinstance(err, (ChildMemoryLimitError, MemoryLimitExceededError, MemoryError)):
         return True
-    if isinstance(err, ChildFailedError):
-        return err.type_name.rsplit(".", 1)[-1] in _OOM_TYPE_NAMES
+    if isinstance(err, ChildSystemExit):
+        return False
     if isinstance(err, ChildKilledError):
         return err.exit is not None and (err.exit.oom_killed or err.exit.signal == "SIGKILL")
-    return type(err).__name__ in _OOM_TYPE_NAMES
+    if isinstance(err, ChildFailedError):
+        type_name, error = err.type_name, None
+    else:
+        type_name, error = f"{type(err).__module__}.{type(err).__qualname__}", err
+    if type_name.rsplit(".", 1)[-1] == "MemoryLimitExceededError":
+        return True
+    try:
+        adapter: Any = current_backend(backend)
+    except ImportError:  # an adapter this installation lacks
+        adapter = NullBackend(backend or "unknown")
+    return bool(adapter.is_out_of_memory(error, type_name, str(err)))
 
 
 def find_batch_size(
@@ -89,6 +108,7 @@ def find_batch_size(
     env: Mapping[str, str] | None = None,
     gpu_config: Mapping[str, Any] | None = None,
     keep_warm: bool = False,
+    preload: tuple[str, ...] | None = None,
 ) -> BatchSizeResult:
     """Calls ``train_fn(batch_size)`` in a fresh process, shrinking the batch on OOM.
 
@@ -99,8 +119,11 @@ def find_batch_size(
         factor: each retry multiplies the batch size by this, in (0, 1). Defaults to `0.5`.
         min_batch_size: the smallest batch size to try. Defaults to `1`.
         max_attempts: how many tries at most. Defaults to `8`.
-        timeout, max_memory, env, gpu_config, keep_warm: passed to `run_isolated` for
-            each attempt (`keep_warm=True` readies the next attempt's process early).
+        timeout, max_memory, env, gpu_config, keep_warm, preload: passed to
+            `run_isolated` for each attempt. With `keep_warm=True` the next attempt's
+            process starts (and imports `preload`, by default the backend's framework)
+            while the current one runs, so a retry skips the start-up; call
+            `shutdown_spares()` when done (the spare also ends at exit).
 
     Returns:
         A :class:`BatchSizeResult` with the batch size that worked and the attempts' log.
@@ -135,9 +158,11 @@ def find_batch_size(
                 max_memory=max_memory,
                 env=env,
                 gpu_config=gpu_config,
+                keep_warm=keep_warm,
+                preload=preload,
             )
-        except BaseException as err:
-            if not _out_of_memory(err):
+        except Exception as err:
+            if not is_out_of_memory(err, (env or {}).get("KERAS_BACKEND")):
                 raise
             attempts.append(
                 Attempt(
