@@ -1,7 +1,8 @@
 """``memguard report LOGDIR``: what the memory runs under a log directory show.
 
 It reads the ``memory/...`` scalars that ``MemGuardCallback`` wrote (every run under
-LOGDIR that has them), and summarizes each: peaks, final values, leak slope, halts.
+LOGDIR that has them), and summarizes each: peaks, final values, leak slope, halts, and
+the allocation sites of a leak (the ``memory/leak_sites`` text).
 ``--plot FILE.png`` draws memory over epochs with the bounds as dashed lines (needs the
 ``plot`` extra), ``--json`` prints the same data for machines.
 
@@ -40,12 +41,13 @@ class ReportError(Exception):
 
 @dataclass
 class RunReport:
-    """One run's memory series: ``{tag: [(step, value), ...]}`` plus halt messages."""
+    """One run's memory series: ``{tag: [(step, value), ...]}``, halts and leak sites."""
 
     name: str
     path: str
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     halts: list[str] = field(default_factory=list)
+    leak_sites: list[str] = field(default_factory=list)  # issue #16: one line per site
 
     def series(self, key: str) -> list[tuple[int, float]]:
         return self.scalars.get("memory/" + key, [])
@@ -63,7 +65,13 @@ class RunReport:
                 "final": values[-1],
                 "epochs": len(values),
             }
-        return {"run": self.name, "path": self.path, "figures": figures, "halts": self.halts}
+        return {
+            "run": self.name,
+            "path": self.path,
+            "figures": figures,
+            "halts": self.halts,
+            "leak_sites": self.leak_sites,
+        }
 
 
 def find_runs(log_dir: str) -> list[str]:
@@ -90,9 +98,16 @@ def read_run(run_dir: str, name: str | None = None) -> RunReport:
                     report.scalars.setdefault(value.tag, []).append((event.step, content))
                 elif isinstance(content, str) and value.tag == "memory/halt":
                     report.halts.append(content)
+                elif isinstance(content, str) and value.tag == "memory/leak_sites":
+                    report.leak_sites = _leak_site_lines(content)  # the latest report wins
     for points in report.scalars.values():
         points.sort()
     return report
+
+
+def _leak_site_lines(markdown: str) -> list[str]:
+    """The Markdown list ``LeakReport.markdown()`` writes, as plain lines."""
+    return [line.removeprefix("- ").replace("`", "") for line in markdown.splitlines() if line]
 
 
 def load_report(log_dir: str) -> list[RunReport]:
@@ -164,6 +179,9 @@ def format_report(runs: list[RunReport]) -> str:
         lines.append(f"  halts: {len(run.halts)}")
         for halt in run.halts:
             lines.append(f"    {halt}")
+        if run.leak_sites:  # issue #16
+            lines.append("  leak sites (growth per epoch):")
+            lines += [f"    {site}" for site in run.leak_sites]
     return "\n".join(lines)
 
 

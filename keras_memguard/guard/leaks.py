@@ -156,9 +156,11 @@ def function_at(filename: str, lineno: int) -> str:
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                     name = prefix + child.name
-                    if not isinstance(child, ast.ClassDef):
+                    if isinstance(child, ast.ClassDef):
+                        visit(child, name + ".")
+                    else:  # named as __qualname__ names it
                         spans.append((child.lineno, child.end_lineno or child.lineno, name))
-                    visit(child, name + ".")
+                        visit(child, name + ".<locals>.")
                 else:
                     visit(child, prefix)
 
@@ -283,15 +285,17 @@ class LeakSite:
         """``file:line``."""
         return f"{self.filename}:{self.lineno}"
 
+    def growth(self) -> str:
+        """How fast it grows: ``+4.0 MiB/epoch in 8 allocations/epoch (NumPy buffer ...)``."""
+        text = (
+            f"+{format_bytes(round(self.bytes_per_epoch))}/epoch in "
+            f"{self.allocations_per_epoch:.0f} allocations/epoch"
+        )
+        return text + (f" ({'; '.join(self.what)})" if self.what else "")
+
     def describe(self) -> str:
         """One line: where, in which function, and how fast it grows."""
-        text = (
-            f"{self.location} in {self.function}: +{format_bytes(round(self.bytes_per_epoch))}"
-            f"/epoch in {self.allocations_per_epoch:.0f} allocations/epoch"
-        )
-        if self.what:
-            text += f" ({'; '.join(self.what)})"
-        return text
+        return f"{self.location} in {self.function}: {self.growth()}"
 
     def format_traceback(self) -> list[str]:
         """The traceback as ``traceback.format_list`` would print it, oldest frame first."""
@@ -323,11 +327,7 @@ class LeakReport:
         """A Markdown list for TensorBoard's text dashboard (one site per line)."""
         if not self.sites:
             return str(self)
-        return "\n".join(
-            f"- `{s.location}` in `{s.function}`: "
-            + s.describe().split(": ", 1)[1].replace(s.location + " ", "")
-            for s in self.sites
-        )
+        return "\n".join(f"- `{s.location}` in `{s.function}`: {s.growth()}" for s in self.sites)
 
 
 # ------------------------------------------------------------------------ sampling
@@ -337,6 +337,7 @@ class _SiteSample:
     allocations: int = 0
     tensor_bytes: int = 0
     what: collections.Counter[str] = field(default_factory=collections.Counter)
+    what_bytes: collections.Counter[str] = field(default_factory=collections.Counter)
     traceback: tuple[tuple[str, int], ...] = ()  # most recent frame first, as tracemalloc's
     largest: int = -1
     in_user_code: bool = True
@@ -423,6 +424,7 @@ def sample_sites(
             entry.allocations += 1
         elif domain == _NUMPY_DOMAIN:
             entry.what["NumPy buffer"] += 1
+            entry.what_bytes["NumPy buffer"] += size
     del snapshot, raw_traces
     for tensor in _tensors(tensor_types, is_tensor):
         raw = _raw_object_traceback(tensor)
@@ -433,6 +435,7 @@ def sample_sites(
         if entry is not None:
             entry.tensor_bytes += nbytes
             entry.what[what] += 1
+            entry.what_bytes[what] += nbytes
     return sites
 
 
@@ -505,6 +508,8 @@ def compare(
             continue
         first, last = series[0], series[-1]
         grown = last.what - first.what
+        sizes = last.what_bytes - first.what_bytes
+        largest = sorted(grown, key=lambda name: (-sizes[name], -grown[name], name))[:3]
         found.append(
             LeakSite(
                 filename=site[0],
@@ -513,7 +518,7 @@ def compare(
                 bytes_per_epoch=(totals[-1] - totals[0]) / epochs,
                 allocations_per_epoch=(last.allocations - first.allocations) / epochs,
                 tensor_bytes_per_epoch=(last.tensor_bytes - first.tensor_bytes) / epochs,
-                what=tuple(f"{name} +{n / epochs:g}/epoch" for name, n in grown.most_common(3)),
+                what=tuple(f"{name} +{grown[name] / epochs:g}/epoch" for name in largest),
                 traceback=tuple(reversed(last.traceback)),
                 in_user_code=last.in_user_code,
             )
