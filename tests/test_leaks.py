@@ -93,7 +93,7 @@ def test_each_leak_is_named_at_its_line_with_its_growth(leaky):
     assert any("keras.Sequential +1/epoch" in w for w in model_leak["what"])
     # the full traceback reaches from the script's fit() call down to the site
     file, line = numpy_site.rsplit(":", 1)
-    assert f'File "{file}", line {line}' in numpy_leak["traceback"]
+    assert f'  File "{file}", line {line}' in numpy_leak["traceback"]
     assert any("model.fit(" in line for line in numpy_leak["traceback"])
 
 
