@@ -184,7 +184,11 @@ def object_traceback(obj: object) -> tracemalloc.Traceback | None:
     found = tracemalloc.get_object_traceback(obj)
     if found is not None or sys.version_info >= (3, 12):
         return found
-    if not type(obj).__flags__ & _MANAGED_DICT or sys.implementation.name != "cpython":
+    if (
+        sys.version_info[:2] != (3, 11)
+        or sys.implementation.name != "cpython"
+        or not type(obj).__flags__ & _MANAGED_DICT
+    ):
         return None
     global _GET_TRACEBACK
     if _GET_TRACEBACK is None:
@@ -236,6 +240,8 @@ def _describe_tensor(obj: Any) -> tuple[str, int]:
             device = str(obj.device)
         elif hasattr(obj, "nbytes") and hasattr(obj, "devices"):  # jax.Array
             shape, dtype, nbytes = tuple(obj.shape), str(obj.dtype), int(obj.nbytes)
+            if obj.is_deleted():  # donated or deleted: no buffer left
+                nbytes = 0
             device = ",".join(sorted(str(d) for d in obj.devices()))
         else:  # TensorFlow
             shape = tuple(obj.shape.as_list())
@@ -348,11 +354,14 @@ RawTraceback = tuple[tuple[str, int], ...]  # (filename, lineno), most recent fi
 
 
 def _raw_site(raw: RawTraceback) -> tuple[Site, bool] | None:
-    """The site of a raw traceback; ``None`` for the guard's own allocations."""
-    for filename, _ in raw:
+    """The site of a raw traceback; ``None`` for the guard's own allocations.
+
+    An allocation is the guard's own when a keras-memguard frame comes before (inside)
+    the user's frame; user code run *by* this package (``run_isolated``) stays the user's.
+    """
+    for filename, lineno in raw:
         if filename.startswith(_PACKAGE_DIR):
             return None
-    for filename, lineno in raw:
         if not is_library_file(filename):
             return (filename, lineno), True
     return (raw[-1], False) if raw else None
