@@ -8,6 +8,7 @@ CI runs them once per backend:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -268,3 +269,50 @@ def test_trace_leaks_rejects_other_values():
 
     with pytest.raises(ValueError, match="trace_leaks"):
         MemGuardCallback(trace_leaks="yes")
+
+
+# ----------------------------------------------------------------------- real GPUs
+def _gpu_arrays():
+    """For each framework here that sees a GPU, a C callable making 1 MiB there."""
+    makers = []
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            makers.append(("torch", functools.partial(torch.ones, 256, 1024, device="cuda")))
+    except ImportError:
+        pass
+    try:
+        import jax
+        import jax.numpy as jnp
+
+        if any(d.platform == "gpu" for d in jax.devices()):
+            makers.append(("jax", functools.partial(jnp.ones, (256, 1024))))
+    except (ImportError, RuntimeError):
+        pass
+    return makers
+
+
+@pytest.mark.gpu
+def test_growing_gpu_tensors_are_named_with_their_device_and_bytes():
+    makers = _gpu_arrays()
+    if not makers:
+        pytest.skip("needs PyTorch or JAX with a GPU")
+    for name, make in makers:
+        tracer = LeakTracer(True, warmup_epochs=0)
+        kept, steady = [], []
+        reports = []
+        for epoch in range(4):
+            for _ in range(4):
+                kept.append(make())  # the leak: 4 MiB per epoch on the GPU
+                steady[:] = [make()]  # replaced: no growth
+            report = tracer.epoch_end(epoch, suspected=False)
+            if report is not None:
+                reports.append(report)
+        (report,) = reports
+        (site,) = report.sites
+        with open(__file__) as f:
+            line = next(n for n, text in enumerate(f, 1) if text.rstrip().endswith("on the GPU"))
+        assert (site.filename, site.lineno) == (__file__, line), name
+        assert site.tensor_bytes_per_epoch == 4 * MIB, name
+        assert re.search(r"float32\[256,1024\] on (cuda|gpu)", site.what[0].lower()), site.what

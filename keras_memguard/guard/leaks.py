@@ -509,13 +509,17 @@ def compare(
         return []
     found = []
     empty = _SiteSample()
+    # Rates run from the first traced sample: the interval after the baseline also holds
+    # what is merely replaced each epoch (made after the baseline, alive at each sample).
+    start = 1 if epochs > 1 else 0
+    epochs -= start
     for site in set().union(*samples):
         series = [s.get(site, empty) for s in samples]
         totals = [e.host_bytes + e.tensor_bytes for e in series]
         steps = [b - a for a, b in itertools.pairwise(totals)]
-        if min(steps) <= 0 or (totals[-1] - totals[0]) / epochs < min_bytes_per_epoch:
+        if min(steps) <= 0 or (totals[-1] - totals[start]) / epochs < min_bytes_per_epoch:
             continue
-        first, last = series[0], series[-1]
+        first, last = series[start], series[-1]
         grown = last.what - first.what
         sizes = last.what_bytes - first.what_bytes
         largest = sorted(grown, key=lambda name: (-sizes[name], -grown[name], name))[:3]
@@ -524,7 +528,7 @@ def compare(
                 filename=site[0],
                 lineno=site[1],
                 function=function_at(*site),
-                bytes_per_epoch=(totals[-1] - totals[0]) / epochs,
+                bytes_per_epoch=(totals[-1] - totals[start]) / epochs,
                 allocations_per_epoch=(last.allocations - first.allocations) / epochs,
                 tensor_bytes_per_epoch=(last.tensor_bytes - first.tensor_bytes) / epochs,
                 what=tuple(f"{name} +{grown[name] / epochs:g}/epoch" for name in largest),
@@ -637,7 +641,7 @@ class LeakTracer:
     def _finish(self, epoch: int) -> LeakReport:
         sites = compare(self._samples, self.min_bytes_per_epoch, self.top)
         if sites:  # name the classes each site holds, fewest instances (the owners) first
-            epochs = len(self._samples) - 1
+            epochs = len(self._samples) - 1  # instances since the baseline, so all epochs
             tensors = {kind for kind, known in self._is_tensor.items() if known}
             where = {(s.filename, s.lineno) for s in sites}
             types = _types_by_site(where, self._baseline_types, tensors)
