@@ -116,7 +116,7 @@ def check_doctor() -> None:
     emit(
         check="doctor",
         doctor_total=gpu.get("total"),
-        doctor_used=gpu.get("used"),
+        doctor_used=gpu.get("device_used"),
         doctor_process=gpu.get("process_used"),
         smi_total=smi["total"],
         smi_used=smi["used"],

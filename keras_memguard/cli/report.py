@@ -1,7 +1,8 @@
 """``memguard report LOGDIR``: what the memory runs under a log directory show.
 
 It reads the ``memory/...`` scalars that ``MemGuardCallback`` wrote (every run under
-LOGDIR that has them), and summarizes each: peaks, final values, leak slope, halts.
+LOGDIR that has them), and summarizes each: peaks, final values, leak slope, halts, and
+the allocation sites of a leak (the ``memory/leak_sites`` text).
 ``--plot FILE.png`` draws memory over epochs with the bounds as dashed lines (needs the
 ``plot`` extra), ``--json`` prints the same data for machines.
 
@@ -40,13 +41,14 @@ class ReportError(Exception):
 
 @dataclass
 class RunReport:
-    """One run's memory series: ``{tag: [(step, value), ...]}`` plus halt messages."""
+    """One run's memory series: ``{tag: [(step, value), ...]}``, halts and leak sites."""
 
     name: str
     path: str
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     halts: list[str] = field(default_factory=list)
     fit_runs: dict[int, str] = field(default_factory=dict)  # the summary run: step -> run
+    leak_sites: list[str] = field(default_factory=list)  # issue #16: one line per site
 
     def fits(self) -> list[dict[str, Any]]:
         """The summary run's fits: index, run, start, end and peak MiB, by index."""
@@ -79,6 +81,7 @@ class RunReport:
             "path": self.path,
             "figures": figures,
             "halts": self.halts,
+            "leak_sites": self.leak_sites,
         }
         if self.fits():
             summary["fits"] = self.fits()
@@ -111,9 +114,16 @@ def read_run(run_dir: str, name: str | None = None) -> RunReport:
                     report.halts.append(content)
                 elif isinstance(content, str) and value.tag == "fits/run":
                     report.fit_runs[event.step] = content
+                elif isinstance(content, str) and value.tag == "memory/leak_sites":
+                    report.leak_sites = _leak_site_lines(content)  # the latest report wins
     for points in report.scalars.values():
         points.sort()
     return report
+
+
+def _leak_site_lines(markdown: str) -> list[str]:
+    """The Markdown list ``LeakReport.markdown()`` writes, as plain lines."""
+    return [line.removeprefix("- ").replace("`", "") for line in markdown.splitlines() if line]
 
 
 def load_report(log_dir: str) -> list[RunReport]:
@@ -185,6 +195,9 @@ def format_report(runs: list[RunReport]) -> str:
         lines.append(f"  halts: {len(run.halts)}")
         for halt in run.halts:
             lines.append(f"    {halt}")
+        if run.leak_sites:  # issue #16
+            lines.append("  leak sites (growth per epoch):")
+            lines += [f"    {site}" for site in run.leak_sites]
     return "\n".join(lines)
 
 

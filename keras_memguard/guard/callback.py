@@ -38,6 +38,7 @@ from keras_memguard.errors import (
 )
 from keras_memguard.guard import fits
 from keras_memguard.guard.distributed import WorkerContext, worker_context
+from keras_memguard.guard.leaks import LeakReport, LeakTracer
 from keras_memguard.guard.policy import (
     Bounds,
     Halt,
@@ -144,6 +145,11 @@ class MemGuardCallback(keras.callbacks.Callback):
             Defaults to `"4MiB"`.
         leak_patience: epochs the growth must persist before the warning.
             Defaults to `3`.
+        trace_leaks: where the growing memory is allocated (docs/leaks.md). `None`:
+            trace allocations for a few epochs once growth is suspected, then name the
+            top sites (`file:line`) in the warning, the summary and TensorBoard; `True`:
+            trace right after `leak_warmup_epochs`, even without growth; `False`:
+            never. Defaults to `None`.
         emergency_available_memory: last-resort floor applied when
             `min_available_memory` is not given; `None` disables it. Defaults to `"2%"`.
         release_on_train_end: run `release_memory()` (gc only) when training ends.
@@ -175,6 +181,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         leak_warmup_epochs: int = 1,
         leak_threshold: int | str = "4MiB",
         leak_patience: int = 3,
+        trace_leaks: bool | None = None,
         emergency_available_memory: int | float | str | None = "2%",
         release_on_train_end: bool = True,
         verbose: int = 1,
@@ -218,6 +225,10 @@ class MemGuardCallback(keras.callbacks.Callback):
         )
         self.leak_patience = positive_int(leak_patience, "leak_patience") or 1
         self.leak_warmup_epochs = leak_warmup_epochs
+        if trace_leaks not in (None, True, False):
+            raise invalid_argument("trace_leaks", trace_leaks, "None (auto), True or False")
+        self.trace_leaks = trace_leaks
+        self._tracer: LeakTracer | None = None
         self.add_to_logs = bool(add_to_logs)
         self.release_on_train_end = bool(release_on_train_end)
         self.verbose = verbose
@@ -241,6 +252,11 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._leak = LeakDetector(
             self.leak_warmup_epochs, (self.leak_threshold.bytes or 0) / MIB, self.leak_patience
         )
+        # issue #16: one allocation tracer per fit (a fit that raised may have left one)
+        previous: LeakTracer | None = getattr(self, "_tracer", None)
+        if previous is not None:
+            previous.close()
+        self._tracer = LeakTracer(self.trace_leaks, warmup_epochs=self.leak_warmup_epochs)
         self._halted = False
         self._halted_epoch: int | None = None
         self._over: set[str] = set()  # bounds currently crossed (warn mode, low memory)
@@ -389,6 +405,8 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._in_fit = False
+        if self._tracer is not None:
+            self._tracer.close()  # issue #16
         if self.release_on_train_end:
             self.summary.release = release_memory(clear_session=False)
         snap = self._sample()
@@ -579,15 +597,31 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     # ----------------------------------------------------------- leak detection
     def _update_leak(self, epoch: int, snap: MemorySnapshot) -> float | None:
-        if snap.process_tree is None:
-            return None
-        slope, warn = self._leak.update(epoch, snap.process_tree / MIB)
+        slope, warn = None, False
+        if snap.process_tree is not None:
+            slope, warn = self._leak.update(epoch, snap.process_tree / MIB)
+        self._locate_leak(epoch, warned=warn)  # issue #16
         if slope is None:
             return None
         self.summary.leak_slope_mib_per_epoch = slope
         if warn:
-            warnings.warn(self._leak_message(epoch, slope, snap), MemGuardWarning, stacklevel=3)
+            message = self._leak_message(epoch, slope, snap)
+            if self._tracer is not None:
+                message += self._tracer.warning_suffix()  # issue #16: the top site
+            warnings.warn(message, MemGuardWarning, stacklevel=3)
         return slope
+
+    def _locate_leak(self, epoch: int, warned: bool) -> None:
+        """Issue #16: one tracer step; a finished report goes to the summary and TensorBoard."""
+        if self._tracer is None:
+            return
+        report: LeakReport | None = self._tracer.epoch_end(epoch, suspected=self._leak.streak > 0)
+        if report is None or not report.sites:
+            return
+        self.summary.leak_sites = list(report.sites)
+        self._write_text("memory/leak_sites", report.markdown(), epoch)
+        if not warned:  # the growth warning, when it comes now, names the top site itself
+            warnings.warn(f"keras-memguard: {report}", MemGuardWarning, stacklevel=4)
 
     def _leak_message(self, epoch: int, slope: float, snap: MemorySnapshot) -> str:
         size = self.max_process_memory

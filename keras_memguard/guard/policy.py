@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from keras_memguard.probes.snapshot import MIB, GpuSnapshot, MemorySnapshot
 from keras_memguard.sizes import Size, format_bytes
+
+if TYPE_CHECKING:
+    from keras_memguard.guard.leaks import LeakSite
 
 __all__ = [
     "LOW_MEMORY_WARNING",
@@ -110,6 +114,8 @@ class MemGuardSummary:
     leak_slope_mib_per_epoch: float | None = None
     halts: list[Halt] = field(default_factory=list)
     release: object | None = None
+    # issue #16: where the growing memory is allocated, largest growth first
+    leak_sites: list[LeakSite] = field(default_factory=list)
 
     def __str__(self) -> str:
         b = format_bytes
@@ -123,6 +129,9 @@ class MemGuardSummary:
             lines.append(f"  GPU {index}: peak {b(peak)}")
         if self.leak_slope_mib_per_epoch is not None:
             lines.append(f"  growth: {self.leak_slope_mib_per_epoch:+.1f} MiB/epoch")
+        if self.leak_sites:  # issue #16
+            lines.append("  leak sites (growth per epoch):")
+            lines += [f"    {site.describe()}" for site in self.leak_sites]
         for halt in self.halts:
             saved = f"; saved {halt.checkpoint}" if halt.checkpoint else ""
             lines.append(f"  {halt.action}: {halt.describe()}{saved}")

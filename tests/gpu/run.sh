@@ -27,6 +27,7 @@ if ((${#wheels[@]})); then
 fi
 export PYTHONPATH="$PWD/.site:$PWD"
 export TF_CPP_MIN_LOG_LEVEL=2
+export KERAS_BACKEND=${KERAS_BACKEND:-jax}  # no TensorFlow on the GPU machine
 
 say "== machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv 2>&1 | tee -a "$LOG"
@@ -44,7 +45,7 @@ say "== memguard doctor (no framework imported)"
 python3 -m keras_memguard doctor 2>&1 | tee -a "$LOG"
 
 say "== gpu-marked tests"
-timeout 420 python3 -m pytest tests/test_gpu_backends.py -m gpu -v -s -p no:cacheprovider \
+timeout 420 python3 -m pytest tests/test_gpu_backends.py tests/test_leaks.py -m gpu -v -s -p no:cacheprovider \
   -o addopts="" 2>&1 | tee -a "$LOG"
 status=${PIPESTATUS[0]}
 
