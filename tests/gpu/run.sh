@@ -45,13 +45,13 @@ say "== memguard doctor (no framework imported)"
 python3 -m keras_memguard doctor 2>&1 | tee -a "$LOG"
 
 say "== gpu-marked tests"
-timeout 420 python3 -m pytest tests/test_gpu_backends.py tests/test_leaks.py -m gpu -v -s -p no:cacheprovider \
+timeout 380 python3 -m pytest tests/test_gpu_backends.py tests/test_leaks.py -m gpu -v -s -p no:cacheprovider \
   -o addopts="" 2>&1 | tee -a "$LOG"
 status=${PIPESTATUS[0]}
 
 say "== overhead on the GPU (epoch medians, guard against none, interleaved)"
 for backend in jax torch; do
-  KERAS_BACKEND=$backend timeout 120 python3 tests/gpu_checks.py overhead 2>&1 | tail -1 \
+  KERAS_BACKEND=$backend timeout 75 python3 tests/gpu_checks.py overhead 2>&1 | tail -1 \
     | sed "s/^/$backend /" | tee -a "$LOG"
 done
 say "== pytest exit status: $status"
