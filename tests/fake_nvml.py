@@ -29,6 +29,7 @@ class FakeGpu:
     total: int
     used: int = 0
     processes: dict[int, int] = field(default_factory=dict)  # pid -> bytes
+    reserved: int = 0  # the driver's own reserve, counted as used by the first memory call
 
 
 class FakeNvml(types.ModuleType):
@@ -37,6 +38,7 @@ class FakeNvml(types.ModuleType):
     NVMLError = NVMLError
     NVML_ERROR_DRIVER_NOT_LOADED = NVML_ERROR_DRIVER_NOT_LOADED
     NVML_ERROR_LIBRARY_NOT_FOUND = NVML_ERROR_LIBRARY_NOT_FOUND
+    nvmlMemory_v2 = 0x02000028
 
     def __init__(
         self,
@@ -68,13 +70,21 @@ class FakeNvml(types.ModuleType):
     def nvmlDeviceGetUUID(self, handle: FakeGpu) -> str:
         return handle.uuid
 
-    def nvmlDeviceGetMemoryInfo(self, handle: FakeGpu) -> types.SimpleNamespace:
+    def nvmlDeviceGetMemoryInfo(
+        self, handle: FakeGpu, version: int | None = None
+    ) -> types.SimpleNamespace:
+        """As the driver answers: the first call counts its reserve as used, ``_v2`` apart."""
         if self.memory_reads_left is not None:
             if self.memory_reads_left <= 0:
                 raise NVMLError(NVML_ERROR_GPU_IS_LOST)
             self.memory_reads_left -= 1
+        free = handle.total - handle.used - handle.reserved
+        if version == self.nvmlMemory_v2:
+            return types.SimpleNamespace(
+                total=handle.total, reserved=handle.reserved, used=handle.used, free=free
+            )
         return types.SimpleNamespace(
-            total=handle.total, used=handle.used, free=handle.total - handle.used
+            total=handle.total, used=handle.used + handle.reserved, free=free
         )
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeGpu) -> list:

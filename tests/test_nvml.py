@@ -121,6 +121,16 @@ def test_snapshot_carries_gpu_metrics(fake_nvml):
     assert snap.gpus[1].guarded == ("device_used", 0)
 
 
+def test_device_used_leaves_out_the_driver_reserve_as_nvidia_smi_does(fake_nvml):
+    # Seen on an H200 (driver 580): an idle GPU read 615 MiB "used" through NVML's first
+    # memory call while nvidia-smi said 0 MiB; the difference is the driver's reserve.
+    fake_nvml.gpus[1].reserved = 615 * 2**20
+    nvml.reset()
+    metrics = snapshot().metrics()
+    assert metrics["gpu1_device_used_mib"] == 0
+    assert metrics["gpu1_device_total_mib"] == 16 * 1024
+
+
 def test_parse_visible_devices_examples():
     uuids = ["GPU-a1", "GPU-b2", "GPU-c3"]
     assert nvml.parse_visible_devices(None, uuids) is None

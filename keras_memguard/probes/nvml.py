@@ -203,7 +203,7 @@ def _initialize() -> Any:
                     nvml_index=i,
                     name=_text(nvml.nvmlDeviceGetName(handle)),
                     uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
-                    total=int(nvml.nvmlDeviceGetMemoryInfo(handle).total),
+                    total=int(_memory_info(nvml, handle).total),
                 )
             )
     except Exception as err:  # NVML raises NVMLError subclasses, OSError, AttributeError
@@ -280,6 +280,24 @@ def _process_used(nvml: Any, handle: Any, pid: int) -> int | None:
     return int(sum(used)) if used else None
 
 
+def _memory_info(nvml: Any, handle: Any) -> Any:
+    """A device's memory as nvidia-smi shows it: ``used`` without the driver's reserve.
+
+    NVML's first ``nvmlDeviceGetMemoryInfo`` counts the memory the driver reserves for
+    itself (about 615 MiB on an H200 with driver 580) as used, so an idle GPU reads
+    615 MiB used while nvidia-smi says 0. The ``_v2`` call reports that reserve apart;
+    drivers and bindings without it fall back to the first call.
+    """
+    version = getattr(nvml, "nvmlMemory_v2", None)
+    if version is not None:
+        try:
+            return nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+        except Exception as err:  # older drivers: function not found / not supported
+            if not _is_absent(nvml, err) and getattr(err, "value", None) is None:
+                raise
+    return nvml.nvmlDeviceGetMemoryInfo(handle)
+
+
 def read_gpu_memory() -> list[GpuMemory] | None:
     """Reads every visible GPU's memory; ``None`` without NVML or when a read fails."""
     with _state.lock:
@@ -291,7 +309,7 @@ def read_gpu_memory() -> list[GpuMemory] | None:
         try:
             for device in _state.devices or []:
                 handle = nvml.nvmlDeviceGetHandleByIndex(device.nvml_index)
-                info = nvml.nvmlDeviceGetMemoryInfo(handle)
+                info = _memory_info(nvml, handle)
                 result.append(
                     GpuMemory(
                         index=device.index,
