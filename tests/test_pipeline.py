@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from keras_memguard import DatasetUnavailableError, dataset_from_tfds
 from keras_memguard.data.memguard_shapes import CLASSES, draw_shape
 from keras_memguard.data.pipeline import _cache_key
+from keras_memguard.data.placement import BUFFER_SHARE
 
 KIB, MIB = 2**10, 2**20
 
@@ -49,13 +50,14 @@ def test_memory_cache_by_default_with_options_set(shapes_dir):
     ds, plan = dataset_from_tfds(
         "memguard_shapes", batch_size=32, data_dir=shapes_dir, with_info=True
     )
-    assert plan.cache == "memory"
+    assert plan.cache == "raw"  # no preprocessing: the raw examples are the finished ones
     assert plan.element_bytes == 32 * 32 * 3 + 8  # uint8 image + int64 label
-    assert plan.cache_bytes == plan.element_bytes * 6000
+    assert plan.cache_bytes == plan.raw_bytes == plan.element_bytes * 6000
     assert plan.shuffle_buffer == 6000
     options = ds.options()
-    assert options.autotune.ram_budget == plan.ram_budget
+    assert options.autotune.ram_budget == plan.buffer_budget == int(plan.ram_budget * BUFFER_SHARE)
     assert options.autotune.cpu_budget == len(os.sched_getaffinity(0))
+    assert options.autotune.initial_parallelism == len(os.sched_getaffinity(0))
     assert options.deterministic is False
     images, labels = next(iter(ds))
     assert images.shape == (32, 32, 32, 3) and labels.shape == (32,)
@@ -66,7 +68,7 @@ def test_no_cache_when_it_does_not_fit_and_no_cache_dir(shapes_dir):
         "memguard_shapes", batch_size=32, data_dir=shapes_dir, ram_budget="1MiB", with_info=True
     )
     assert plan.cache == "none"
-    assert "does not fit" in plan.reason and "no cache_dir" in plan.reason
+    assert "do not fit" in plan.reason and "no cache_dir" in plan.reason
     assert plan.shuffle_buffer == int(MIB * 0.1) // plan.element_bytes  # capped by budget
 
 
@@ -93,16 +95,20 @@ def test_file_cache_when_ram_is_short_and_a_directory_is_given(shapes_dir, tmp_p
 def test_file_cache_key_names_dataset_version_and_split(shapes_dir):
     builder = tfds.builder("memguard_shapes", data_dir=shapes_dir)
     key = _cache_key(builder, "train[:50%]", True)
-    assert key.startswith("memguard_shapes-1.0.0-train_50")
+    assert key.startswith("memguard_shapes-small-1.0.0-train_50")
+    big = tfds.builder("memguard_shapes/cifar10_size", data_dir=shapes_dir)
+    assert _cache_key(big, "train[:50%]", True).startswith("memguard_shapes-cifar10_size-1.0.0")
     assert key != _cache_key(builder, "train", True)
     assert key != _cache_key(builder, "train[:50%]", False)
     assert key == _cache_key(builder, "train[:50%]", True)
 
 
 def test_asking_for_a_memory_cache_that_cannot_fit_is_an_error(shapes_dir):
-    with pytest.raises(ValueError, match=r"`cache`.*≈17\.\d MiB.*RAM budget of 1\.0 MiB"):
+    with pytest.raises(
+        ValueError, match=r"`cache`.*cache='raw'.*≈17\.\d MiB.*RAM budget of 1\.0 MiB"
+    ):
         dataset_from_tfds(
-            "memguard_shapes", batch_size=32, data_dir=shapes_dir, ram_budget="1MiB", cache="memory"
+            "memguard_shapes", batch_size=32, data_dir=shapes_dir, ram_budget="1MiB", cache="raw"
         )
 
 
