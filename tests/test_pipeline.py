@@ -15,6 +15,7 @@ from keras_memguard import DatasetUnavailableError, dataset_from_tfds
 from keras_memguard.data.memguard_shapes import CLASSES, draw_shape
 from keras_memguard.data.pipeline import _cache_key
 from keras_memguard.data.placement import BUFFER_SHARE
+from keras_memguard.sizes import format_bytes
 
 KIB, MIB = 2**10, 2**20
 
@@ -270,3 +271,201 @@ def test_repeat_keeps_one_iterator_for_fit_with_steps_per_epoch(shapes_dir):
         with_info=True,
     )
     assert dropped.steps_per_epoch == 10
+
+
+def _keys(images):
+    """One key per example: its bytes (every memguard_shapes image differs)."""
+    return [image.tobytes() for image in np.asarray(images)]
+
+
+def _counting(counter):
+    """A per-example preprocess that counts its calls, and a batch resize to 40×40 float."""
+
+    def preprocess(image, label):
+        def bump(value):
+            counter.append(1)
+            return value
+
+        counted = tf.py_function(bump, [label], tf.int64)
+        counted.set_shape(label.shape)  # py_function forgets shapes
+        return image, counted
+
+    def batch_preprocess(images, labels):
+        return tf.image.resize(tf.cast(images, tf.float32) / 255.0, (40, 40)), labels
+
+    return preprocess, batch_preprocess
+
+
+# 600 examples; raw 600 × 3,080 B ≈ 1.8 MiB; preprocessed (40×40×3 float32 + label)
+# 600 × 19,208 B ≈ 11.0 MiB.
+RAW_600, PRE_600 = 600 * 3080, 600 * (40 * 40 * 3 * 4 + 8)
+
+
+@pytest.mark.parametrize(
+    "budget, cache_dir, expected",
+    [
+        ("64MiB", False, "preprocessed"),  # 11 MiB fits half of 64 MiB
+        ("8MiB", False, "raw"),  # only the 1.8 MiB fits half of 8 MiB
+        ("2MiB", True, "file"),  # neither fits half of 2 MiB; a directory is given
+        ("2MiB", False, "none"),
+    ],
+)
+def test_auto_places_the_cache_by_both_sizes_and_logs_one_line(
+    shapes_dir, tmp_path, caplog, budget, cache_dir, expected
+):
+    preprocess, batch_preprocess = _counting([])
+    with caplog.at_level("INFO", logger="keras_memguard"):
+        _, plan = dataset_from_tfds(
+            "memguard_shapes",
+            "train[:600]",
+            batch_size=50,
+            data_dir=shapes_dir,
+            preprocess=preprocess,
+            batch_preprocess=batch_preprocess,
+            ram_budget=budget,
+            cache_dir=tmp_path if cache_dir else None,
+            with_info=True,
+        )
+    assert plan.cache == expected
+    assert (plan.raw_bytes, plan.preprocessed_bytes) == (RAW_600, PRE_600)
+    assert plan.cache_bytes == {"preprocessed": PRE_600, "raw": RAW_600, "file": RAW_600}.get(
+        expected, 0
+    )
+    line = str(plan)
+    assert "\n" not in line
+    assert "preprocessed ≈11.0 MiB, raw ≈1.8 MiB" in line
+    assert plan.reason in line and f"RAM budget {budget[:-3]}.0 MiB" in line
+    assert f"tf.data buffers ≤ {format_bytes(plan.buffer_budget)}" in line
+    logged = [r.getMessage() for r in caplog.records if "keras-memguard pipeline" in r.message]
+    assert logged == [f"keras-memguard pipeline: {line}"]
+
+
+@pytest.mark.parametrize("cache", ["preprocessed", "raw", "file", "none"])
+def test_each_placement_runs_two_epochs_and_preprocesses_as_often_as_it_says(
+    shapes_dir, tmp_path, cache
+):
+    calls = []
+    preprocess, batch_preprocess = _counting(calls)
+    ds, plan = dataset_from_tfds(
+        "memguard_shapes",
+        "train[:600]",
+        batch_size=50,
+        data_dir=shapes_dir,
+        preprocess=preprocess,
+        batch_preprocess=batch_preprocess,
+        cache=cache,
+        cache_dir=tmp_path,
+        seed=0,
+        with_info=True,
+    )
+    assert plan.cache == cache
+    epochs = []
+    for _ in range(2):
+        images = np.concatenate([x.numpy() for x, _ in ds])
+        assert images.shape == (600, 40, 40, 3) and images.dtype == np.float32
+        epochs.append(_keys(images))
+    assert len(set(epochs[0])) == 600 and set(epochs[0]) == set(epochs[1])
+    # The preprocessed cache runs preprocess once per example; the others every epoch.
+    assert len(calls) == (600 if cache == "preprocessed" else 1200)
+    if cache == "file":
+        assert any(f.startswith(os.path.basename(plan.cache_path)) for f in os.listdir(tmp_path))
+
+
+def test_preprocessed_cache_still_reshuffles_examples_every_epoch(shapes_dir):
+    _, batch_preprocess = _counting([])
+    ds, plan = dataset_from_tfds(
+        "memguard_shapes",
+        "train[:600]",
+        batch_size=50,
+        data_dir=shapes_dir,
+        batch_preprocess=batch_preprocess,
+        cache="preprocessed",
+        seed=1,
+        repeat=True,
+        with_info=True,
+    )
+    assert plan.shuffle_buffer == 600
+    iterator = iter(ds)
+    epochs = [
+        [frozenset(_keys(next(iterator)[0])) for _ in range(plan.steps_per_epoch)] for _ in range(3)
+    ]
+    for epoch in epochs:
+        assert len(frozenset().union(*epoch)) == 600  # every example once per epoch
+    # Not one batch of epoch 1 comes back whole in epoch 2 or 3: examples are
+    # reshuffled, not the cached batches of batch_preprocess.
+    assert not set(epochs[0]) & set(epochs[1])
+    assert not set(epochs[0]) & set(epochs[2])
+    assert epochs[1] != epochs[2]
+
+
+def test_augment_runs_after_the_preprocessed_cache_every_epoch(shapes_dir):
+    preprocess_calls, augment_calls = [], []
+    preprocess, batch_preprocess = _counting(preprocess_calls)
+
+    def augment(images, labels):
+        def bump(value):
+            augment_calls.append(1)
+            return value
+
+        noise = tf.random.uniform(tf.shape(images), 0.0, 0.01)
+        return images + noise, tf.py_function(bump, [labels], tf.int64)
+
+    ds, plan = dataset_from_tfds(
+        "memguard_shapes",
+        "test[:200]",
+        batch_size=50,
+        data_dir=shapes_dir,
+        preprocess=preprocess,
+        batch_preprocess=batch_preprocess,
+        augment=augment,
+        cache="preprocessed",
+        with_info=True,
+    )
+    assert plan.cache == "preprocessed"
+    first, second = (np.concatenate([x.numpy() for x, _ in ds]) for _ in range(2))
+    assert len(preprocess_calls) == 200 and len(augment_calls) == 8  # 4 batches × 2 epochs
+    assert not np.array_equal(first, second)  # test split, not shuffled: only the noise moved
+    np.testing.assert_allclose(first, second, atol=0.011)
+
+
+def test_batch_preprocess_without_a_batch_axis_is_never_cached(shapes_dir):
+    def per_batch_mean(images, labels):
+        return tf.reduce_mean(tf.cast(images, tf.float32)), labels
+
+    _, plan = dataset_from_tfds(
+        "memguard_shapes",
+        "test[:100]",
+        batch_size=50,
+        data_dir=shapes_dir,
+        batch_preprocess=per_batch_mean,
+        with_info=True,
+    )
+    assert plan.cache == "raw" and plan.preprocessed_bytes is None
+    with pytest.raises(ValueError, match=r"`cache`.*no batch axis"):
+        dataset_from_tfds(
+            "memguard_shapes",
+            "test[:100]",
+            batch_size=50,
+            data_dir=shapes_dir,
+            batch_preprocess=per_batch_mean,
+            cache="preprocessed",
+        )
+
+
+def test_cifar10_size_config_stores_the_same_images_as_raw_tensors(shapes_dir):
+    small = tfds.builder("memguard_shapes", data_dir=shapes_dir)
+    big = tfds.builder("memguard_shapes/cifar10_size", data_dir=shapes_dir)
+    assert small.builder_config.name == "small"  # the default stays the small one
+    assert (big.builder_config.train_examples, big.builder_config.test_examples) == (
+        50_000,
+        10_000,
+    )
+    feature = big.info.features["image"]
+    assert isinstance(feature, tfds.features.Tensor)
+    assert feature.shape == (32, 32, 3) and feature.dtype == np.uint8
+    # The first train images equal the small config's (same seed), unencoded.
+    generated = big._generate_examples(3, seed=2024)
+    rng = np.random.default_rng(2024)
+    for index, (key, example) in enumerate(generated):
+        assert key == index and example["label"] == index % len(CLASSES)
+        np.testing.assert_array_equal(example["image"], draw_shape(rng, index % len(CLASSES)))
