@@ -385,13 +385,15 @@ def dataset_from_tfds(
     preprocessing = preprocess is not None or batch_preprocess is not None
     finished = _preprocessed(raw, preprocess, batch_preprocess, batch_size, deterministic)
     finished_element = _element_bytes(finished.element_spec) if finished is not None else None
-    preprocessed_bytes = None
-    if finished_element is not None and examples is not None:
-        preprocessed_bytes = finished_element * examples
+    preprocessed_bytes = raw_bytes  # without preprocessing the raw examples are finished
+    if preprocessing:
+        preprocessed_bytes = None
+        if finished_element is not None and examples is not None:
+            preprocessed_bytes = finished_element * examples
     placement = place_cache(
         cache,
         raw_bytes=raw_bytes,
-        preprocessed_bytes=preprocessed_bytes if preprocessing else raw_bytes,
+        preprocessed_bytes=preprocessed_bytes,
         budget=budget,
         preprocessing=preprocessing,
         disk_free=_disk_free(cache_dir),
@@ -460,7 +462,7 @@ def dataset_from_tfds(
         examples=examples,
         element_bytes=element,
         raw_bytes=raw_bytes,
-        preprocessed_bytes=preprocessed_bytes if preprocessing else raw_bytes,
+        preprocessed_bytes=preprocessed_bytes,
         cache_bytes=0 if mode == "none" else cache_bytes,
         ram_budget=budget,
         cache=mode,
