@@ -58,7 +58,6 @@ def test_memory_cache_by_default_with_options_set(shapes_dir):
     options = ds.options()
     assert options.autotune.ram_budget == plan.buffer_budget == int(plan.ram_budget * BUFFER_SHARE)
     assert options.autotune.cpu_budget == len(os.sched_getaffinity(0))
-    assert options.autotune.initial_parallelism == len(os.sched_getaffinity(0))
     assert options.deterministic is False
     images, labels = next(iter(ds))
     assert images.shape == (32, 32, 32, 3) and labels.shape == (32,)

@@ -446,9 +446,6 @@ def dataset_from_tfds(
     options = tf.data.Options()
     options.autotune.ram_budget = buffers
     options.autotune.cpu_budget = cpus
-    # tf.data starts parallel maps at 16 calls in flight before autotune runs: 16
-    # finished 224×224 batches of 64 are ≈590 MiB. Start at the CPU count instead.
-    options.autotune.initial_parallelism = cpus
     options.deterministic = deterministic
     ds = ds.with_options(options)
 
