@@ -136,10 +136,20 @@ def test_preprocess_and_batch_preprocess_apply_in_order(shapes_dir):
     assert ds.options().deterministic is True
 
 
-def test_seed_makes_the_order_reproducible(shapes_dir):
+@pytest.mark.parametrize("cache", ["raw", "preprocessed"])
+def test_seed_makes_the_order_reproducible(shapes_dir, cache):
+    def to_float(images, labels):
+        return tf.cast(images, tf.float32), labels
+
     def labels(seed):
         ds = dataset_from_tfds(
-            "memguard_shapes", "train[:10%]", batch_size=50, data_dir=shapes_dir, seed=seed
+            "memguard_shapes",
+            "train[:10%]",
+            batch_size=50,
+            data_dir=shapes_dir,
+            batch_preprocess=to_float,
+            cache=cache,
+            seed=seed,
         )
         return np.concatenate([y.numpy() for _, y in ds.take(4)])
 
