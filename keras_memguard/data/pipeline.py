@@ -1,13 +1,15 @@
-"""``dataset_from_tfds``: a fast tf.data input pipeline that caches within a RAM budget.
+"""``dataset_from_tfds``: a fast tf.data input pipeline that never passes its RAM budget.
 
 The usual recipe, ``ds.map(resize_224).cache().shuffle(1000).batch(64)``, caches the
 *enlarged* images: 224×224×3 float32 is 602,112 bytes an image, about 28 GiB for
-CIFAR-10's 50,000. This factory caches the raw decoded examples instead (3,072 bytes for
-a 32×32×3 uint8 image), then shuffles, preprocesses, batches and prefetches. It decides
-where the cache goes from an estimate of its bytes: in memory when that fits well
-inside the RAM budget, in a file when a cache directory is given and has room, else
-nowhere. The decision and its numbers are logged once and returned as a
-:class:`PipelinePlan`.
+CIFAR-10's 50,000, more than many machines have. This factory estimates both the raw
+and the preprocessed size of the split and places the cache by them (see
+:mod:`keras_memguard.data.placement`): the finished examples in memory when they fit
+the cache share of the RAM budget (as fast as the usual order, from epoch 2 on), else
+the raw decoded examples in memory (3,072 bytes for a 32×32×3 uint8 image;
+preprocessing re-runs every epoch), else the raw examples in a file, else nothing. The
+shuffle buffer and tf.data's autotuned buffers get their own shares of the budget. The
+decision and its numbers are logged once and returned as a :class:`PipelinePlan`.
 
 Example:
     >>> train, plan = dataset_from_tfds("memguard_shapes", batch_size=64,
@@ -40,6 +42,12 @@ except ImportError as _missing:
     ) from _missing
 
 from keras_memguard.data import tfds_registration as _tfds_registration
+from keras_memguard.data.placement import (
+    CACHE_MODES,
+    buffer_budget,
+    place_cache,
+    shuffle_examples,
+)
 from keras_memguard.errors import MemGuardError, invalid_argument, positive_int
 from keras_memguard.probes.snapshot import snapshot
 from keras_memguard.sizes import format_bytes, parse_size
@@ -48,11 +56,6 @@ __all__ = ["CACHE_MODES", "DatasetUnavailableError", "PipelinePlan", "dataset_fr
 
 log = logging.getLogger("keras_memguard")
 
-CACHE_MODES = ("auto", "memory", "file", "none")
-# "Fits comfortably": an in-memory cache may take at most this share of the RAM budget.
-MEMORY_CACHE_SHARE = 0.5
-# A shuffle buffer may hold at most this share of the RAM budget.
-SHUFFLE_SHARE = 0.1
 # Encoded images (PNG/JPEG) decode to several times their stored size.
 DECODE_FACTOR = 8.0
 OFFLINE_ENV = "KERAS_MEMGUARD_OFFLINE"
@@ -66,19 +69,28 @@ class DatasetUnavailableError(MemGuardError, ValueError):
 class PipelinePlan:
     """What ``dataset_from_tfds`` decided, with the numbers it decided on.
 
+    ``str(plan)`` is the one line the pipeline logs: where the cache went and why, with
+    both sizes, the shuffle buffer and the bound on tf.data's buffers.
+
     Attributes:
-        dataset: the TFDS name and version.
+        dataset: the TFDS name, config and version.
         split: the split loaded.
         examples: examples in the split.
         element_bytes: estimated bytes of one raw (decoded) example; ``None`` if unknown.
-        cache_bytes: estimated bytes of the cache (examples × element size).
+        raw_bytes: estimated bytes of the split's raw examples; ``None`` if unknown.
+        preprocessed_bytes: estimated bytes of the split after ``preprocess`` and
+            ``batch_preprocess`` (from their output spec); ``None`` if unknown.
+        cache_bytes: estimated bytes of the cache placed (0 for ``"none"``).
         ram_budget: the RAM budget in bytes.
-        cache: ``"memory"``, ``"file"`` or ``"none"``.
+        cache: ``"preprocessed"`` (in memory, after preprocessing), ``"raw"`` (in memory,
+            before), ``"file"`` (raw examples on disk) or ``"none"``.
         cache_path: the cache file's path prefix for ``"file"``.
         shuffle_buffer: the shuffle buffer in examples (0: no shuffling).
+        buffer_budget: bytes tf.data's autotune may hold in prefetch and parallel
+            map/batch buffers (``Options().autotune.ram_budget``).
+        reason: why the cache went where it did.
         steps_per_epoch: batches in one pass over the split; pass it to `fit` with
             `repeat=True`. ``None`` when the split's size is unknown.
-        reason: one sentence on why.
         tfds_info: TFDS's ``DatasetInfo``.
     """
 
@@ -86,22 +98,36 @@ class PipelinePlan:
     split: str
     examples: int | None
     element_bytes: int | None
+    raw_bytes: int | None
+    preprocessed_bytes: int | None
     cache_bytes: int | None
     ram_budget: int
     cache: str
     cache_path: str | None
     shuffle_buffer: int
+    buffer_budget: int
     reason: str
     steps_per_epoch: int | None = None
     tfds_info: Any = None
 
     def __str__(self) -> str:
-        where = f"{self.cache} ({self.cache_path})" if self.cache_path else self.cache
+        where = {
+            "preprocessed": "preprocessed examples in memory",
+            "raw": "raw examples in memory",
+            "file": f"raw examples in a file ({self.cache_path})",
+            "none": "none",
+        }[self.cache]
         return (
-            f"{self.dataset} {self.split}: {self.examples} examples, cache ≈"
-            f"{format_bytes(self.cache_bytes)} -> {where}; RAM budget "
-            f"{format_bytes(self.ram_budget)}; shuffle buffer {self.shuffle_buffer}. {self.reason}"
+            f"{self.dataset} {self.split}: {self.examples} examples, preprocessed "
+            f"{_approx(self.preprocessed_bytes)}, raw {_approx(self.raw_bytes)}; cache: "
+            f"{where}: {self.reason}; shuffle buffer {self.shuffle_buffer} examples; "
+            f"tf.data buffers ≤ {format_bytes(self.buffer_budget)}; RAM budget "
+            f"{format_bytes(self.ram_budget)}."
         )
+
+
+def _approx(size: int | None) -> str:
+    return "≈" + format_bytes(size) if size is not None else "unknown"
 
 
 def _is_offline() -> bool:
@@ -187,79 +213,46 @@ def _element_bytes(spec: Any) -> int | None:
 
 
 def _cache_key(builder: tfds.core.DatasetBuilder, split: str, as_supervised: bool) -> str:
-    identity = f"{builder.name}|{builder.version}|{split}|supervised={as_supervised}"
+    config = builder.builder_config.name if builder.builder_config else ""
+    identity = f"{builder.name}|{config}|{builder.version}|{split}|supervised={as_supervised}"
     digest = hashlib.sha1(identity.encode()).hexdigest()[:12]
     safe_split = re.sub(r"[^A-Za-z0-9]+", "_", split).strip("_")
-    return f"{builder.name}-{builder.version}-{safe_split}-{digest}"
+    name = f"{builder.name}-{config}" if config else builder.name
+    return f"{name}-{builder.version}-{safe_split}-{digest}"
 
 
-def _decide_cache(
-    mode: str,
-    cache_bytes: int | None,
-    budget: int,
-    cache_dir: str | None,
-    key: str,
-) -> tuple[str, str | None, str]:
-    estimate = format_bytes(cache_bytes) if cache_bytes is not None else "unknown"
-    comfortable = int(budget * MEMORY_CACHE_SHARE)
-    if mode == "none":
-        return "none", None, "Caching is off (cache='none')."
-    if mode == "memory":
-        if cache_bytes is not None and cache_bytes > budget:
-            raise ValueError(
-                f"Invalid value for argument `cache`. Received: cache='memory', but the cache "
-                f"would hold ≈{estimate}, more than the RAM budget of {format_bytes(budget)}. "
-                "Use cache='file' with a cache_dir, cache='auto', or raise ram_budget."
-            )
-        return "memory", None, f"In memory as asked (≈{estimate} of {format_bytes(budget)})."
-    path = os.path.join(cache_dir, key) if cache_dir else None
-    if mode == "file":
-        if path is None:
-            raise invalid_argument("cache_dir", cache_dir, "a directory when cache='file'")
-        _check_disk(cache_dir or "", cache_bytes, strict=True)
-        return "file", path, f"In a file as asked (≈{estimate})."
-    # auto
-    if cache_bytes is not None and cache_bytes <= comfortable:
-        return (
-            "memory",
-            None,
-            (f"≈{estimate} fits within {int(MEMORY_CACHE_SHARE * 100)}% of the RAM budget."),
-        )
-    if path is not None and _check_disk(cache_dir or "", cache_bytes, strict=False):
-        return (
-            "file",
-            path,
-            (
-                f"≈{estimate} does not fit comfortably in RAM ({format_bytes(budget)}); "
-                "the disk has room."
-            ),
-        )
-    log.warning(
-        "keras-memguard: not caching: ≈%s does not fit comfortably in the RAM budget of %s%s.",
-        estimate,
-        format_bytes(budget),
-        "" if path else " and no cache_dir was given",
-    )
-    return (
-        "none",
-        None,
-        (
-            f"≈{estimate} does not fit comfortably in the RAM budget of {format_bytes(budget)}"
-            + (" and the disk lacks room." if path else ", and no cache_dir was given.")
-        ),
-    )
-
-
-def _check_disk(cache_dir: str, cache_bytes: int | None, strict: bool) -> bool:
+def _disk_free(cache_dir: str | None) -> int | None:
+    if cache_dir is None:
+        return None
     os.makedirs(cache_dir, exist_ok=True)
-    free = shutil.disk_usage(cache_dir).free
-    fits = cache_bytes is None or cache_bytes * 1.2 < free
-    if strict and not fits:
-        raise ValueError(
-            f"Invalid value for argument `cache_dir`. Received: cache_dir={cache_dir!r}, which "
-            f"has {format_bytes(free)} free; the cache needs ≈{format_bytes(cache_bytes)}."
+    return shutil.disk_usage(cache_dir).free
+
+
+def _preprocessed(
+    ds: tf.data.Dataset,
+    preprocess: Callable[..., Any] | None,
+    batch_preprocess: Callable[..., Any] | None,
+    batch_size: int,
+    deterministic: bool,
+) -> tf.data.Dataset | None:
+    """The split's finished examples, one by one; ``None`` if they cannot be unbatched.
+
+    ``batch_preprocess`` runs on batches (vectorized, as the user wrote it) and the result
+    is unbatched again, so that the cache holds examples and the shuffle after it mixes
+    examples, not whole batches, every epoch.
+    """
+    if preprocess is not None:
+        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if batch_preprocess is not None:
+        ds = ds.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        ds = ds.map(
+            batch_preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
         )
-    return fits
+        try:
+            ds = ds.unbatch()
+        except (ValueError, TypeError):  # a batch_preprocess that returns no batch axis
+            return None
+    return ds
 
 
 def _ram_budget(ram_budget: Any) -> int:
@@ -289,6 +282,7 @@ def dataset_from_tfds(
     batch_size: int,
     preprocess: Callable[..., Any] | None = None,
     batch_preprocess: Callable[..., Any] | None = None,
+    augment: Callable[..., Any] | None = None,
     shuffle: bool | None = None,
     shuffle_buffer: int | None = None,
     seed: int | None = None,
@@ -304,27 +298,37 @@ def dataset_from_tfds(
 ) -> Any:
     """Builds a batched, prefetched ``tf.data.Dataset`` from TFDS, ready for ``model.fit``.
 
-    Order: load (files shuffled for training, TFDS's auto-cache off) → cache the raw
-    decoded examples (memory, file or none, by estimate) → shuffle → ``preprocess``
-    (parallel) → batch → ``batch_preprocess`` (vectorized, parallel) → prefetch.
+    Never past the RAM budget; inside it, as fast as possible. With the preprocessed
+    cache: load → ``preprocess`` → batch → ``batch_preprocess`` → unbatch → cache →
+    shuffle → batch → ``augment`` → prefetch, so preprocessing runs once and examples
+    are still reshuffled every epoch. With a raw cache (memory or file) or none: load →
+    cache → shuffle → ``preprocess`` → batch → ``batch_preprocess`` → ``augment`` →
+    prefetch. `cache="auto"` picks the first that fits (see the pipeline docs page).
 
     Args:
         name: a TFDS name (`"cifar10"`, `"memguard_shapes"`) or a `DatasetBuilder`.
         split: the split, sliceable (`"train[:90%]"`). Defaults to `"train"`.
         batch_size: examples per batch, > 0.
-        preprocess: per-example function, applied after the cache. Defaults to `None`.
-        batch_preprocess: per-batch vectorized function, applied after batching; usually
-            faster than `preprocess`. Defaults to `None`.
+        preprocess: per-example function. Deterministic: its output may be cached.
+            Defaults to `None`.
+        batch_preprocess: per-batch vectorized function, usually faster than
+            `preprocess`; must keep the batch axis. Deterministic: its output may be
+            cached. Defaults to `None`.
+        augment: per-batch function applied after the cache, every epoch: put random
+            augmentation here, never in `preprocess`. Defaults to `None`.
         shuffle: shuffle files and examples. Defaults to `None`: only for `train` splits.
         shuffle_buffer: examples in the shuffle buffer. Defaults to `None`: the whole
-            split, capped at 10,000 and at 10% of the RAM budget.
+            split, capped at 10,000 and at 10% of the RAM budget (at the size of an
+            example where the shuffle sits: preprocessed after a preprocessed cache).
         seed: makes shuffling reproducible and output deterministic. Defaults to `None`
             (non-deterministic order, which lets tf.data run faster).
-        cache: `"auto"`, `"memory"`, `"file"` or `"none"`. Defaults to `"auto"`.
+        cache: `"auto"`, `"preprocessed"`, `"raw"`, `"file"` or `"none"`. Defaults to
+            `"auto"`.
         cache_dir: directory for a file cache. Defaults to `None`.
         ram_budget: memory the pipeline may hold: bytes, `"4GiB"` or a fraction of the
-            effective (container-aware) limit. Also bounds tf.data autotune's buffers.
-            Defaults to `None`: half the effective limit, at most what is available now.
+            effective (container-aware) limit; the cache may take half of it, the
+            shuffle buffer and tf.data's autotuned buffers a tenth each. Defaults to
+            `None`: half the effective limit, at most what is available now.
         data_dir: TFDS data directory. Defaults to `None` (TFDS's default).
         download: allow downloading a dataset that is not prepared. Defaults to `None`:
             allowed unless `KERAS_MEMGUARD_OFFLINE=1`. The offline dataset never downloads.
@@ -340,7 +344,7 @@ def dataset_from_tfds(
         The dataset, or `(dataset, plan)` with `with_info=True`.
 
     Raises:
-        ValueError: a bad argument (named), or a cache that cannot fit.
+        ValueError: a bad argument (named), or a forced cache that cannot fit.
         DatasetUnavailableError: an unknown dataset, a missing split, or a dataset that
             is not prepared and cannot be downloaded.
 
@@ -359,7 +363,8 @@ def dataset_from_tfds(
         or shuffle_buffer < 0
     ):
         raise invalid_argument("shuffle_buffer", shuffle_buffer, "an int >= 0, or None")
-    for arg, fn in (("preprocess", preprocess), ("batch_preprocess", batch_preprocess)):
+    functions = (("preprocess", preprocess), ("batch_preprocess", batch_preprocess))
+    for arg, fn in (*functions, ("augment", augment)):
         if fn is not None and not callable(fn):
             raise invalid_argument(arg, fn, "a callable or None")
     if not isinstance(split, str) or not split:
@@ -371,36 +376,63 @@ def dataset_from_tfds(
     _prepare(builder, download)
     examples = _split_examples(builder, split)
     training = split.startswith("train") if shuffle is None else bool(shuffle)
+    deterministic = seed is not None
 
-    ds = builder.as_dataset(
+    raw = builder.as_dataset(
         split=split,
         shuffle_files=training,
         as_supervised=as_supervised,
         read_config=tfds.ReadConfig(try_autocache=False, shuffle_seed=seed),
     )
-    element = _element_bytes(ds.element_spec)
-    cache_bytes: int | None = None
+    element = _element_bytes(raw.element_spec)
+    raw_bytes: int | None = None
     if element is not None and examples is not None:
-        cache_bytes = element * examples
+        raw_bytes = element * examples
     elif examples is not None:
         recorded = builder.info.splits[_base_split(split)].num_bytes
-        cache_bytes = int(recorded * DECODE_FACTOR) if recorded else None
-    key = _cache_key(builder, split, as_supervised)
-    mode, path, reason = _decide_cache(cache, cache_bytes, budget, cache_dir, key)
-    if mode == "memory":
-        ds = ds.cache()
-    elif mode == "file":
-        ds = ds.cache(path)
+        raw_bytes = int(recorded * DECODE_FACTOR) if recorded else None
+    preprocessing = preprocess is not None or batch_preprocess is not None
+    finished = _preprocessed(raw, preprocess, batch_preprocess, batch_size, deterministic)
+    finished_element = _element_bytes(finished.element_spec) if finished is not None else None
+    preprocessed_bytes = raw_bytes  # without preprocessing the raw examples are finished
+    if preprocessing:
+        preprocessed_bytes = None
+        if finished_element is not None and examples is not None:
+            preprocessed_bytes = finished_element * examples
+    placement = place_cache(
+        cache,
+        raw_bytes=raw_bytes,
+        preprocessed_bytes=preprocessed_bytes,
+        budget=budget,
+        preprocessing=preprocessing,
+        disk_free=_disk_free(cache_dir),
+    )
+    mode, reason = placement.cache, placement.reason
+    if mode == "none" and cache == "auto":
+        log.warning("keras-memguard: not caching: %s.", reason)
+    path = os.path.join(cache_dir, _cache_key(builder, split, as_supervised)) if cache_dir else None
 
+    if mode == "preprocessed" and finished is None:
+        raise invalid_argument(
+            "cache",
+            cache,
+            "'raw', 'file', 'none' or 'auto' here",
+            "batch_preprocess's output has no batch axis to unbatch, so it cannot be cached",
+        )
+    if mode == "preprocessed" and finished is not None:
+        ds, shuffled_element, cache_bytes = finished.cache(), finished_element, preprocessed_bytes
+    else:
+        ds, shuffled_element, cache_bytes = raw, element, raw_bytes
+        if mode == "raw":
+            ds = ds.cache()
+        elif mode == "file":
+            ds = ds.cache(path)
     buffer = 0
     if training:
-        buffer = min(examples or 10_000, 10_000) if shuffle_buffer is None else shuffle_buffer
-        if shuffle_buffer is None and element:
-            buffer = max(1, min(buffer, int(budget * SHUFFLE_SHARE) // element))
+        buffer = shuffle_examples(shuffle_buffer, examples, shuffled_element, budget)
         if buffer > 1:
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    deterministic = seed is not None
-    if preprocess is not None:
+    if mode != "preprocessed" and preprocess is not None:
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     ds = ds.batch(
         batch_size,
@@ -408,33 +440,41 @@ def dataset_from_tfds(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
-    if batch_preprocess is not None:
+    if mode != "preprocessed" and batch_preprocess is not None:
         ds = ds.map(
             batch_preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
         )
+    if augment is not None:
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if repeat:
         ds = ds.repeat()
     ds = ds.prefetch(tf.data.AUTOTUNE)
 
+    cpus = _cpu_budget()
+    buffers = buffer_budget(budget)
     options = tf.data.Options()
-    options.autotune.ram_budget = int(budget)
-    options.autotune.cpu_budget = _cpu_budget()
+    options.autotune.ram_budget = buffers
+    options.autotune.cpu_budget = cpus
     options.deterministic = deterministic
     ds = ds.with_options(options)
 
     steps = None
     if examples is not None:
         steps = examples // batch_size if drop_remainder else math.ceil(examples / batch_size)
+    config = builder.builder_config.name if builder.builder_config else None
     plan = PipelinePlan(
-        dataset=f"{builder.name}:{builder.version}",
+        dataset=f"{builder.name}{'/' + config if config else ''}:{builder.version}",
         split=split,
         examples=examples,
         element_bytes=element,
-        cache_bytes=cache_bytes,
+        raw_bytes=raw_bytes,
+        preprocessed_bytes=preprocessed_bytes,
+        cache_bytes=0 if mode == "none" else cache_bytes,
         ram_budget=budget,
         cache=mode,
-        cache_path=path,
+        cache_path=path if mode == "file" else None,
         shuffle_buffer=buffer,
+        buffer_budget=buffers,
         reason=reason,
         steps_per_epoch=steps,
         tfds_info=builder.info,

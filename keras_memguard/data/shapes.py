@@ -65,11 +65,18 @@ def draw_shape(rng: np.random.Generator, label: int) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def generate_examples(split: str) -> Iterator[tuple[int, np.ndarray, int]]:
-    """Yields ``(index, image, label)`` for ``split`` in generation order."""
+def generate_examples(
+    split: str, count: int | None = None
+) -> Iterator[tuple[int, np.ndarray, int]]:
+    """Yields ``(index, image, label)`` for ``split`` in generation order.
+
+    ``count`` overrides the split's size (the ``cifar10_size`` config draws 50,000 from
+    the same seed, so its first 6,000 training images are the default ones).
+    """
     if split not in SPLITS:
         raise invalid_argument("split", split, f"one of {tuple(SPLITS)}")
-    count, seed = SPLITS[split]
+    default, seed = SPLITS[split]
+    count = default if count is None else count
     rng = np.random.default_rng(seed)
     for index in range(count):
         label = index % len(CLASSES)
