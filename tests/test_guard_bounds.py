@@ -220,3 +220,13 @@ def test_no_warning_without_a_gpu_bound(framework):
     with warnings.catch_warnings():
         warnings.simplefilter("error", MemGuardWarning)
         fit(tiny_model(), [MemGuardCallback(verbose=0)], epochs=1)
+
+
+def test_a_halt_just_past_its_bound_shows_the_difference():
+    # Seen on an H200: "gpu0_allocated_peak 4.0 GiB crossed the bound 4.0 GiB".
+    from keras_memguard.guard.policy import Halt
+
+    halt = Halt("gpu0_allocated_peak", 4 * GIB + 45 * 1024, 4 * GIB, 0, 15, "stop", None)
+    assert "gpu0_allocated_peak crossed the bound 4.0 GiB by 45.0 KiB at" in halt.describe()
+    far = Halt("process_tree", 9 * GIB, 8 * GIB, 0, 3, "stop", None)
+    assert "9.0 GiB crossed the bound 8.0 GiB" in far.describe()

@@ -95,10 +95,11 @@ class Halt:
         if self.metric == "another_worker":
             return f"another worker crossed its memory bound at {where}"
         relation = "fell below" if self.metric == "effective_available" else "crossed"
-        return (
-            f"{self.metric} {format_bytes(self.value)} {relation} the bound "
-            f"{format_bytes(self.bound)} at {where}"
-        )
+        value, bound = format_bytes(self.value), format_bytes(self.bound)
+        if value == bound:  # "4.0 GiB crossed the bound 4.0 GiB" says nothing: say by how much
+            by = format_bytes(abs(self.value - self.bound))
+            return f"{self.metric} {relation} the bound {bound} by {by} at {where}"
+        return f"{self.metric} {value} {relation} the bound {bound} at {where}"
 
 
 @dataclass
