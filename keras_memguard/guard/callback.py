@@ -49,6 +49,7 @@ from keras_memguard.guard.policy import (
     gpus_without_total,
     is_low_memory,
     mib,
+    train_end_release,
 )
 from keras_memguard.guard.release import release_memory
 from keras_memguard.guard.tensorboard import EventWriter
@@ -389,7 +390,9 @@ class MemGuardCallback(keras.callbacks.Callback):
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._in_fit = False
         if self.release_on_train_end:
-            self.summary.release = release_memory(clear_session=False)
+            # A full collection only where it can matter (see train_end_release).
+            reason = train_end_release(self.summary.start_process_tree_rss, self._sample())
+            self.summary.release = release_memory(generation=1 if reason is None else 2)
         snap = self._sample()
         self.summary.end_process_tree_rss = snap.process_tree
         self._close_writer()
