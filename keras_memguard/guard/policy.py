@@ -116,6 +116,10 @@ class MemGuardSummary:
     halts: list[Halt] = field(default_factory=list)
     release: object | None = None
 
+    def __call__(self) -> None:
+        """Prints the summary, so ``guard.summary()`` works as ``model.summary()`` does."""
+        print(self)
+
     def __str__(self) -> str:
         b = format_bytes
         lines = [
