@@ -32,11 +32,13 @@ from keras_memguard.isolation.run import (
     ChildTimeoutError,
     IsolatedError,
     run_isolated,
+    shutdown_spares,
 )
 from keras_memguard.probes.snapshot import GpuSnapshot, MemorySnapshot, snapshot
 from keras_memguard.sizes import Size, format_bytes, parse_size
 
 if TYPE_CHECKING:
+    from keras_memguard.cli.report import ReportError
     from keras_memguard.data.pipeline import (
         DatasetUnavailableError,
         PipelinePlan,
@@ -53,6 +55,7 @@ _LAZY = {
     "dataset_from_tfds": "keras_memguard.data.pipeline",
     "PipelinePlan": "keras_memguard.data.pipeline",
     "DatasetUnavailableError": "keras_memguard.data.pipeline",
+    "ReportError": "keras_memguard.cli.report",
 }
 
 __all__ = [
@@ -77,6 +80,7 @@ __all__ = [
     "MemorySnapshot",
     "PipelinePlan",
     "ReleaseResult",
+    "ReportError",
     "Size",
     "__version__",
     "configure_gpus",
@@ -86,6 +90,7 @@ __all__ = [
     "parse_size",
     "release_memory",
     "run_isolated",
+    "shutdown_spares",
     "snapshot",
 ]
 

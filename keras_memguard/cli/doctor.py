@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -75,6 +76,28 @@ def _gpu_configuration() -> dict[str, Any]:
         import tensorflow  # noqa: F401
 
     return current_gpu_configuration()
+
+
+def nvml_status() -> str | None:
+    """``None`` where NVML works; else what is missing and what to install.
+
+    Without NVML the guard sees GPUs only through the framework's allocator: no
+    device totals (so no fractional `max_gpu_memory`) and no other processes' usage.
+    """
+    if nvml.is_available():
+        return None
+    try:
+        importlib.import_module("pynvml")
+    except ImportError:
+        return (
+            "not available: nvidia-ml-py is not installed. On a machine with NVIDIA GPUs: "
+            "pip install 'keras-memguard[gpu]' (or nvidia-ml-py)"
+        )
+    return (
+        "not available: nvidia-ml-py is installed but cannot load the NVIDIA driver "
+        "(libnvidia-ml.so.1): no NVIDIA GPU here, or its driver is not installed or not "
+        "mounted into this container (docker run --gpus all)"
+    )
 
 
 def diagnose(
@@ -169,6 +192,7 @@ def doctor_report() -> dict[str, Any]:
         "container": asdict(container) if container else None,
         "effective_limit": snap.effective_limit,
         "effective_available": snap.effective_available,
+        "nvml": nvml_status(),
         "gpu_configuration": _gpu_configuration(),
         "environment": env,
         "warnings": diagnose(
@@ -223,8 +247,14 @@ def format_doctor(report: dict[str, Any]) -> str:
     lines += ["", "Effective"]
     lines.append(_row("limit (min host, container)", b(report["effective_limit"])))
     lines.append(_row("available", b(report["effective_available"])))
+    lines += ["", "GPUs"]
+    if report.get("nvml"):
+        lines.append(_row("NVML", report["nvml"]))
+    elif not snap["gpus"]:
+        visible = report["environment"].get("CUDA_VISIBLE_DEVICES")
+        hidden = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+        lines.append(_row("NVML", f"works; no GPU visible to this process{hidden}"))
     if snap["gpus"]:
-        lines += ["", "GPUs"]
         for gpu in snap["gpus"]:
             own = b(gpu["process_used"]) if gpu["process_used"] is not None else "n/a"
             lines.append(

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from keras_memguard.errors import MemGuardError
 from keras_memguard.guard.tensorboard import event_files, read_events, tensor_value
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
 PREFIXES = ("memory/", "memory_batch/")
 
 
-class ReportError(Exception):
+class ReportError(MemGuardError):
     """The log directory cannot be reported on; the message says why."""
 
 
