@@ -26,7 +26,11 @@ MIB = 2**20
 # Runs the command line in a fresh interpreter, then lists the frameworks it imported.
 PROBE = textwrap.dedent(
     """
-    import io, json, sys
+    import io, json, os, sys
+    if os.environ.get("FAKE_GPUS"):  # NVML sees a GPU (fake module, as in conftest)
+        import fake_nvml
+        gpu = fake_nvml.FakeGpu("Fake H100", "GPU-aaaa-1111", 80 * 2**30, used=0)
+        sys.modules["pynvml"] = fake_nvml.FakeNvml([gpu])
     from contextlib import redirect_stdout
     from keras_memguard.cli.main import main
     with redirect_stdout(io.StringIO()):
@@ -75,6 +79,21 @@ def test_cli_imports_no_ml_framework(args, log_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(result_path.read_text())
     assert result == {"code": 0, "loaded": []}
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_doctor_on_a_gpu_machine_imports_no_framework(backend, tmp_path):
+    """Also where the configured backend's framework is not installed (no crash)."""
+    result_path = tmp_path / "result.json"
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(result_path), "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env(), "FAKE_GPUS": "1", "KERAS_BACKEND": backend},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(result_path.read_text()) == {"code": 0, "loaded": []}
 
 
 def sections(text: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""``memguard doctor``: what this machine's memory looks like to a TensorFlow job.
+"""``memguard doctor``: what this machine's memory looks like to a training job.
 
 It gathers versions, the memory snapshot, TensorFlow's GPU configuration state and
 the environment variables that change memory behaviour, then turns what it sees into
@@ -64,16 +64,14 @@ def _keras_backend() -> str:
 
 
 def _gpu_configuration() -> dict[str, Any]:
-    """The Keras backend's GPU state, read without initializing anything.
+    """The Keras backend's GPU state, read without initializing or importing anything.
 
-    TensorFlow is imported (seconds) only where it is the backend and NVML shows GPUs
-    to ask it about; JAX and PyTorch are never imported here.
+    No framework is imported: TensorFlow alone takes seconds and prints its start-up
+    lines, it may not be installed at all (a GPU machine set up for JAX or PyTorch), and
+    in this fresh process its settings could only be the defaults, which the
+    environment section shows (``TF_FORCE_GPU_ALLOW_GROWTH``, ``TF_GPU_ALLOCATOR``).
     """
-    from keras_memguard.backends.base import backend_name
     from keras_memguard.backends.configure import current_gpu_configuration
-
-    if backend_name() == "tensorflow" and nvml.visible_devices():
-        import tensorflow  # noqa: F401
 
     return current_gpu_configuration()
 
