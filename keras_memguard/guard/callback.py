@@ -163,10 +163,11 @@ class MemGuardCallback(keras.callbacks.Callback):
         emergency_available_memory: last-resort floor applied when
             `min_available_memory` is not given; `None` disables it. Defaults to `"2%"`.
         release_on_train_end: collect garbage when training ends: a full
-            `gc.collect()` and `malloc_trim` only where it can matter (the process
-            tree grew during the fit by more than max(64 MiB, 5%), or available memory
-            is low), else a young-generation collection, so a loop of short fits does
-            not pay ~0.2 s each (see `policy.train_end_release`). Defaults to `True`.
+            `gc.collect()`, `malloc_trim` and (PyTorch) `torch.cuda.empty_cache()` only
+            where it can matter (the process tree grew during the fit by more than
+            max(64 MiB, 5%), or available memory is low), else a young-generation
+            collection and `malloc_trim`, so a loop of short fits does not pay ~0.2 s
+            each (see `policy.train_end_release`). Defaults to `True`.
         verbose: `1` prints the summary at train end. Quiet by default, like Keras's
             own callbacks (`EarlyStopping`, `ModelCheckpoint`); a halt is always printed,
             as `TerminateOnNaN` prints its stop. Defaults to `0`.
@@ -420,9 +421,11 @@ class MemGuardCallback(keras.callbacks.Callback):
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._in_fit = False
         if self.release_on_train_end:
-            # A full collection only where it can matter (see train_end_release).
+            # A full release only where it can matter (see train_end_release). The cheap
+            # one also keeps PyTorch's cached GPU blocks: a next fit would take them back.
             reason = train_end_release(self.summary.start_process_tree_rss, self._sample())
-            self.summary.release = release_memory(generation=1 if reason is None else 2)
+            full = reason is not None
+            self.summary.release = release_memory(generation=2 if full else 1, empty_cache=full)
         snap = self._sample()
         self.summary.end_process_tree_rss = snap.process_tree
         self._close_writer()
