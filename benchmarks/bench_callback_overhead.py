@@ -1,9 +1,18 @@
 """Training throughput with MemGuardCallback at its defaults against no callback,
-on the Keras backend in use, and what one device-memory read costs there.
+on the Keras backend in use, what one device-memory read costs there, and the
+guard's fixed cost per ``fit()`` (people call fit in loops).
 
-Run: python benchmarks/bench_callback_overhead.py [--rounds 12]
+Run: python benchmarks/bench_callback_overhead.py [--rounds 12] [--part all]
      KERAS_BACKEND=jax python benchmarks/bench_callback_overhead.py
      KERAS_BACKEND=torch python benchmarks/bench_callback_overhead.py
+     python benchmarks/bench_callback_overhead.py --part per-fit --fits 15
+
+Per fit: a 64-step, one-epoch ``fit`` of a small dense model, timed whole, for no
+callback, ``keras.callbacks.TensorBoard(log_dir)`` (TensorFlow only: it needs TF),
+``MemGuardCallback(log_dir=...)`` built fresh for every fit, and one instance reused.
+The sides are interleaved (rotating which goes first) and compared by medians.
+Goal (issue #15): guard <= TensorBoard + 10 ms on TensorFlow, <= none + 20 ms on JAX
+and PyTorch.
 The two are interleaved in one process (A, B, A, B, ...) on the same compiled model,
 so drift and noise hit both alike. Throughput is per epoch, timed by a callback placed
 after the guard (so the guard's per-batch and epoch-end work is inside the timing);
@@ -20,15 +29,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
 
-from keras_memguard import MemGuardCallback
+from keras_memguard import MemGuardCallback, release_memory
 from keras_memguard.backends.base import current_backend
 
 STEPS, BATCH = 150, 64
@@ -68,6 +80,13 @@ def device_read_cost(reads: int = 1000) -> tuple[float, bool]:
     return (time.perf_counter() - start) / reads * 1e6, figures is not None
 
 
+class FullRelease(keras.callbacks.Callback):
+    """The train-end release every fit paid before issue #15 (for comparison)."""
+
+    def on_train_end(self, logs=None):
+        release_memory()
+
+
 class EpochTimer(keras.callbacks.Callback):
     def __init__(self) -> None:
         super().__init__()
@@ -78,6 +97,64 @@ class EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.rates.append(STEPS * BATCH / (time.perf_counter() - self.start))
+
+
+def per_fit(fits: int = 15) -> None:
+    """The fixed cost of one ``fit()``, each side timed whole and interleaved."""
+    log_root = tempfile.mkdtemp(prefix="memguard_bench_")
+    rng = np.random.default_rng(0)
+    x = rng.random((64 * 32, 16), dtype=np.float32)
+    y = rng.random((64 * 32, 1), dtype=np.float32)
+    model = keras.Sequential(
+        [keras.Input((16,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(1)]
+    )
+    model.compile("sgd", "mse")
+    reused = MemGuardCallback(log_dir=os.path.join(log_root, "reused"))
+    full_collections = {"guard fresh": 0, "guard reused": 0}
+
+    def fresh(i: int) -> list[keras.callbacks.Callback]:
+        return [MemGuardCallback(log_dir=os.path.join(log_root, f"g{i}"))]
+
+    sides: dict[str, Callable[[int], list[keras.callbacks.Callback]]] = {
+        "none": lambda i: [],
+        "guard fresh": fresh,
+        "guard reused": lambda i: [reused],
+        # The default before issue #15: a full gc.collect() + malloc_trim after every fit.
+        "guard, full gc": lambda i: [
+            MemGuardCallback(log_dir=os.path.join(log_root, f"f{i}")),
+            FullRelease(),
+        ],
+    }
+    if keras.config.backend() == "tensorflow":
+        sides["keras TensorBoard"] = lambda i: [
+            keras.callbacks.TensorBoard(os.path.join(log_root, f"tb{i}"))
+        ]
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    names = list(sides)
+    for i in range(fits + 2):  # two warm-up rounds (tracing, first writers), not counted
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            callbacks = sides[name](i)
+            start = time.perf_counter()
+            model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=callbacks)
+            if i >= 2:
+                times[name].append(time.perf_counter() - start)
+                if name in full_collections:
+                    full_collections[name] += callbacks[0].summary.release.generation == 2
+    shutil.rmtree(log_root, ignore_errors=True)
+    median = {name: statistics.median(values) * 1e3 for name, values in times.items()}
+    print(f"\nper fit: 64 steps, 1 epoch, {fits} fits per side, interleaved (median ms)")
+    for name, value in median.items():
+        print(f"  {name:<20}{value:>8.1f} ms  ({value - median['none']:+.1f} ms vs none)")
+    if "keras TensorBoard" in median:
+        budget, reference = median["keras TensorBoard"] + 10, "TensorBoard + 10 ms"
+    else:
+        budget, reference = median["none"] + 20, "none + 20 ms"
+    for name in ("guard fresh", "guard reused"):
+        verdict = "met" if median[name] <= budget else "NOT met"
+        print(
+            f"  {name}: {median[name]:.1f} ms, goal <= {reference} = {budget:.1f} ms: {verdict} "
+            f"({full_collections[name]} of {fits} fits ran a full collection)"
+        )
 
 
 def main(rounds: int = 12, epochs: int = 2) -> None:
@@ -96,7 +173,6 @@ def main(rounds: int = 12, epochs: int = 2) -> None:
         guard.on_train_end()
         fixed.append(time.perf_counter() - start)
     none, guarded = timers["none"].rates, timers["guard"].rates
-    print(f"backend {keras.config.backend()}, Keras {keras.__version__}")
     print(f"{rounds * epochs} epochs of {STEPS} steps each way, interleaved")
     print(f"{'run':<22}{'median samples/s':>18}{'best samples/s':>16}")
     print(f"{'no callback':<22}{statistics.median(none):>18.0f}{max(none):>16.0f}")
@@ -110,7 +186,7 @@ def main(rounds: int = 12, epochs: int = 2) -> None:
         f"ratio guard/none: median of paired epochs {paired:.3f} (goal >= 0.99: {verdict}); "
         f"best/best {best:.3f}"
     )
-    print(f"once per fit (first sample + gc at train end): {statistics.median(fixed) * 1e3:.0f} ms")
+    print(f"on_train_begin + on_train_end alone: {statistics.median(fixed) * 1e3:.1f} ms")
     cost, gpu = device_read_cost()
     what = "with GPU figures" if gpu else "no GPU figures here: the no-op path"
     print(f"one device-memory read: {cost:.1f} us ({what})")
@@ -120,5 +196,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--fits", type=int, default=15, help="fits per side (per-fit part)")
+    parser.add_argument("--part", choices=["all", "throughput", "per-fit"], default="all")
     args = parser.parse_args()
-    main(args.rounds, args.epochs)
+    print(f"backend {keras.config.backend()}, Keras {keras.__version__}")
+    if args.part in ("all", "throughput"):
+        main(args.rounds, args.epochs)
+    if args.part in ("all", "per-fit"):
+        per_fit(args.fits)

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> float:
     )
     _, accuracy = model.evaluate(*(test if isinstance(test, tuple) else (test,)), verbose=0)
 
-    # 5. What happened to memory (the guard printed its summary), and where to look.
+    # 5. What happened to memory, and where to look.
+    print(guard.summary)
     print(f"test accuracy {accuracy:.3f} (chance {1 / classes:.3f}) in {time.time() - start:.0f} s")
     print(f"See it in TensorBoard:  tensorboard --logdir {log_dir}")
     return float(accuracy)

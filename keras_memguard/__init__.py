@@ -40,6 +40,7 @@ from keras_memguard.probes.snapshot import GpuSnapshot, MemorySnapshot, snapshot
 from keras_memguard.sizes import Size, format_bytes, parse_size
 
 if TYPE_CHECKING:
+    from keras_memguard.cli.report import ReportError
     from keras_memguard.data.pipeline import (
         DatasetUnavailableError,
         PipelinePlan,
@@ -56,6 +57,7 @@ _LAZY = {
     "dataset_from_tfds": "keras_memguard.data.pipeline",
     "PipelinePlan": "keras_memguard.data.pipeline",
     "DatasetUnavailableError": "keras_memguard.data.pipeline",
+    "ReportError": "keras_memguard.cli.report",
 }
 
 __all__ = [
@@ -81,6 +83,7 @@ __all__ = [
     "MemorySnapshot",
     "PipelinePlan",
     "ReleaseResult",
+    "ReportError",
     "Size",
     "__version__",
     "configure_gpus",

@@ -26,6 +26,7 @@ guard = MemGuardCallback(
     max_process_memory=bound,
     checkpoint_path=os.path.join(workdir, "ckpt", "guard.keras"),
     check_every_n_batches=1,
+    add_to_logs=True,  # the logs keys too, beside the memory run
 )
 history = model.fit(
     x, y, batch_size=32, epochs=50, verbose=0, callbacks=[Leak(mib_per_batch=25), guard]

@@ -21,7 +21,9 @@ model = keras.Sequential(
     [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)]
 )
 model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-guard = mg.MemGuardCallback(log_dir=os.path.join(workdir, "logs"), max_process_memory="95%")
+guard = mg.MemGuardCallback(
+    log_dir=os.path.join(workdir, "logs"), max_process_memory="95%", add_to_logs=True
+)
 x = np.random.default_rng(0).random((256, 8), dtype=np.float32)
 y = (x.sum(axis=1) > 4).astype("int32")
 history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[guard])

@@ -29,6 +29,7 @@ guard = MemGuardCallback(
     max_process_memory=bound,
     checkpoint_path=os.path.join(workdir, "ckpt", "guard.keras"),
     check_every_n_batches=1,
+    add_to_logs=True,  # the CSVLogger columns, beside the memory run
     verbose=1,
 )
 history = model.fit(

@@ -27,6 +27,7 @@ EXPECTED = {
     "MemorySnapshot",
     "PipelinePlan",
     "ReleaseResult",
+    "ReportError",
     "Size",
     "__version__",
     "configure_gpus",
@@ -59,3 +60,34 @@ def test_unknown_attribute_is_an_attribute_error():
         assert "no_such_name" in str(err)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_every_error_the_package_raises_is_a_memguard_error():
+    """`except MemGuardError` catches all of the package's own errors."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    own = {}
+    for info in pkgutil.walk_packages(keras_memguard.__path__, "keras_memguard."):
+        if info.name.endswith("__main__"):
+            continue
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:  # a module for a framework that is not installed here
+            continue
+        for name, value in vars(module).items():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, Exception)
+                and not issubclass(value, Warning)
+                and value.__module__ == module.__name__
+                and not name.startswith("_")
+            ):
+                own[name] = value
+    # The child's traceback, attached as __cause__ of the error raised, never raised alone.
+    own.pop("RemoteTraceback")
+    assert {"ReportError", "IsolatedError", "MemoryLimitExceededError"} <= set(own)
+    assert [n for n, c in own.items() if not issubclass(c, keras_memguard.MemGuardError)] == []
+    assert keras_memguard.ReportError is own["ReportError"]
+    assert callable(keras_memguard.shutdown_spares)

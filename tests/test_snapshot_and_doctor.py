@@ -101,7 +101,7 @@ def test_doctor_console_script_text():
     for heading in ("Versions", "Process", "Host", "Effective"):
         assert f"\n{heading}\n" in out.stdout
     assert "tensorflow" in out.stdout and "keras" in out.stdout
-    assert "GPUs" not in out.stdout  # no GPU here: no section
+    assert "\nGPUs\n" in out.stdout  # always: the GPUs, or why none are shown
     assert "Warning" not in out.stderr  # and no noise
 
 
@@ -181,7 +181,23 @@ def test_doctor_reports_gpus_and_other_processes(fake_nvml):
     assert "GPUs" in text and "GPU 0 Fake A100" in text
 
 
-def test_doctor_healthy_machine_has_no_gpu_section(no_nvml):
+def test_doctor_without_nvml_says_what_to_install(no_nvml):
     report = doctor_report()
     assert not report["snapshot"]["gpus"]
-    assert "GPUs\n" not in format_doctor(report)
+    text = format_doctor(report)
+    assert "\nGPUs\n" in text
+    assert "nvidia-ml-py is not installed" in text and "keras-memguard[gpu]" in text
+
+
+def test_doctor_with_nvml_but_no_driver_says_so(monkeypatch):
+    from fake_nvml import NVML_ERROR_LIBRARY_NOT_FOUND, FakeNvml
+
+    from keras_memguard.probes import nvml
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(init_error=NVML_ERROR_LIBRARY_NOT_FOUND))
+    nvml.reset()
+    try:
+        text = format_doctor(doctor_report())
+    finally:
+        nvml.reset()
+    assert "\nGPUs\n" in text and "cannot load the NVIDIA driver" in text

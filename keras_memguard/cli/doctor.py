@@ -1,4 +1,4 @@
-"""``memguard doctor``: what this machine's memory looks like to a TensorFlow job.
+"""``memguard doctor``: what this machine's memory looks like to a training job.
 
 It gathers versions, the memory snapshot, TensorFlow's GPU configuration state and
 the environment variables that change memory behaviour, then turns what it sees into
@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -63,18 +64,38 @@ def _keras_backend() -> str:
 
 
 def _gpu_configuration() -> dict[str, Any]:
-    """The Keras backend's GPU state, read without initializing anything.
+    """The Keras backend's GPU state, read without initializing or importing anything.
 
-    TensorFlow is imported (seconds) only where it is the backend and NVML shows GPUs
-    to ask it about; JAX and PyTorch are never imported here.
+    No framework is imported: TensorFlow alone takes seconds and prints its start-up
+    lines, it may not be installed at all (a GPU machine set up for JAX or PyTorch), and
+    in this fresh process its settings could only be the defaults, which the
+    environment section shows (``TF_FORCE_GPU_ALLOW_GROWTH``, ``TF_GPU_ALLOCATOR``).
     """
-    from keras_memguard.backends.base import backend_name
     from keras_memguard.backends.configure import current_gpu_configuration
 
-    if backend_name() == "tensorflow" and nvml.visible_devices():
-        import tensorflow  # noqa: F401
-
     return current_gpu_configuration()
+
+
+def nvml_status() -> str | None:
+    """``None`` where NVML works; else what is missing and what to install.
+
+    Without NVML the guard sees GPUs only through the framework's allocator: no
+    device totals (so no fractional `max_gpu_memory`) and no other processes' usage.
+    """
+    if nvml.is_available():
+        return None
+    try:
+        importlib.import_module("pynvml")
+    except ImportError:
+        return (
+            "not available: nvidia-ml-py is not installed. On a machine with NVIDIA GPUs: "
+            "pip install 'keras-memguard[gpu]' (or nvidia-ml-py)"
+        )
+    return (
+        "not available: nvidia-ml-py is installed but cannot load the NVIDIA driver "
+        "(libnvidia-ml.so.1): no NVIDIA GPU here, or its driver is not installed or not "
+        "mounted into this container (docker run --gpus all)"
+    )
 
 
 def diagnose(
@@ -169,6 +190,7 @@ def doctor_report() -> dict[str, Any]:
         "container": asdict(container) if container else None,
         "effective_limit": snap.effective_limit,
         "effective_available": snap.effective_available,
+        "nvml": nvml_status(),
         "gpu_configuration": _gpu_configuration(),
         "environment": env,
         "warnings": diagnose(
@@ -223,8 +245,14 @@ def format_doctor(report: dict[str, Any]) -> str:
     lines += ["", "Effective"]
     lines.append(_row("limit (min host, container)", b(report["effective_limit"])))
     lines.append(_row("available", b(report["effective_available"])))
+    lines += ["", "GPUs"]
+    if report.get("nvml"):
+        lines.append(_row("NVML", report["nvml"]))
+    elif not snap["gpus"]:
+        visible = report["environment"].get("CUDA_VISIBLE_DEVICES")
+        hidden = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+        lines.append(_row("NVML", f"works; no GPU visible to this process{hidden}"))
     if snap["gpus"]:
-        lines += ["", "GPUs"]
         for gpu in snap["gpus"]:
             own = b(gpu["process_used"]) if gpu["process_used"] is not None else "n/a"
             lines.append(

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from keras_memguard.errors import MemGuardError
 from keras_memguard.guard.tensorboard import event_files, read_events, tensor_value
 
 __all__ = [
@@ -35,7 +36,7 @@ __all__ = [
 PREFIXES = ("memory/", "memory_batch/", "fits/")
 
 
-class ReportError(Exception):
+class ReportError(MemGuardError):
     """The log directory cannot be reported on; the message says why."""
 
 

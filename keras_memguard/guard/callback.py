@@ -51,6 +51,7 @@ from keras_memguard.guard.policy import (
     gpus_without_total,
     is_low_memory,
     mib,
+    train_end_release,
 )
 from keras_memguard.guard.release import release_memory
 from keras_memguard.guard.tensorboard import EventWriter
@@ -75,14 +76,27 @@ def _optional_size(value: Any, name: str, allow_fraction: bool = True) -> Size |
 
 
 def _check_checkpoint_path(path: str | os.PathLike[str] | None) -> str | None:
+    """What a halt will write, checked now: a bad path found only at a halt loses the model.
+
+    A plain ``.h5`` is refused although ``model.save`` accepts it: that legacy HDF5
+    format cannot save a subclassed model, which would surface only at halt time.
+    """
     if path is None:
         return None
     path = os.fspath(path)
-    if not path.endswith((".keras", ".h5")):
+    if not path.endswith((".keras", ".weights.h5")):
+        why = ""
+        if path.endswith(".h5"):
+            why = (
+                "a plain '.h5' is Keras's legacy whole-model format, which cannot save "
+                "subclassed models; use 'name.keras' for the model or 'name.weights.h5' "
+                "for its weights"
+            )
         raise invalid_argument(
             "checkpoint_path",
             path,
             "a file path ending in '.keras' (whole model) or '.weights.h5' (weights only)",
+            why,
         )
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
@@ -137,9 +151,12 @@ class MemGuardCallback(keras.callbacks.Callback):
             Defaults to `None`.
         add_to_logs: add `memory/process_tree_peak_mib` and, per GPU,
             `memory/gpu<i>_allocated_peak_mib` to each epoch's `logs` (only these: each
-            key appears in the progress bar, `CSVLogger` and Keras's `TensorBoard`;
-            every other figure is in the `memory` run). Callbacks listed *before* this
-            one in `callbacks=[...]` do not see them. Defaults to `True`.
+            key appears in the progress bar, `History`, `CSVLogger`, and Keras's
+            `TensorBoard` copies it into `train/` as `epoch_<key>`). Callbacks listed
+            *before* this one in `callbacks=[...]` do not see them. `None` adds them
+            only where the guard writes no `memory` run (no `log_dir`, or one it cannot
+            write): that run already charts them, and a second copy in `train/` would
+            clutter TensorBoard. Defaults to `None`.
         leak_warmup_epochs: epochs ignored by leak detection. Defaults to `1`.
         leak_threshold: growth per epoch above which memory counts as leaking.
             Defaults to `"4MiB"`.
@@ -152,9 +169,21 @@ class MemGuardCallback(keras.callbacks.Callback):
             never. Defaults to `None`.
         emergency_available_memory: last-resort floor applied when
             `min_available_memory` is not given; `None` disables it. Defaults to `"2%"`.
-        release_on_train_end: run `release_memory()` (gc only) when training ends.
-            Defaults to `True`.
-        verbose: `1` prints the summary at train end. Defaults to `1`.
+        release_on_train_end: collect garbage when training ends: a full
+            `gc.collect()`, `malloc_trim` and (PyTorch) `torch.cuda.empty_cache()` only
+            where it can matter (the process tree grew during the fit by more than
+            max(64 MiB, 5%), or available memory is low), else a young-generation
+            collection and `malloc_trim`, so a loop of short fits does not pay ~0.2 s
+            each (see `policy.train_end_release`). Defaults to `True`.
+        verbose: `1` prints the summary at train end. Quiet by default, like Keras's
+            own callbacks (`EarlyStopping`, `ModelCheckpoint`); a halt is always printed,
+            as `TerminateOnNaN` prints its stop. Defaults to `0`.
+
+    Attributes:
+        summary: the last run's `MemGuardSummary` (an attribute, like `History.history`
+            and `EarlyStopping.stopped_epoch`, reset at each `fit`); `print(guard.summary)`
+            shows it, and `guard.summary()` prints it too, as `model.summary()` does.
+        last_snapshot: the latest `MemorySnapshot` the guard took.
 
     Raises:
         ValueError: a bad argument, named in the message.
@@ -177,14 +206,14 @@ class MemGuardCallback(keras.callbacks.Callback):
         check_interval: float = 0.1,
         check_every_n_batches: int | None = None,
         log_every_n_batches: int | None = None,
-        add_to_logs: bool = True,
+        add_to_logs: bool | None = None,
         leak_warmup_epochs: int = 1,
         leak_threshold: int | str = "4MiB",
         leak_patience: int = 3,
         trace_leaks: bool | None = None,
         emergency_available_memory: int | float | str | None = "2%",
         release_on_train_end: bool = True,
-        verbose: int = 1,
+        verbose: int = 0,
     ) -> None:
         super().__init__()
         if on_exceed not in ON_EXCEED:
@@ -229,7 +258,7 @@ class MemGuardCallback(keras.callbacks.Callback):
             raise invalid_argument("trace_leaks", trace_leaks, "None (auto), True or False")
         self.trace_leaks = trace_leaks
         self._tracer: LeakTracer | None = None
-        self.add_to_logs = bool(add_to_logs)
+        self.add_to_logs = None if add_to_logs is None else bool(add_to_logs)
         self.release_on_train_end = bool(release_on_train_end)
         self.verbose = verbose
         self.bounds = Bounds(
@@ -261,6 +290,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._halted_epoch: int | None = None
         self._over: set[str] = set()  # bounds currently crossed (warn mode, low memory)
         self._log_keys: list[str] | None = None
+        self._adding_to_logs = bool(self.add_to_logs)
         self._workers = WorkerContext()
         self._check_every = self.check_every_n_batches
         self._phase = "train"
@@ -300,6 +330,8 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.summary.start_process_tree_rss = snap.process_tree
         self._warn_unbounded_gpus(snap)
         self._open_writer([gpu.index for gpu in snap.gpus])
+        if self.add_to_logs is None:
+            self._adding_to_logs = self._writer is None
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
@@ -398,7 +430,7 @@ class MemGuardCallback(keras.callbacks.Callback):
             # monitor is missing, while NaN is never an improvement.
             for key in [k for k in logs if k.startswith("val_")]:
                 logs[key] = float("nan")
-        if self.add_to_logs and logs is not None:
+        if self._adding_to_logs and logs is not None:
             self._add_to_logs(logs, metrics, snap)
         self.summary.epochs += 1
         self._check(snap, None)
@@ -408,7 +440,11 @@ class MemGuardCallback(keras.callbacks.Callback):
         if self._tracer is not None:
             self._tracer.close()  # issue #16
         if self.release_on_train_end:
-            self.summary.release = release_memory(clear_session=False)
+            # A full release only where it can matter (see train_end_release). The cheap
+            # one also keeps PyTorch's cached GPU blocks: a next fit would take them back.
+            reason = train_end_release(self.summary.start_process_tree_rss, self._sample())
+            full = reason is not None
+            self.summary.release = release_memory(generation=2 if full else 1, empty_cache=full)
         snap = self._sample()
         self.summary.end_process_tree_rss = snap.process_tree
         fit = self.__dict__.pop("_fit", None)  # this fit's point in the memory_fits run

@@ -35,9 +35,14 @@ __all__ = [
     "gpus_without_total",
     "is_low_memory",
     "slope",
+    "train_end_release",
 ]
 
 LOW_MEMORY_WARNING = 0.10  # warn (never halt) below this fraction of the effective limit
+# A full collection at train end is worth its cost (0.2 s or more with TensorFlow loaded)
+# only when the process tree grew during the fit by more than the larger of these.
+RELEASE_MIN_GROWTH = 64 * MIB
+RELEASE_GROWTH_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,10 @@ class MemGuardSummary:
     release: object | None = None
     # issue #16: where the growing memory is allocated, largest growth first
     leak_sites: list[LeakSite] = field(default_factory=list)
+
+    def __call__(self) -> None:
+        """Prints the summary, so ``guard.summary()`` works as ``model.summary()`` does."""
+        print(self)
 
     def __str__(self) -> str:
         b = format_bytes
@@ -283,3 +292,28 @@ def epochs_until(bound: int | None, current: int | None, slope_mib: float) -> in
     if bound is None or current is None or slope_mib <= 0:
         return None
     return max(1, math.ceil((bound - current) / MIB / slope_mib))
+
+
+def train_end_release(start_tree: int | None, snap: MemorySnapshot) -> str | None:
+    """Why a *full* collection is worth its cost at train end, or ``None``.
+
+    A full ``gc.collect()`` walks every object the process holds: with TensorFlow
+    loaded that is about 0.2 s, on every ``fit``. Garbage it alone can free (reference
+    cycles promoted to the old generation) can matter only where the process tree grew
+    during the fit by more than ``max(RELEASE_MIN_GROWTH, RELEASE_GROWTH_FRACTION *
+    start)``, or where available memory is low; elsewhere a young-generation
+    collection (microseconds) is enough. An unknown figure counts as a reason.
+
+    Example:
+        >>> train_end_release(start_tree=500 * MIB, snap=snap_at_800_mib)
+        'the process tree grew by 300.0 MiB during fit'
+    """
+    tree = snap.process_tree
+    if start_tree is None or tree is None:
+        return "the process tree's size is unknown"
+    grew = tree - start_tree
+    if grew > max(RELEASE_MIN_GROWTH, RELEASE_GROWTH_FRACTION * start_tree):
+        return f"the process tree grew by {format_bytes(grew)} during fit"
+    if is_low_memory(snap):
+        return "available memory is low"
+    return None
