@@ -21,7 +21,7 @@ def test_one_guard_over_three_fits_writes_three_runs_and_one_rising_summary(tmp_
     assert runs == ["memory", "memory_fit2", "memory_fit3", "memory_fits"]
     for run in runs[:3]:  # each fit's own epochs, not three fits on one step axis
         steps = [
-            step for step, _ in read_scalars(str(tmp_path / run))["memory/process_tree_rss_mib"]
+            step for step, _ in read_scalars(str(tmp_path / run))["memory/process_tree_mib"]
         ]
         assert steps == [0, 1]
     summary = read_scalars(str(tmp_path / "memory_fits"))
@@ -55,6 +55,6 @@ def test_a_trial_names_its_run_and_its_step(tmp_path):
         )
     finally:
         fits.set_trial(None)
-    assert "memory/process_tree_rss_mib" in read_scalars(str(tmp_path / "memory_trial_07"))
+    assert "memory/process_tree_mib" in read_scalars(str(tmp_path / "memory_trial_07"))
     steps = [step for step, _ in read_scalars(str(tmp_path / "memory_fits"))["fits/end_mib"]]
     assert steps == [7]

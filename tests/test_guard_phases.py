@@ -191,3 +191,38 @@ def test_predict_inside_fit_keeps_the_epoch_peaks_and_the_training_phase(model):
     assert len(history.history["loss"]) == 2 and guard.summary.halts == []
     assert guard.summary.epochs == 2
     assert all(v > 0 for v in history.history["memory/process_tree_peak_mib"])
+
+
+def test_evaluate_after_a_fit_that_raised_is_not_taken_for_its_validation_pass(model):
+    # Keras skips on_train_end when fit raises: the guard must not stay "in fit" and
+    # hand a later evaluate() a truncated result (found in review).
+    class Boom(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise RuntimeError("boom")
+
+    x, y = tiny_data(samples=128)
+    guard = MemGuardCallback(check_every_n_batches=1, verbose=0)
+    with pytest.raises(RuntimeError, match="boom"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[guard, Boom()])
+    tight = MemGuardCallback(check_every_n_batches=1, verbose=0, max_process_memory=2**20)
+    guard.bounds = tight.bounds  # now every check crosses
+    with pytest.raises(MemoryLimitExceededError):
+        model.evaluate(x, y, verbose=0, callbacks=[guard])
+
+
+def test_a_fit_that_raised_leaves_no_writer_open_and_the_next_fit_gets_its_own_run(model, tmp_path):
+    import os
+
+    class Boom(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                raise RuntimeError("boom")
+
+    x, y = tiny_data(samples=128)
+    guard = MemGuardCallback(log_dir=str(tmp_path), check_every_n_batches=1, verbose=0)
+    with pytest.raises(RuntimeError, match="boom"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[guard, Boom()])
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[guard])
+    assert guard._writer is None
+    runs = sorted(d for d in os.listdir(tmp_path) if d.startswith("memory"))
+    assert "memory" in runs and "memory_fit2" in runs, runs

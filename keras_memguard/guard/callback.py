@@ -320,6 +320,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         _, self._gpu_peaks_seen = gpu_peaks_since_check(snapshot().gpus, {})
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._end_stale_fit(force=True)  # a guard reused after a fit that raised
         self._reset_run_state()
         self._in_fit = True
         self._reset_phase("train")
@@ -364,7 +365,38 @@ class MemGuardCallback(keras.callbacks.Callback):
             self._check(snap, batch)
 
     # ------------------------------------------- validation, evaluate(), predict()
+    def _fit_is_running(self) -> bool:
+        """Whether a ``fit`` of this guard's model is on the call stack now.
+
+        Keras skips ``on_train_end`` when ``fit`` raises (Ctrl-C, an OOM, another
+        callback's error), so "in a fit" cannot be a flag that only ``on_train_end``
+        clears: a later ``evaluate()`` would pass for that fit's validation pass and
+        return a truncated result instead of raising.
+        """
+        frame: Any = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is self.model:
+                return True
+            frame = frame.f_back
+        return False
+
+    def _end_stale_fit(self, force: bool = False) -> None:
+        """Closes what a fit that raised left open: its writer, its run, its tracer.
+
+        Without ``force``, only when no fit of the model is running any more.
+        """
+        if not force and self._in_fit and self._fit_is_running():
+            return
+        self._in_fit = False
+        tracer = getattr(self, "_tracer", None)
+        if tracer is not None:
+            tracer.close()
+        self.__dict__.pop("_fit", None)
+        self._close_writer()
+
     def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self._in_fit:
+            self._end_stale_fit()
         if self._in_fit:
             # The validation pass: keep the training epoch's peaks, check the same bounds.
             self._phase = "validation"
@@ -401,6 +433,8 @@ class MemGuardCallback(keras.callbacks.Callback):
         Called from inside ``fit`` (a callback predicting on samples, say), it checks
         the same bounds and keeps the epoch's peaks.
         """
+        if self._in_fit:
+            self._end_stale_fit()
         if self._in_fit:
             self._phase, self._batches_since_check = phase, 0
             return

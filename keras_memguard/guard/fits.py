@@ -95,8 +95,8 @@ def end(log_dir: str, fit: Fit, summary: Any) -> None:
 
     Only the chief's fits (run ``memory...``) are summarised: a multi-worker fit is one fit.
     """
-    if fit.base != "memory":
-        return
+    if fit.base != "memory" or not os.path.isdir(log_dir):
+        return  # not the chief's fit, or the user removed log_dir: never recreate it
     points = {
         "start_mib": _mib(summary.start_process_tree_rss),
         "end_mib": _mib(summary.end_process_tree_rss),
