@@ -56,18 +56,18 @@ def import_only() -> bool:
     return True
 
 
-def rss_mb() -> float:
+def rss_mib() -> float:
     mem = read_process_memory()
-    return (mem.rss if mem else 0) / 1e6
+    return (mem.rss if mem else 0) / 2**20
 
 
 def measure(run_one, trials: int) -> tuple[float, float]:
     run_one(0)  # warm-up: one-off costs are not growth
-    base, start = rss_mb(), time.perf_counter()
+    base, start = rss_mib(), time.perf_counter()
     for index in range(trials):
         run_one(index + 1)
     seconds = (time.perf_counter() - start) / trials
-    return (rss_mb() - base) / trials, seconds
+    return (rss_mib() - base) / trials, seconds
 
 
 def tuner_driver(mode: str, trials: int, directory: str) -> None:
@@ -108,7 +108,7 @@ def tuner_driver(mode: str, trials: int, directory: str) -> None:
 
     def record(trial):
         on_trial_end(trial)
-        marks.append((rss_mb() * 1e6 / 2**20, time.perf_counter()))
+        marks.append((rss_mib(), time.perf_counter()))
 
     tuner.on_trial_end = record
     tuner.search(x, y, epochs=1, validation_split=0.2, verbose=0)
@@ -184,13 +184,13 @@ def main() -> None:
 
     inline = measure(in_process, trials)
     print(f"{trials} trials each; parent RSS growth per trial and wall time per trial")
-    print(f"{'':<36}{'MB/trial':>10}{'s/trial':>10}")
+    print(f"{'':<36}{'MiB/trial':>10}{'s/trial':>10}")
     print(f"{'in-process + release_memory':<36}{inline[0]:>10.2f}{inline[1]:>10.2f}")
     print(f"{'run_isolated':<36}{isolated[0]:>10.2f}{isolated[1]:>10.2f}")
     print(f"{'run_isolated(keep_warm=True)':<36}{warm[0]:>10.2f}{warm[1]:>10.2f}")
     print(f"child start-up (spawn + import tensorflow): {startup:.2f} s")
     verdict = "met" if max(isolated[0], warm[0]) <= 0.5 else "NOT met"
-    print(f"goal: isolated growth <= 0.5 MB/trial -> {verdict}")
+    print(f"goal: isolated growth <= 0.5 MiB/trial -> {verdict}")
     tuner_comparison(trials, backend)
     array_transfer()
 

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 
@@ -118,13 +119,19 @@ def parse_size(
         forms = ACCEPTED_FORMS if allow_fraction else ACCEPTED_FORMS.split(", a fraction")[0]
     if isinstance(value, bool) or value is None:
         raise _invalid(name, value, forms=forms)
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral):  # int, and NumPy's integers (np.int64)
+        value = int(value)
         if value <= 0:
             raise _invalid(name, value, "must be positive", forms)
         if value < MIN_BYTES:
             raise _invalid(name, value, _unit_slip(value, allow_fraction), forms)
         return Size(bytes=value)
-    if isinstance(value, float):
+    if isinstance(value, numbers.Real) and not isinstance(value, str):
+        value = float(value)
+        if value >= MIN_BYTES and value.is_integer():
+            raise _invalid(
+                name, value, f"a float above 1 is not a fraction: did you mean {int(value)}?", forms
+            )
         if not allow_fraction:
             raise _invalid(name, value, "fractions are not accepted here", forms)
         return _fraction(name, value, value)

@@ -177,7 +177,13 @@ def check_growth() -> None:
     allocate(64 * MIB)
     time.sleep(0.5)
     smi = nvidia_smi_gpu()
-    emit(check="growth", report=str(report), process=nvml_process_used(), total=smi["total"])
+    emit(
+        check="growth",
+        report=str(report),
+        process=nvml_process_used(),
+        smi_used=smi["used"],
+        total=smi["total"],
+    )
 
 
 def check_figures() -> None:

@@ -267,3 +267,21 @@ def test_this_machine_reads_without_error():
         assert os.path.samefile(mem.leaf, expected)
         assert mem.usage >= mem.working_set >= 0
         assert mem.limit is None or mem.limit > 0
+
+
+def test_snapshot_shows_the_own_cgroup_charge_beside_the_shared_one(tmp_path, monkeypatch):
+    # The limit sits on the pod (shared with siblings); this process's own cgroup is
+    # the container: both charges reach the metrics, under their own keys.
+    from keras_memguard import snapshot
+    from keras_memguard.probes import cgroup
+
+    reader = v1_tree(
+        tmp_path,
+        leaf="kubepods/burstable/pod1/ctr",
+        limits={"kubepods/burstable/pod1": str(1536 * MIB)},
+    )
+    monkeypatch.setattr(cgroup, "_default_reader", reader)
+    metrics = snapshot(gpus=False).metrics()
+    assert metrics["container_usage_mib"] == 600
+    assert metrics["container_own_usage_mib"] == 300
+    assert metrics["container_limit_mib"] == 1536

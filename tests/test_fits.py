@@ -20,9 +20,7 @@ def test_one_guard_over_three_fits_writes_three_runs_and_one_rising_summary(tmp_
     runs = sorted(d for d in os.listdir(tmp_path) if d.startswith("memory"))
     assert runs == ["memory", "memory_fit2", "memory_fit3", "memory_fits"]
     for run in runs[:3]:  # each fit's own epochs, not three fits on one step axis
-        steps = [
-            step for step, _ in read_scalars(str(tmp_path / run))["memory/process_tree_mib"]
-        ]
+        steps = [step for step, _ in read_scalars(str(tmp_path / run))["memory/process_tree_mib"]]
         assert steps == [0, 1]
     summary = read_scalars(str(tmp_path / "memory_fits"))
     for tag in ("fits/start_mib", "fits/end_mib", "fits/peak_mib"):

@@ -77,8 +77,10 @@ def test_jax_preallocates_most_of_the_gpu_by_default():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_memory_growth_keeps_the_process_small(backend):
     r = run_check("growth", backend)
-    if r["process"] is not None:
-        assert r["process"] < 4 * GIB, r
+    # This process's figure where the driver shows it; else the whole device's (a PID
+    # namespace hides processes), which on a lent machine is this process's too.
+    used = r["process"] if r["process"] is not None else r["smi_used"]
+    assert used < 4 * GIB, r
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

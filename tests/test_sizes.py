@@ -122,3 +122,12 @@ def test_format_bytes():
     assert format_bytes(512) == "512 B"
     assert format_bytes(1536) == "1.5 KiB"
     assert format_bytes(28 * 2**30) == "28.0 GiB"
+
+
+def test_numpy_integers_are_bytes_and_a_large_float_says_what_to_pass():
+    import numpy as np
+
+    assert parse_size(np.int64(8 * 2**30), name="max_process_memory").bytes == 8 * 2**30
+    with pytest.raises(ValueError, match=r"max_process_memory.*did you mean 8000000000\?"):
+        parse_size(8e9, name="max_process_memory")
+    assert parse_size(np.float32(0.5), name="max_process_memory").fraction == 0.5

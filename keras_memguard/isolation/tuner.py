@@ -65,7 +65,9 @@ class SharedArray:
     def load(self) -> Any:
         import numpy as np
 
-        return np.load(self.path, mmap_mode="r")
+        # Copy-on-write: shared pages until a trial writes (`x -= mean` works as in the
+        # plain search), and a trial's writes never reach the file or other trials.
+        return np.load(self.path, mmap_mode="c")
 
     def __repr__(self) -> str:
         return f"SharedArray({self.path!r}, {format_bytes(self.nbytes)})"

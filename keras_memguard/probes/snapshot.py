@@ -99,6 +99,7 @@ class MemorySnapshot:
     container_limit: int | None = None
     container_usage: int | None = None
     container_working_set: int | None = None
+    container_own_usage: int | None = None
     container_oom_kills: int | None = None
     gpus: tuple[GpuSnapshot, ...] = ()
 
@@ -136,6 +137,7 @@ class MemorySnapshot:
             "swap_used_mib": _mib(self.swap_used),
             "container_usage_mib": _mib(self.container_usage),
             "container_working_set_mib": _mib(self.container_working_set),
+            "container_own_usage_mib": _mib(self.container_own_usage),
             "container_limit_mib": _mib(self.container_limit),
             "container_oom_kills": self.container_oom_kills,
             "effective_limit_mib": _mib(self.effective_limit),
@@ -262,6 +264,7 @@ def snapshot(*, gpus: bool = True) -> MemorySnapshot:
         container_limit=container.limit if container else None,
         container_usage=container.usage if container else None,
         container_working_set=container.working_set if container else None,
+        container_own_usage=container.leaf_usage if container else None,
         container_oom_kills=container.oom_kills if container else None,
         gpus=_gpus() if gpus else (),
     )
