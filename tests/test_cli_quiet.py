@@ -122,8 +122,15 @@ def test_report_prints_each_row_once_per_run_and_nothing_on_stderr(log_dir):
     assert out.returncode == 0
     assert out.stderr == ""
     runs = out.stdout.split("\nrun ")
-    assert sections(out.stdout) == ["run calm/memory (2 epochs)", "run halted/memory (1 epochs)"]
+    assert sections(out.stdout) == [
+        "run calm/memory (2 epochs)",
+        "fits in calm/memory_fits (1)",
+        "run halted/memory (1 epochs)",
+        "fits in halted/memory_fits (1)",
+    ]
     for run in runs:
+        if run.startswith("fits in") or "\nfits in" in run:
+            run = run.split("\nfits in")[0]
         labels = [line.split("  ")[1] for line in run.splitlines()[1:] if line.startswith("  ")]
         labels = [label for label in labels if label]
         assert len(labels) == len(set(labels)), labels
