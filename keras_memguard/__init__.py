@@ -36,7 +36,7 @@ from keras_memguard.isolation.run import (
     shutdown_spares,
 )
 from keras_memguard.isolation.tuner import isolate_trials
-from keras_memguard.probes.snapshot import GpuSnapshot, MemorySnapshot, snapshot
+from keras_memguard.memory_snapshot import GpuSnapshot, MemorySnapshot, snapshot
 from keras_memguard.sizes import Size, format_bytes, parse_size
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ release_memory()'s figures.
 
 Container memory comes from a cgroup v2 tree under a temporary directory whose usage a
 callback raises batch by batch; the GPU from a fake backend adapter at its one
-boundary (`current_backend()` in probes/snapshot.py). Everything else is real.
+boundary (`current_backend()` in keras_memguard/memory_snapshot.py). Everything else is real.
 """
 
 import warnings
@@ -14,10 +14,10 @@ import pytest
 from training import tiny_data, tiny_model
 
 from keras_memguard import MemGuardCallback, release_memory
+from keras_memguard import memory_snapshot as snapshot_module
 from keras_memguard.backends.base import DeviceMemory
 from keras_memguard.errors import MemGuardWarning
 from keras_memguard.probes import cgroup
-from keras_memguard.probes import snapshot as snapshot_module
 
 MIB, GIB = 2**20, 2**30
 LIMIT = GIB

@@ -14,11 +14,11 @@ from fake_nvml import (
     FakeNvml,
 )
 
+from keras_memguard import memory_snapshot as snapshot_module
 from keras_memguard import snapshot
 from keras_memguard.backends.base import DeviceMemory
 from keras_memguard.errors import MemGuardWarning
 from keras_memguard.probes import nvml
-from keras_memguard.probes import snapshot as snapshot_module
 
 
 def test_devices_and_memory(fake_nvml):

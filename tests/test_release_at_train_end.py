@@ -16,8 +16,8 @@ from training import tiny_data, tiny_model
 
 from keras_memguard import MemGuardCallback, release_memory
 from keras_memguard.guard.policy import train_end_release
+from keras_memguard.memory_snapshot import MemorySnapshot
 from keras_memguard.probes.process import read_process_memory
-from keras_memguard.probes.snapshot import MemorySnapshot
 
 pytestmark = pytest.mark.backends
 MIB, GIB = 2**20, 2**30

@@ -21,8 +21,8 @@ from importlib import metadata
 from typing import Any
 
 from keras_memguard.backends import tensorflow as tf_devices
+from keras_memguard.memory_snapshot import MemorySnapshot, snapshot
 from keras_memguard.probes import cgroup, nvml
-from keras_memguard.probes.snapshot import MemorySnapshot, snapshot
 from keras_memguard.sizes import format_bytes
 
 __all__ = ["ENVIRONMENT_VARIABLES", "diagnose", "doctor_report", "format_doctor"]

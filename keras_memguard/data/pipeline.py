@@ -49,7 +49,7 @@ from keras_memguard.data.placement import (
     shuffle_examples,
 )
 from keras_memguard.errors import MemGuardError, invalid_argument, positive_int
-from keras_memguard.probes.snapshot import snapshot
+from keras_memguard.memory_snapshot import snapshot
 from keras_memguard.sizes import format_bytes, parse_size
 
 __all__ = ["CACHE_MODES", "DatasetUnavailableError", "PipelinePlan", "dataset_from_tfds"]

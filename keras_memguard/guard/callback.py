@@ -55,8 +55,8 @@ from keras_memguard.guard.policy import (
 )
 from keras_memguard.guard.release import release_memory
 from keras_memguard.guard.tensorboard import EventWriter
+from keras_memguard.memory_snapshot import MIB, MemorySnapshot, reset_gpu_peaks, snapshot
 from keras_memguard.probes import nvml
-from keras_memguard.probes.snapshot import MIB, MemorySnapshot, reset_gpu_peaks, snapshot
 from keras_memguard.sizes import Size, format_bytes, parse_size
 
 __all__ = ["LOG_KEYS", "Halt", "MemGuardCallback", "MemGuardSummary", "memory_layout"]

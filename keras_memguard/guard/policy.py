@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from keras_memguard.probes.snapshot import MIB, GpuSnapshot, MemorySnapshot
+from keras_memguard.memory_snapshot import MIB, GpuSnapshot, MemorySnapshot
 from keras_memguard.sizes import Size, format_bytes
 
 if TYPE_CHECKING:

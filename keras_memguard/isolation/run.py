@@ -45,9 +45,9 @@ import psutil
 
 from keras_memguard.backends.base import backend_name
 from keras_memguard.errors import MemGuardError, invalid_argument
+from keras_memguard.memory_snapshot import snapshot
 from keras_memguard.probes.cgroup import CgroupReader
 from keras_memguard.probes.process import read_process_memory
-from keras_memguard.probes.snapshot import snapshot
 from keras_memguard.sizes import format_bytes, parse_size
 
 __all__ = [
