@@ -1,6 +1,7 @@
 """run_isolated and find_batch_size with real child processes."""
 
 import functools
+import importlib.util
 import os
 import signal
 import sys
@@ -10,6 +11,7 @@ import isolated_tasks as tasks
 import psutil
 import pytest
 
+from keras_memguard.backends.base import backend_name
 from keras_memguard.isolation.batch_size import BatchSizeSearchError, find_batch_size
 from keras_memguard.isolation.run import (
     ChildFailedError,
@@ -261,7 +263,10 @@ def test_a_phase_can_use_its_own_process_pool(method):
 
 
 def test_a_phase_can_fit_a_pydataset_with_worker_processes():
-    epochs = run_isolated(tasks.Squares.fit_with_workers, env={"KERAS_BACKEND": "jax"}, timeout=180)
+    # JAX where it is installed (its workers fork cleanly); else this run's own backend.
+    backend = "jax" if importlib.util.find_spec("jax") else backend_name()
+    env = {"KERAS_BACKEND": backend}
+    epochs = run_isolated(tasks.Squares.fit_with_workers, env=env, timeout=180)
     assert epochs == 1
 
 
@@ -362,6 +367,7 @@ def test_an_input_that_cannot_travel_says_what_to_pass_instead():
         run_isolated(tasks.add, numbers(), 1)
 
 
+@pytest.mark.tensorflow
 def test_a_tf_dataset_is_refused_with_the_fix():
     import tensorflow as tf
 
@@ -374,6 +380,7 @@ _DRIVER = """
 import sys
 sys.path[:0] = {paths!r}
 import isolated_tasks
+from keras_memguard.backends.base import backend_name
 from keras_memguard import run_isolated
 run_isolated(isolated_tasks.start_grandchild_and_sleep, {pidfile!r}, True)
 """

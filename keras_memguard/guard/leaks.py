@@ -68,7 +68,7 @@ LIBRARY_PACKAGES = (
     "keras_memguard",
 )
 TRACE_FRAMES = 64  # deep enough to reach a user frame below Keras's model building
-MIN_BYTES_PER_EPOCH = 64 * 1024
+MIN_BYTES_PER_EPOCH = 256 * 1024
 TOP_SITES = 5
 _NUMPY_DOMAIN = 389047  # the tracemalloc domain NumPy reports its data buffers in
 _MANAGED_DICT = 1 << 4  # Py_TPFLAGS_MANAGED_DICT (CPython 3.11)
@@ -549,7 +549,7 @@ class LeakTracer:
             from the first epoch after ``warmup_epochs``) or ``False`` (never).
         warmup_epochs: epochs never traced, with ``mode=True``. Defaults to `1`.
         epochs: traced epochs compared after the baseline. Defaults to `2`.
-        min_bytes_per_epoch: smallest growth reported for one site. Defaults to 64 KiB.
+        min_bytes_per_epoch: smallest growth reported for one site. Defaults to 256 KiB.
         top: most sites reported. Defaults to `5`.
         frames: frames kept per allocation traceback. Defaults to `64`.
         max_traces: tracing runs at most this many times per ``fit`` (a trace that finds
