@@ -75,7 +75,7 @@ def guarded_run(leak_mib: int) -> dict:
         "bound": bound,
         "naive_highest": naive.highest,
         "workers_seen": naive.children,
-        "peak_tree": guard.summary.peak_process_tree_rss,
+        "peak_tree": guard.summary.peak_process_tree,
         "epochs_run": len(history.history["loss"]),
         "halt": None if halt is None else {"metric": halt.metric, "value": halt.value},
     }

@@ -328,7 +328,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         if self._workers.multi_worker and self._check_every is None:
             self._check_every = MULTI_WORKER_CHECK_EVERY
         snap = self._sample()
-        self.summary.start_process_tree_rss = snap.process_tree
+        self.summary.start_process_tree = snap.process_tree
         self._warn_unbounded_gpus(snap)
         self._open_writer([gpu.index for gpu in snap.gpus])
         if self.add_to_logs is None:
@@ -476,11 +476,11 @@ class MemGuardCallback(keras.callbacks.Callback):
         if self.release_on_train_end:
             # A full release only where it can matter (see train_end_release). The cheap
             # one also keeps PyTorch's cached GPU blocks: a next fit would take them back.
-            reason = train_end_release(self.summary.start_process_tree_rss, self._sample())
+            reason = train_end_release(self.summary.start_process_tree, self._sample())
             full = reason is not None
             self.summary.release = release_memory(generation=2 if full else 1, empty_cache=full)
         snap = self._sample()
-        self.summary.end_process_tree_rss = snap.process_tree
+        self.summary.end_process_tree = snap.process_tree
         fit = self.__dict__.pop("_fit", None)  # this fit's point in the memory_fits run
         if fit is not None and self.log_dir is not None:
             fits.end(self.log_dir, fit, self.summary)
@@ -501,7 +501,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         tree, available = snap.process_tree, snap.effective_available
         if tree is not None:
             self._epoch_peak_tree = _extreme(max, self._epoch_peak_tree, tree)
-            summary.peak_process_tree_rss = _extreme(max, summary.peak_process_tree_rss, tree)
+            summary.peak_process_tree = _extreme(max, summary.peak_process_tree, tree)
         if available is not None:
             self._epoch_min_available = _extreme(min, self._epoch_min_available, available)
             summary.min_effective_available = _extreme(

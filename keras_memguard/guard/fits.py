@@ -98,9 +98,9 @@ def end(log_dir: str, fit: Fit, summary: Any) -> None:
     if fit.base != "memory" or not os.path.isdir(log_dir):
         return  # not the chief's fit, or the user removed log_dir: never recreate it
     points = {
-        "start_mib": _mib(summary.start_process_tree_rss),
-        "end_mib": _mib(summary.end_process_tree_rss),
-        "peak_mib": _mib(summary.peak_process_tree_rss),
+        "start_mib": _mib(summary.start_process_tree),
+        "end_mib": _mib(summary.end_process_tree),
+        "peak_mib": _mib(summary.peak_process_tree),
     }
     try:
         writer = EventWriter(os.path.join(log_dir, SUMMARY_RUN))

@@ -112,9 +112,9 @@ class MemGuardSummary:
     """What one ``fit`` did to memory. ``print(summary)`` gives a compact report."""
 
     epochs: int = 0
-    start_process_tree_rss: int | None = None
-    peak_process_tree_rss: int | None = None
-    end_process_tree_rss: int | None = None
+    start_process_tree: int | None = None
+    peak_process_tree: int | None = None
+    end_process_tree: int | None = None
     min_effective_available: int | None = None
     peak_gpu: dict[int, int] = field(default_factory=dict)
     leak_slope_mib_per_epoch: float | None = None
@@ -131,8 +131,8 @@ class MemGuardSummary:
         b = format_bytes
         lines = [
             f"keras-memguard: {self.epochs} epoch(s); process tree "
-            f"{b(self.start_process_tree_rss)} -> {b(self.end_process_tree_rss)} "
-            f"(peak {b(self.peak_process_tree_rss)}); lowest available "
+            f"{b(self.start_process_tree)} -> {b(self.end_process_tree)} "
+            f"(peak {b(self.peak_process_tree)}); lowest available "
             f"{b(self.min_effective_available)}"
         ]
         for index, peak in sorted(self.peak_gpu.items()):
