@@ -30,7 +30,7 @@ from keras_memguard.probes.cgroup import read_container_memory
 from keras_memguard.probes.process import read_process_memory
 from keras_memguard.probes.system import read_system_memory
 
-__all__ = ["GpuSnapshot", "MemorySnapshot", "reset_gpu_peaks", "snapshot"]
+__all__ = ["GpuSnapshot", "MemorySnapshot", "reset_gpu_peaks", "snapshot", "to_mib"]
 
 MIB = 2**20
 
@@ -127,30 +127,30 @@ class MemorySnapshot:
     def metrics(self) -> dict[str, float]:
         """A flat ``{name: value}`` view in MiB, percent and s, without the ``None`` figures."""
         values: dict[str, float | int | None] = {
-            "process_rss_mib": _mib(self.process_rss),
-            "process_tree_mib": _mib(self.process_tree),
-            "process_children_mib": _mib(self.process_children),
+            "process_rss_mib": to_mib(self.process_rss),
+            "process_tree_mib": to_mib(self.process_tree),
+            "process_children_mib": to_mib(self.process_children),
             "process_children_age_s": _round(self.process_children_age_s),
-            "process_rss_peak_mib": _mib(self.process_peak_rss),
-            "system_available_mib": _mib(self.system_available),
+            "process_rss_peak_mib": to_mib(self.process_peak_rss),
+            "system_available_mib": to_mib(self.system_available),
             "system_used_percent": self.system_used_percent,
-            "swap_used_mib": _mib(self.swap_used),
-            "container_usage_mib": _mib(self.container_usage),
-            "container_working_set_mib": _mib(self.container_working_set),
-            "container_own_usage_mib": _mib(self.container_own_usage),
-            "container_limit_mib": _mib(self.container_limit),
+            "swap_used_mib": to_mib(self.swap_used),
+            "container_usage_mib": to_mib(self.container_usage),
+            "container_working_set_mib": to_mib(self.container_working_set),
+            "container_own_usage_mib": to_mib(self.container_own_usage),
+            "container_limit_mib": to_mib(self.container_limit),
             "container_oom_kills": self.container_oom_kills,
-            "effective_limit_mib": _mib(self.effective_limit),
-            "effective_available_mib": _mib(self.effective_available),
+            "effective_limit_mib": to_mib(self.effective_limit),
+            "effective_available_mib": to_mib(self.effective_available),
         }
         for gpu in self.gpus:
             prefix = f"gpu{gpu.index}_"
-            values[prefix + "device_used_mib"] = _mib(gpu.device_used)
-            values[prefix + "device_total_mib"] = _mib(gpu.total)
-            values[prefix + "process_mib"] = _mib(gpu.process_used)
-            values[prefix + "allocated_mib"] = _mib(gpu.allocated)
-            values[prefix + "allocated_peak_mib"] = _mib(gpu.allocated_peak)
-            values[prefix + "reserved_mib"] = _mib(gpu.reserved)
+            values[prefix + "device_used_mib"] = to_mib(gpu.device_used)
+            values[prefix + "device_total_mib"] = to_mib(gpu.total)
+            values[prefix + "process_mib"] = to_mib(gpu.process_used)
+            values[prefix + "allocated_mib"] = to_mib(gpu.allocated)
+            values[prefix + "allocated_peak_mib"] = to_mib(gpu.allocated_peak)
+            values[prefix + "reserved_mib"] = to_mib(gpu.reserved)
         return {k: float(v) for k, v in values.items() if v is not None}
 
 
@@ -158,7 +158,8 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def _mib(value: int | None) -> float | None:
+def to_mib(value: int | None) -> float | None:
+    """Bytes as MiB rounded to 3 places, the unit of every logged key; ``None`` stays."""
     return None if value is None else round(value / MIB, 3)
 
 

@@ -320,7 +320,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         _, self._gpu_peaks_seen = gpu_peaks_since_check(snapshot().gpus, {})
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._end_stale_fit(force=True)  # a guard reused after a fit that raised
+        self._end_stale_fit()  # a guard reused after a fit that raised
         self._reset_run_state()
         self._in_fit = True
         self._reset_phase("train")
@@ -380,13 +380,8 @@ class MemGuardCallback(keras.callbacks.Callback):
             frame = frame.f_back
         return False
 
-    def _end_stale_fit(self, force: bool = False) -> None:
-        """Closes what a fit that raised left open: its writer, its run, its tracer.
-
-        Without ``force``, only when no fit of the model is running any more.
-        """
-        if not force and self._in_fit and self._fit_is_running():
-            return
+    def _end_stale_fit(self) -> None:
+        """Closes what a fit that raised left open: its writer, its run, its tracer."""
         self._in_fit = False
         tracer = getattr(self, "_tracer", None)
         if tracer is not None:
@@ -394,10 +389,14 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.__dict__.pop("_fit", None)
         self._close_writer()
 
-    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if self._in_fit:
+    def _still_in_fit(self) -> bool:
+        """Whether a fit is running now; if the one marked running raised, ends it."""
+        if self._in_fit and not self._fit_is_running():
             self._end_stale_fit()
-        if self._in_fit:
+        return self._in_fit
+
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self._still_in_fit():
             # The validation pass: keep the training epoch's peaks, check the same bounds.
             self._phase = "validation"
             self._batches_since_check = 0
@@ -433,9 +432,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         Called from inside ``fit`` (a callback predicting on samples, say), it checks
         the same bounds and keeps the epoch's peaks.
         """
-        if self._in_fit:
-            self._end_stale_fit()
-        if self._in_fit:
+        if self._still_in_fit():
             self._phase, self._batches_since_check = phase, 0
             return
         self._epoch = None

@@ -31,6 +31,7 @@ from typing import Any
 
 from keras_memguard.errors import warn_once
 from keras_memguard.guard.tensorboard import EventWriter
+from keras_memguard.memory_snapshot import to_mib
 
 __all__ = ["SUMMARY_RUN", "Fit", "begin", "current_trial", "end", "set_trial"]
 
@@ -86,10 +87,6 @@ def begin(log_dir: str, base_run: str = "memory") -> Fit:
     return Fit(run, index, trial, base_run)
 
 
-def _mib(value: int | None) -> float | None:
-    return None if value is None else value / 2**20
-
-
 def end(log_dir: str, fit: Fit, summary: Any) -> None:
     """Adds this fit's start, end and peak process-tree memory to the summary run.
 
@@ -98,9 +95,9 @@ def end(log_dir: str, fit: Fit, summary: Any) -> None:
     if fit.base != "memory" or not os.path.isdir(log_dir):
         return  # not the chief's fit, or the user removed log_dir: never recreate it
     points = {
-        "start_mib": _mib(summary.start_process_tree),
-        "end_mib": _mib(summary.end_process_tree),
-        "peak_mib": _mib(summary.peak_process_tree),
+        "start_mib": to_mib(summary.start_process_tree),
+        "end_mib": to_mib(summary.end_process_tree),
+        "peak_mib": to_mib(summary.peak_process_tree),
     }
     try:
         writer = EventWriter(os.path.join(log_dir, SUMMARY_RUN))
