@@ -8,19 +8,15 @@ environment, where TensorFlow is installed and could be imported by mistake.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import subprocess
-import sys
 
 import pytest
+from training import run_script
 
 from keras_memguard.cli.report import read_run
 from keras_memguard.guard.callback import LOG_KEYS
 
 pytestmark = [pytest.mark.backends, pytest.mark.slow]
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 @pytest.fixture(scope="module", params=["jax", "torch"])
@@ -29,17 +25,8 @@ def guarded_fit(request, tmp_path_factory):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed in this environment")
     workdir = tmp_path_factory.mktemp(backend)
-    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=HERE + os.pathsep + ROOT)
-    proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "backend_fit.py"), str(workdir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(workdir / "result.json") as f:
-        return backend, workdir, json.load(f)
+    result, _ = run_script("backend_fit.py", workdir=workdir, KERAS_BACKEND=backend)
+    return backend, workdir, result
 
 
 def test_leak_halted_with_a_loadable_checkpoint(guarded_fit):

@@ -1,21 +1,17 @@
 """MemGuardCallback in real fit() runs, with TensorBoard event files read back."""
 
-import json
 import os
-import subprocess
-import sys
 import warnings
 
 import keras
 import numpy as np
 import pytest
-from training import Leak, read_scalars, read_texts, tiny_data, tiny_model
+from training import Leak, read_scalars, read_texts, run_script, tiny_data, tiny_model
 
 from keras_memguard import MemGuardCallback, MemoryLimitExceededError
 from keras_memguard.errors import MemGuardWarning
 from keras_memguard.guard.callback import LOG_KEYS
 
-HERE = os.path.dirname(__file__)
 MIB = 2**20
 
 # The epoch tags on a machine without GPUs and without a container limit, with
@@ -41,17 +37,8 @@ BASE_TAGS = {
 @pytest.fixture(scope="module")
 def leaky_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("leaky")
-    env = {**os.environ, "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "leaky_training.py"), str(workdir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(workdir / "result.json") as f:
-        return workdir, json.load(f), proc.stderr
+    result, stderr = run_script("leaky_training.py", workdir=workdir)
+    return workdir, result, stderr
 
 
 def test_leak_is_halted_before_bound_plus_one_check(leaky_run):

@@ -3,37 +3,24 @@
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 
 import pytest
+from training import run_script
 
 from keras_memguard.cli.report import read_run
 from keras_memguard.guard.callback import LOG_KEYS
 
 pytestmark = pytest.mark.backends
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 def test_guard_under_jax_data_parallel(tmp_path):
-    env = dict(
-        os.environ,
+    result, _ = run_script(
+        "data_parallel_fit.py",
+        workdir=tmp_path,
         KERAS_BACKEND="jax",
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        PYTHONPATH=HERE + os.pathsep + os.path.dirname(HERE),
     )
-    proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "data_parallel_fit.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "result.json").read_text())
     assert result["devices"] == ["cpu:0", "cpu:1"]
     assert result["kernel_devices"] == 2  # the weights are replicated on both devices
     assert result["epochs"] == 2 and result["halts"] == 0

@@ -12,12 +12,12 @@ import functools
 import json
 import os
 import re
-import subprocess
 import sys
 import tracemalloc
 
 import numpy as np
 import pytest
+from training import run_script
 
 from keras_memguard.cli.main import main as memguard
 from keras_memguard.cli.report import load_report
@@ -44,23 +44,11 @@ def _site(name: str) -> str:
 
 
 def _train(scenario: str, workdir) -> dict:
-    env = {
-        **os.environ,
-        "KERAS_BACKEND": BACKEND,
-        "PYTHONPATH": os.pathsep.join([HERE, os.path.dirname(HERE)]),
-    }
-    proc = subprocess.run(
-        [sys.executable, SCRIPT, scenario, str(workdir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
+    result, stderr = run_script(
+        "leak_sites_training.py", scenario, workdir=workdir, timeout=600, KERAS_BACKEND=BACKEND
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    with open(os.path.join(workdir, "result.json")) as f:
-        result = json.load(f)
     assert result["backend"] == BACKEND
-    result["stderr"] = proc.stderr
+    result["stderr"] = stderr
     return result
 
 

@@ -4,19 +4,16 @@ Forked children share the parent's pages until they write them; summing every
 process's RSS counted those pages once per child and halted healthy runs.
 """
 
-import json
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
+from training import run_script
 
 from keras_memguard.probes import process as process_memory
 from keras_memguard.probes.process import read_process_memory
 
-HERE = os.path.dirname(__file__)
 MIB, GIB = 2**20, 2**30
 
 pytestmark = pytest.mark.skipif(
@@ -112,17 +109,7 @@ def test_children_figure_is_refreshed_on_its_own_cadence_and_says_its_age(monkey
 @pytest.fixture(scope="module")
 def forked_workers_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("forked")
-    env = {**os.environ, "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "forked_workers_training.py"), str(workdir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(workdir / "result.json") as f:
-        return json.load(f)
+    return run_script("forked_workers_training.py", workdir=workdir)[0]
 
 
 def test_pydataset_with_forked_workers_is_not_halted_falsely(forked_workers_run):

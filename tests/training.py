@@ -1,6 +1,12 @@
-"""Tiny real Keras models and data for tests, and TensorBoard event reading."""
+"""Tiny real Keras models and data for tests, TensorBoard event reading, and training
+scripts run in a fresh Python."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -77,3 +83,30 @@ def read_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
 def read_texts(run_dir: str, tag: str = "memory/halt") -> list[str]:
     assert tag == "memory/halt"
     return read_run(run_dir).halts
+
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_script(
+    script: str, *args: object, workdir: object, timeout: float = 300, **env: str
+) -> tuple[dict, str]:
+    """Runs ``tests/<script> *args workdir`` in a fresh Python with ``env`` added.
+
+    Returns the ``workdir/result.json`` the script wrote, and its stderr. The tests'
+    directory and the repository come first on the script's path.
+
+    Example:
+        >>> result, stderr = run_script("backend_fit.py", workdir=tmp, KERAS_BACKEND="jax")
+    """
+    path = os.pathsep.join([TESTS, os.path.dirname(TESTS), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, os.path.join(TESTS, script), *map(str, args), str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env, "PYTHONPATH": path},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(os.path.join(str(workdir), "result.json")) as f:
+        return json.load(f), proc.stderr
