@@ -485,3 +485,34 @@ def test_cifar10_size_config_stores_the_same_images_as_raw_tensors(shapes_dir):
     for index, (key, example) in enumerate(generated):
         assert key == index and example["label"] == index % len(CLASSES)
         np.testing.assert_array_equal(example["image"], draw_shape(rng, index % len(CLASSES)))
+
+
+@pytest.mark.parametrize(
+    "structure",
+    [
+        lambda image, label: {"image": image, "label": label},
+        lambda image, label: (image,),
+        lambda image, label: (image, label, tf.ones_like(label)),
+    ],
+    ids=["dict", "one-tuple", "three-tuple"],
+)
+def test_preprocessed_cache_gives_the_model_the_same_elements_as_the_raw_one(shapes_dir, structure):
+    def batch_preprocess(images, labels):
+        return structure(tf.cast(images, tf.float32) / 255.0, labels)
+
+    datasets = [
+        dataset_from_tfds(
+            "memguard_shapes",
+            "test[:100]",
+            batch_size=50,
+            data_dir=shapes_dir,
+            batch_preprocess=batch_preprocess,
+            cache=cache,
+            seed=0,
+        )
+        for cache in ("preprocessed", "raw")
+    ]
+    assert datasets[0].element_spec == datasets[1].element_spec
+    first, second = (next(iter(ds)) for ds in datasets)  # test split, seed: same order
+    for a, b in zip(tf.nest.flatten(first), tf.nest.flatten(second), strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
