@@ -23,13 +23,15 @@ def run_example(name, *args, timeout=600):
 def test_quickstart_trains_logs_and_points_to_tensorboard(shapes_dir, tmp_path):
     log_dir = tmp_path / "logs"
     out = run_example(
-        "quickstart.py", "--epochs", "1", "--data-dir", shapes_dir, "--log-dir", str(log_dir)
+        "quickstart.py", "--epochs", "2", "--data-dir", shapes_dir, "--log-dir", str(log_dir)
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"tensorboard --logdir {log_dir}" in out.stdout
-    assert "keras-memguard: 1 epoch(s)" in out.stdout + out.stderr
+    assert "keras-memguard: 2 epoch(s)" in out.stdout + out.stderr
     accuracy = float(out.stdout.split("test accuracy ")[1].split()[0])
-    assert accuracy > 0.4  # four classes: chance is 0.25
+    # Four classes: chance is 0.25. Unseeded, one epoch gave 0.36 to 0.63 here, two
+    # epochs 0.80.
+    assert accuracy > 0.5
     assert {"train", "validation", "memory"} <= set(os.listdir(log_dir))
     assert "memory/process_tree_mib" in read_scalars(str(log_dir / "memory"))
 
