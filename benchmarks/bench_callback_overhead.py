@@ -2,7 +2,7 @@
 on the Keras backend in use, what one device-memory read costs there, and the
 guard's fixed cost per ``fit()`` (people call fit in loops).
 
-Run: python benchmarks/bench_callback_overhead.py [--rounds 12] [--part all]
+Run: python benchmarks/bench_callback_overhead.py [--rounds 12] [--part all] [--model conv]
      KERAS_BACKEND=jax python benchmarks/bench_callback_overhead.py
      KERAS_BACKEND=torch python benchmarks/bench_callback_overhead.py
      python benchmarks/bench_callback_overhead.py --part per-fit --fits 15
@@ -19,6 +19,10 @@ after the guard (so the guard's per-batch and epoch-end work is inside the timin
 the guard's once-per-fit costs (the first sample, and the gc at train end) are printed
 separately. Goal: ratio >= 0.99. On TensorFlow the data come through tf.data; on JAX
 and PyTorch as NumPy arrays (no TensorFlow needed).
+
+``--model dense`` trains a small dense model instead of the convnet: steps of about
+0.5 ms on the CPU machine, where a callback that made Keras wait for every step's logs
+(JAX, PyTorch: a batch-end hook that is not ``async_safe``) shows at once.
 
 The device read is ``current_backend().device_memory()`` (JAX: ``memory_stats()`` of
 each GPU; torch: the caching allocator's counters; TensorFlow: ``get_memory_info``).
@@ -46,9 +50,10 @@ from keras_memguard.backends.base import current_backend
 STEPS, BATCH = 150, 64
 
 
-def make():
+def make(kind: str = "conv"):
     rng = np.random.default_rng(0)
-    x = rng.random((STEPS * BATCH, 32, 32, 3), dtype=np.float32)
+    shape = (32, 32, 3) if kind == "conv" else (32,)
+    x = rng.random((STEPS * BATCH, *shape), dtype=np.float32)
     y = rng.integers(0, 10, STEPS * BATCH)
     if keras.config.backend() == "tensorflow":
         import tensorflow as tf
@@ -57,14 +62,19 @@ def make():
         inputs: dict = {"x": data}
     else:
         inputs = {"x": x, "y": y, "batch_size": BATCH, "shuffle": False}
-    model = keras.Sequential(
-        [
-            keras.Input((32, 32, 3)),
+    layers = {
+        "conv": [
             keras.layers.Conv2D(16, 3, activation="relu"),
             keras.layers.MaxPooling2D(),
             keras.layers.Flatten(),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
+        ],
+        "dense": [
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(256, activation="relu"),
+        ],
+    }[kind]
+    model = keras.Sequential(
+        [keras.Input(shape), *layers, keras.layers.Dense(10, activation="softmax")]
     )
     model.compile("adam", "sparse_categorical_crossentropy")
     return model, inputs
@@ -157,8 +167,8 @@ def per_fit(fits: int = 15) -> None:
         )
 
 
-def main(rounds: int = 12, epochs: int = 2) -> None:
-    model, data = make()
+def main(rounds: int = 12, epochs: int = 2, kind: str = "conv") -> None:
+    model, data = make(kind)
     model.fit(**data, epochs=1, verbose=0)  # trace and warm the cache
     guard = MemGuardCallback(verbose=0)
     timers = {"none": EpochTimer(), "guard": EpochTimer()}
@@ -173,7 +183,7 @@ def main(rounds: int = 12, epochs: int = 2) -> None:
         guard.on_train_end()
         fixed.append(time.perf_counter() - start)
     none, guarded = timers["none"].rates, timers["guard"].rates
-    print(f"{rounds * epochs} epochs of {STEPS} steps each way, interleaved")
+    print(f"{rounds * epochs} epochs of {STEPS} steps each way, interleaved ({kind} model)")
     print(f"{'run':<22}{'median samples/s':>18}{'best samples/s':>16}")
     print(f"{'no callback':<22}{statistics.median(none):>18.0f}{max(none):>16.0f}")
     print(f"{'MemGuardCallback()':<22}{statistics.median(guarded):>18.0f}{max(guarded):>16.0f}")
@@ -198,9 +208,10 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--fits", type=int, default=15, help="fits per side (per-fit part)")
     parser.add_argument("--part", choices=["all", "throughput", "per-fit"], default="all")
+    parser.add_argument("--model", choices=["conv", "dense"], default="conv")
     args = parser.parse_args()
     print(f"backend {keras.config.backend()}, Keras {keras.__version__}")
     if args.part in ("all", "throughput"):
-        main(args.rounds, args.epochs)
+        main(args.rounds, args.epochs, args.model)
     if args.part in ("all", "per-fit"):
         per_fit(args.fits)
