@@ -5,7 +5,10 @@ Keras ``logs`` get a short subset, see ``LOG_KEYS``) are documented with their u
 docs/metrics.md. Every key ends in its unit: ``_mib`` (MiB), ``_percent``, ``_s``.
 
 The same bounds are checked in every phase: training batches, the validation pass
-inside ``fit``, ``evaluate()`` and ``predict()``.
+inside ``fit``, ``evaluate()`` and ``predict()``. The checks run in the batch-*begin*
+hooks: Keras (JAX, PyTorch) runs batch-end hooks asynchronously only where no callback
+overrides them without being thread safe, and waiting for every step's logs costs
+throughput (docs/callback.md).
 
 Example:
     >>> guard = MemGuardCallback(log_dir="logs", max_process_memory="80%",
@@ -16,18 +19,15 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 import keras
 
@@ -72,19 +72,6 @@ PREFIX = "memory/"
 LOG_KEYS = ("memory/process_tree_peak_mib",)
 # With several workers, checks happen on batch counts (the same step on every worker).
 MULTI_WORKER_CHECK_EVERY = 10
-
-_Hook = TypeVar("_Hook", bound=Callable[..., Any])
-
-
-def _one_at_a_time(hook: _Hook) -> _Hook:
-    """Runs a hook under the guard's lock: Keras may call batch-end hooks from threads."""
-
-    @functools.wraps(hook)
-    def locked(self: MemGuardCallback, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
-            return hook(self, *args, **kwargs)
-
-    return locked  # type: ignore[return-value]
 
 
 def _optional_size(value: Any, name: str, allow_fraction: bool = True) -> Size | None:
@@ -152,15 +139,17 @@ class MemGuardCallback(keras.callbacks.Callback):
             peak is what runs a GPU out), else its live bytes, else NVML's figure for
             this process. A fraction needs the GPU's total (NVML, or the framework's
             own limit). Defaults to `None`.
-        on_exceed: `"stop"` (save, then `model.stop_training = True`), `"raise"` (save,
-            then raise `MemoryLimitExceededError`) or `"warn"`. In `evaluate()` and
+        on_exceed: `"stop"` (save, then `model.stop_training = True`: Keras finishes
+            the batch it was about to run, and the checkpoint is saved again after it),
+            `"raise"` (save, then raise `MemoryLimitExceededError` before that batch) or
+            `"warn"`. In `evaluate()` and
             `predict()`, `"stop"` raises too: a truncated result would mislead.
             Defaults to `"stop"`.
         checkpoint_path: where the model is saved before a halt (`.keras` for the whole
             model, `.weights.h5` for weights). Defaults to `None` (nothing saved).
         check_interval: seconds between threshold checks during an epoch; one check
             costs about 100 µs, so the default costs < 0.1% of a step. Defaults to `0.1`.
-        check_every_n_batches: check every N batch-end hooks instead of by time. With
+        check_every_n_batches: check every N batch-begin hooks instead of by time. With
             `steps_per_execution > 1`, Keras calls batch hooks once per execution.
             Defaults to `None`.
         log_every_n_batches: also write `memory_batch/<key>` scalars every N batches.
@@ -209,13 +198,6 @@ class MemGuardCallback(keras.callbacks.Callback):
         ...                          checkpoint_path="guard.keras")
         >>> model.fit(x, y, epochs=5, callbacks=[guard])
     """
-
-    # Keras runs batch-end hooks in its thread pool on the thread-safe backends (JAX,
-    # PyTorch) only if every callback that overrides them says it is safe; otherwise it
-    # waits for each step's logs, and a small step pays for it (0.52 -> 0.61 ms on JAX,
-    # benchmarks/bench_callback_overhead.py). A halt decided in that pool stops the loop
-    # at once and is carried out (checkpoint, message, raise) on fit's own thread.
-    async_safe = True
 
     def __init__(
         self,
@@ -294,20 +276,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.last_snapshot: MemorySnapshot | None = None
         self._writer: Any = None
         self._in_fit = False
-        self._lock = threading.RLock()
-        self._hooks_thread: int | None = None  # the thread running fit / evaluate / predict
-        self._pending_halt: tuple[Halt, str, MemorySnapshot] | None = None
         self._reset_run_state()
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Picklable and deep-copyable (KerasTuner copies callbacks per trial): no lock."""
-        state = self.__dict__.copy()
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
 
     # ----------------------------------------------------------------- run state
     def _reset_run_state(self) -> None:
@@ -324,6 +293,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._tracer = LeakTracer(self.trace_leaks, warmup_epochs=self.leak_warmup_epochs)
         self._halted = False
         self._halted_epoch: int | None = None
+        self._save_again = False
         self._over: set[str] = set()  # bounds currently crossed (warn mode, low memory)
         self._log_keys: list[str] | None = None
         self._adding_to_logs = bool(self.add_to_logs)
@@ -355,12 +325,9 @@ class MemGuardCallback(keras.callbacks.Callback):
         # A peak that cannot be reset counts only once it rises above today's.
         _, self._gpu_peaks_seen = gpu_peaks_since_check(snapshot().gpus, {})
 
-    @_one_at_a_time
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._end_stale_fit()  # a guard reused after a fit that raised
         self._reset_run_state()
-        self._pending_halt = None
-        self._hooks_thread = threading.get_ident()
         self._in_fit = True
         self._reset_phase("train")
         self._workers = worker_context(self.model)
@@ -373,31 +340,20 @@ class MemGuardCallback(keras.callbacks.Callback):
         if self.add_to_logs is None:
             self._adding_to_logs = self._writer is None
 
-    @_one_at_a_time
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
         self._reset_phase("train")
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self._carry_out_pending_halt()
-
-    def on_test_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self._carry_out_pending_halt()
-
-    def on_predict_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self._carry_out_pending_halt()
-
-    @_one_at_a_time
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._global_batch += 1
         log_due = (
             self.log_every_n_batches is not None
             and self._global_batch % self.log_every_n_batches == 0
         )
-        self._batch_end(batch, log_due)
+        self._batch_check(batch, log_due)
 
-    def _batch_end(self, batch: int, log_due: bool = False) -> None:
-        """The check of every phase: by batch count or by time, as configured."""
+    def _batch_check(self, batch: int, log_due: bool = False) -> None:
+        """The check of every phase, before a batch: by batch count or time, as configured."""
         if self._phase == "validation" and self._workers.multi_worker:
             return  # one worker stopping its validation alone would stall the others
         self._batches_since_check += 1
@@ -445,9 +401,8 @@ class MemGuardCallback(keras.callbacks.Callback):
             self._end_stale_fit()
         return self._in_fit
 
-    @_one_at_a_time
     def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._carry_out_pending_halt()
+        self._save_after_last_step()
         if self._still_in_fit():
             # The validation pass: keep the training epoch's peaks, check the same bounds.
             self._phase = "validation"
@@ -459,31 +414,22 @@ class MemGuardCallback(keras.callbacks.Callback):
             return
         self._begin_standalone("evaluate")
 
-    @_one_at_a_time
-    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+    def on_test_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self._phase_halted or (self._in_fit and self._halted):
-            self._model_unsynced.stop_evaluating = True
+            self._model_for_flags.stop_evaluating = True
             return
-        self._batch_end(batch)
+        self._batch_check(batch)
 
-    def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
-        self._carry_out_pending_halt()  # Keras has waited for the batch-end hooks
-
-    @_one_at_a_time
     def on_predict_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._carry_out_pending_halt()
         self._begin_standalone("predict")
 
-    @_one_at_a_time
-    def on_predict_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+    def on_predict_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self._phase_halted:
-            self._model_unsynced.stop_predicting = True
+            self._model_for_flags.stop_predicting = True
             return
-        self._batch_end(batch)
+        self._batch_check(batch)
 
-    @_one_at_a_time
     def on_predict_end(self, logs: dict[str, Any] | None = None) -> None:
-        self._carry_out_pending_halt()
         if self._in_fit:
             self._phase = "train"  # a predict() inside fit is over: training goes on
 
@@ -497,14 +443,12 @@ class MemGuardCallback(keras.callbacks.Callback):
             self._phase, self._batches_since_check = phase, 0
             return
         self._epoch = None
-        self._hooks_thread = threading.get_ident()
         self._workers = WorkerContext()
         self._check_every = self.check_every_n_batches
         self._reset_phase(phase)
 
-    @_one_at_a_time
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._carry_out_pending_halt()  # Keras has waited for the batch-end hooks
+        self._save_after_last_step()
         self._phase = "train"
         snap = self._sample()
         metrics = snap.metrics()
@@ -530,9 +474,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.summary.epochs += 1
         self._check(snap, None)
 
-    @_one_at_a_time
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        self._carry_out_pending_halt()
         self._in_fit = False
         if self._tracer is not None:
             self._tracer.close()  # issue #16
@@ -659,58 +601,27 @@ class MemGuardCallback(keras.callbacks.Callback):
             self._over.discard("low-memory")
 
     def _halt(self, halt: Halt, parameter: str, snap: MemorySnapshot) -> None:
-        """Stops the phase; saves, says so and raises now, or on fit's own thread.
-
-        From a batch-end hook that Keras runs in its thread pool, the loop is stopped at
-        once and the rest waits for the next hook on the thread running ``fit`` (the
-        next batch's begin, the epoch's end or the phase's end, where Keras has waited
-        for its pool): saving there is safe (on JAX, reading the model from the pool
-        would sync the training state under the running loop).
-        """
-        self._phase_halted = True
-        if self._in_fit:
-            self._halted = True
-            self._halted_epoch = self._epoch
-        if threading.get_ident() == self._hooks_thread:
-            self._carry_out(halt, parameter, snap)
-            return
-        model = self._model_unsynced
-        if self._phase in ("validation", "evaluate"):
-            model.stop_evaluating = True
-        elif self._phase == "predict":
-            model.stop_predicting = True
-        if self._in_fit:
-            model.stop_training = True
-        self._pending_halt = (halt, parameter, snap)
-
-    @property
-    def _model_unsynced(self) -> Any:
-        """The model, for setting a stop flag from any thread.
-
-        ``self.model`` on JAX copies the training state into the model's variables,
-        which only the thread running ``fit`` may do.
-        """
-        return self._model if keras.backend.backend() == "jax" else self.model
-
-    def _carry_out_pending_halt(self) -> None:
-        """On fit's thread: the checkpoint, message and raise of a halt decided elsewhere."""
-        if self._pending_halt is None:
-            return
-        with self._lock:
-            pending, self._pending_halt = self._pending_halt, None
-            if pending is not None:
-                self._carry_out(*pending)
-
-    def _carry_out(self, halt: Halt, parameter: str, snap: MemorySnapshot) -> None:
         standalone = not self._in_fit
+        self._phase_halted = True
         if standalone:
             # evaluate() / predict(): nothing was trained, so nothing to save; the caller
             # gets an error rather than truncated metrics or predictions.
             saved = None
             verb = "raising"
         else:
+            self._halted = True
+            self._halted_epoch = self._epoch
             saved = self._save_checkpoint()
             verb = "stopping training" if self.on_exceed == "stop" else "raising"
+            # Halted before a training batch: Keras still runs that batch, then stops.
+            # Saved now in case that batch fails; saved again once it is done, so the
+            # checkpoint is the model fit returns (_save_after_last_step). Every worker
+            # saves both times: saving may run collective ops.
+            self._save_again = (
+                self.checkpoint_path is not None
+                and self.on_exceed == "stop"
+                and halt.phase == "train"
+            )
         halt = replace(halt, checkpoint=saved)
         self.summary.halts.append(halt)
         line = f"keras-memguard: {verb}: {halt.describe()} ({parameter})"
@@ -727,6 +638,10 @@ class MemGuardCallback(keras.callbacks.Callback):
         if self._phase == "validation":
             self.model.stop_evaluating = True
         if self.on_exceed == "raise" or standalone:
+            if standalone:
+                # JAX's evaluate() and predict() put the model's state back only when their
+                # loop ends; reading self.model does it now, so the model stays usable.
+                _ = self.model
             self._close_writer()
             self._in_fit = False  # fit ends here: on_train_end will not run
             raise MemoryLimitExceededError(
@@ -739,6 +654,26 @@ class MemGuardCallback(keras.callbacks.Callback):
                 batch=halt.batch,
             )
         self.model.stop_training = True
+
+    @property
+    def _model_for_flags(self) -> Any:
+        """The model, for a stop flag: on JAX ``self.model`` also syncs its state."""
+        return self._model if keras.backend.backend() == "jax" else self.model
+
+    def _save_after_last_step(self) -> None:
+        """The second save of a halt before a training batch: now that batch is done."""
+        if not self._save_again:
+            return
+        self._save_again = False
+        first = self.summary.halts[-1].checkpoint if self.summary.halts else None
+        if first is None and not self._workers.multi_worker:
+            return  # the first save failed, and said so loudly: no second message
+        if self._save_checkpoint() is None and first is not None:
+            print(
+                f"keras-memguard: {first} holds the model from before the last batch.",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _save_checkpoint(self) -> str | None:
         path = self.checkpoint_path
