@@ -153,6 +153,32 @@ def test_guard_keeps_keras_batch_end_hooks_asynchronous_and_checks_on_the_traini
     assert in_pool == END_HOOKS_IN_POOL[keras.backend.backend()]
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's dispatch runs ahead")
+def test_on_jax_a_check_sees_the_steps_dispatched_up_to_the_previous_check():
+    import jax
+
+    seen = []
+
+    class Recording(MemGuardCallback):
+        def _wait_for_dispatched_steps(self, all_of_them=False):
+            previous = self._step_marker  # marks the step dispatched at the last check
+            super()._wait_for_dispatched_steps(all_of_them)
+            if previous is not None:
+                seen.append(previous.is_ready())  # when the check reads memory
+
+    # Steps of a few ms: without waiting, checks run tens of steps ahead of them.
+    model = keras.Sequential(
+        [keras.Input((1024,)), keras.layers.Dense(2048), keras.layers.Dense(1024)]
+    )
+    model.compile("sgd", "mse")
+    x = np.random.default_rng(0).random((256 * 24, 1024), dtype=np.float32)
+    model.fit(x, x, batch_size=256, epochs=1, verbose=0)  # compile first
+    guard = Recording(check_every_n_batches=1)
+    model.fit(x, x, batch_size=256, epochs=1, verbose=0, callbacks=[guard])
+    assert len(seen) >= 20 and all(seen)
+    assert isinstance(guard._step_marker, jax.Array)
+
+
 def test_stop_runs_one_more_batch_and_the_checkpoint_is_the_model_fit_returns(tmp_path):
     guard = MemGuardCallback(
         max_process_memory=MIB, checkpoint_path=tmp_path / "g.keras", check_every_n_batches=1

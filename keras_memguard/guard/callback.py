@@ -294,6 +294,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._halted = False
         self._halted_epoch: int | None = None
         self._save_again = False
+        self._step_marker: Any = None  # JAX: an output of the step last seen dispatched
         self._over: set[str] = set()  # bounds currently crossed (warn mode, low memory)
         self._log_keys: list[str] | None = None
         self._adding_to_logs = bool(self.add_to_logs)
@@ -363,12 +364,45 @@ class MemGuardCallback(keras.callbacks.Callback):
             due = time.monotonic() - self._last_check >= self.check_interval
         if not (due or log_due):
             return
+        self._wait_for_dispatched_steps()
         snap = self._sample()
         if log_due:
             self._write_scalars("memory_batch/", snap.metrics(), self._global_batch)
         if due:
             self._batches_since_check = 0
             self._check(snap, batch)
+
+    def _wait_for_dispatched_steps(self, all_of_them: bool = False) -> None:
+        """On JAX, waits for dispatched steps, so that a check sees their memory.
+
+        Keras's JAX loop dispatches steps without waiting for them (tens of steps ahead
+        when nothing reads their results). A check waits for the steps dispatched up
+        to the previous check: the memory it reads lags by at most one check interval
+        (one batch with ``check_every_n_batches=1``), and the pipeline never drains.
+        ``all_of_them`` waits for every step (once per epoch, before validation).
+        """
+        state = getattr(self._model, "_jax_state", None)
+        if keras.backend.backend() != "jax":
+            return
+        previous, self._step_marker = self._step_marker, None
+        try:
+            import jax
+
+            # Keras's tracked dict of lists of arrays: not a pytree JAX walks into. The
+            # next step takes these buffers over (donation), so the marker is a copy of
+            # the smallest: a tiny op that is done once the step it reads is done.
+            arrays = [a for group in dict(state or {}).values() for a in group]
+            if arrays:
+                self._step_marker = min(arrays, key=lambda a: a.size).copy()
+            wait_for = arrays if all_of_them else previous
+            if wait_for is not None:
+                jax.block_until_ready(wait_for)
+        except Exception as err:  # a failed wait must never stop training
+            warn_once(
+                "jax-wait",
+                f"keras-memguard: could not wait for JAX's dispatched steps ({err}); "
+                "checks may see memory a few steps early.",
+            )
 
     # ------------------------------------------- validation, evaluate(), predict()
     def _fit_is_running(self) -> bool:
@@ -389,6 +423,7 @@ class MemGuardCallback(keras.callbacks.Callback):
     def _end_stale_fit(self) -> None:
         """Closes what a fit that raised left open: its writer, its run, its tracer."""
         self._in_fit = False
+        self._save_again = False
         tracer = getattr(self, "_tracer", None)
         if tracer is not None:
             tracer.close()
@@ -402,8 +437,12 @@ class MemGuardCallback(keras.callbacks.Callback):
         return self._in_fit
 
     def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._save_after_last_step()
         if self._still_in_fit():
+            self._save_after_last_step()
+            # The epoch's last training batch ran after the last check (at its begin):
+            # check it before validation. Every worker reaches this hook: votes are safe.
+            self._wait_for_dispatched_steps(all_of_them=True)
+            self._check(self._sample(), None)
             # The validation pass: keep the training epoch's peaks, check the same bounds.
             self._phase = "validation"
             self._batches_since_check = 0
@@ -476,6 +515,7 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._in_fit = False
+        self._save_again = False
         if self._tracer is not None:
             self._tracer.close()  # issue #16
         if self.release_on_train_end:
@@ -621,6 +661,7 @@ class MemGuardCallback(keras.callbacks.Callback):
                 self.checkpoint_path is not None
                 and self.on_exceed == "stop"
                 and halt.phase == "train"
+                and halt.batch is not None
             )
         halt = replace(halt, checkpoint=saved)
         self.summary.halts.append(halt)
