@@ -238,8 +238,8 @@ def _preprocessed(
     """The split's finished examples, one by one; ``None`` if they cannot be unbatched.
 
     ``batch_preprocess`` runs on batches (vectorized, as the user wrote it) and the result
-    is split into examples again, so that the cache holds examples and the shuffle after it mixes
-    examples, not whole batches, every epoch.
+    is split into examples again, so that the cache holds examples and the shuffle after
+    it mixes examples, not whole batches, every epoch.
     """
     if preprocess is not None:
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)

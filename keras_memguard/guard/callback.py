@@ -381,9 +381,9 @@ class MemGuardCallback(keras.callbacks.Callback):
         (one batch with ``check_every_n_batches=1``), and the pipeline never drains.
         ``all_of_them`` waits for every step (once per epoch, before validation).
         """
-        state = getattr(self._model, "_jax_state", None)
         if keras.backend.backend() != "jax":
             return
+        state = getattr(self._model, "_jax_state", None)
         previous, self._step_marker = self._step_marker, None
         try:
             import jax
@@ -423,7 +423,6 @@ class MemGuardCallback(keras.callbacks.Callback):
     def _end_stale_fit(self) -> None:
         """Closes what a fit that raised left open: its writer, its run, its tracer."""
         self._in_fit = False
-        self._save_again = False
         tracer = getattr(self, "_tracer", None)
         if tracer is not None:
             tracer.close()
@@ -515,7 +514,6 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._in_fit = False
-        self._save_again = False
         if self._tracer is not None:
             self._tracer.close()  # issue #16
         if self.release_on_train_end:
