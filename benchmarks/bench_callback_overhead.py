@@ -43,6 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
+from _timing import EpochTimer
 
 from keras_memguard import MemGuardCallback, release_memory
 from keras_memguard.backends.base import current_backend
@@ -95,18 +96,6 @@ class FullRelease(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         release_memory()
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rates: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.rates.append(STEPS * BATCH / (time.perf_counter() - self.start))
 
 
 def per_fit(fits: int = 15) -> None:
@@ -182,7 +171,7 @@ def main(rounds: int = 12, epochs: int = 2, kind: str = "conv") -> None:
         guard.on_train_begin()
         guard.on_train_end()
         fixed.append(time.perf_counter() - start)
-    none, guarded = timers["none"].rates, timers["guard"].rates
+    none, guarded = ([STEPS * BATCH / t for t in timers[side].seconds] for side in timers)
     print(f"{rounds * epochs} epochs of {STEPS} steps each way, interleaved ({kind} model)")
     print(f"{'run':<22}{'median samples/s':>18}{'best samples/s':>16}")
     print(f"{'no callback':<22}{statistics.median(none):>18.0f}{max(none):>16.0f}")

@@ -16,29 +16,17 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
+from _timing import EpochTimer
 
 from keras_memguard import MemGuardCallback
 
 STEPS, BATCH, FEATURES = 60, 256, 256
 EPOCHS = 5
-
-
-class Timer(keras.callbacks.Callback):
-    def __init__(self) -> None:
-        super().__init__()
-        self.times: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
 
 
 class Leak(keras.callbacks.Callback):
@@ -72,7 +60,7 @@ def main(rounds: int) -> None:
     for round_ in range(rounds):
         order = (False, True) if round_ % 2 == 0 else (True, False)
         for trace in order:
-            timer = Timer()
+            timer = EpochTimer()
             guard = MemGuardCallback(trace_leaks=trace, verbose=0)
             model.fit(
                 x,
@@ -84,10 +72,10 @@ def main(rounds: int) -> None:
             )
             if trace:
                 for epoch in traced:
-                    traced[epoch].append(timer.times[epoch])
+                    traced[epoch].append(timer.seconds[epoch])
                 found.append([site.location for site in guard.summary.leak_sites])
             else:
-                untraced.extend(timer.times[1:])
+                untraced.extend(timer.seconds[1:])
     base = statistics.median(untraced)
     print(f"backend {keras.backend.backend()}, {rounds} rounds, {STEPS} steps of {BATCH}")
     print(f"untraced epoch: median {base:.3f} s (min {min(untraced):.3f}, max {max(untraced):.3f})")
