@@ -219,7 +219,7 @@ def test_real_tensorflow_on_this_cpu_machine():
     code = textwrap.dedent(
         """
         import keras_memguard as mg
-        from keras_memguard.backends import tensorflow as tf_devices
+        from keras_memguard.backends.tensorflow import memory as tf_devices
         report = mg.configure_gpus(memory_growth=True)
         assert report.gpus == () and not report.initialized, report
         assert not tf_devices.is_initialized()

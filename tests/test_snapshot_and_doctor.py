@@ -71,7 +71,7 @@ def test_snapshot_does_not_initialize_tensorflow_devices():
         """
         import tensorflow as tf
         import keras_memguard
-        from keras_memguard.backends import tensorflow as tf_devices
+        from keras_memguard.backends.tensorflow import memory as tf_devices
         from keras_memguard.cli.doctor import doctor_report
         keras_memguard.snapshot()
         doctor_report()

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from importlib import metadata
 from typing import Any
 
-from keras_memguard.backends import tensorflow as tf_devices
+from keras_memguard.backends.tensorflow import memory as tf_devices
 from keras_memguard.memory_snapshot import MemorySnapshot, snapshot
 from keras_memguard.probes import cgroup, nvml
 from keras_memguard.sizes import format_bytes

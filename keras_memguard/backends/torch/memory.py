@@ -12,7 +12,7 @@ Figures come from the caching allocator's statistics, which are host-side counte
 from the GPU) and ``limit`` (``get_per_process_memory_fraction`` x total, where set).
 
 Example:
-    >>> from keras_memguard.backends.torch import ADAPTER
+    >>> from keras_memguard.backends.torch.memory import ADAPTER
     >>> ADAPTER.is_gpu_initialized()     # False until torch initialises CUDA
     False
 """

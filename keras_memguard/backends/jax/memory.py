@@ -13,7 +13,7 @@ drains JAX's queue of deferred array deletions, so the guard reads it at its che
 interval, not per batch.
 
 Example:
-    >>> from keras_memguard.backends.jax import ADAPTER
+    >>> from keras_memguard.backends.jax.memory import ADAPTER
     >>> ADAPTER.is_gpu_initialized()     # False until JAX has set up a GPU backend
     False
 """
