@@ -1,8 +1,9 @@
 """The package's layout follows the data flow, and no module imports upward.
 
 probes (process, system, cgroup, NVML) -> backends (one adapter per framework) ->
-memory_snapshot (one reading of both) -> guard -> data -> isolation -> cli. errors.py
-and sizes.py sit below everything. A module may import its own layer or lower ones.
+memory_snapshot (one reading of both) -> estimate (the pre-flight) -> guard -> data ->
+isolation -> cli. errors.py and sizes.py sit below everything. A module may import its
+own layer or lower ones.
 """
 
 import ast
@@ -16,6 +17,7 @@ LAYERS = [
     {"probes"},
     {"backends"},
     {"memory_snapshot"},
+    {"estimate"},
     {"guard"},
     {"data"},
     {"isolation"},
