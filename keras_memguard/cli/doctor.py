@@ -20,7 +20,7 @@ from dataclasses import asdict
 from importlib import metadata
 from typing import Any
 
-from keras_memguard.backends.tensorflow import memory as tf_devices
+from keras_memguard.backends.base import current_backend
 from keras_memguard.memory_snapshot import MemorySnapshot, snapshot
 from keras_memguard.probes import cgroup, nvml
 from keras_memguard.sizes import format_bytes
@@ -196,7 +196,7 @@ def doctor_report() -> dict[str, Any]:
         "warnings": diagnose(
             snap, env, versions, container_error, nvml.order_is_certain() if snap.gpus else True
         ),
-        "tensorflow_initialized": tf_devices.is_initialized(),
+        "tensorflow_initialized": current_backend("tensorflow").is_gpu_initialized(),
     }
 
 

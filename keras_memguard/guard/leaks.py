@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ast
 import collections
-import ctypes
 import gc
 import importlib.util
 import itertools
@@ -39,6 +38,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from keras_memguard.backends.base import describe_tensor, tensor_types
+from keras_memguard.compat import cpython
 from keras_memguard.errors import warn_once
 from keras_memguard.sizes import format_bytes
 
@@ -71,7 +72,6 @@ TRACE_FRAMES = 64  # deep enough to reach a user frame below Keras's model build
 MIN_BYTES_PER_EPOCH = 256 * 1024
 TOP_SITES = 5
 _NUMPY_DOMAIN = 389047  # the tracemalloc domain NumPy reports its data buffers in
-_MANAGED_DICT = 1 << 4  # Py_TPFLAGS_MANAGED_DICT (CPython 3.11)
 _PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
 
 
@@ -171,87 +171,19 @@ def function_at(filename: str, lineno: int) -> str:
     return max(inside)[2] if inside else "<module>"
 
 
-_GET_TRACEBACK: Any = None
-
-
 def object_traceback(obj: object) -> tracemalloc.Traceback | None:
     """Where ``obj`` was allocated, if that happened while ``tracemalloc`` was tracing.
 
     ``tracemalloc.get_object_traceback`` misses objects whose type keeps its ``__dict__``
     before the object (every Python class on CPython 3.11, hence ``torch.Tensor`` and
-    TensorFlow's ``EagerTensor``); for those the block is looked up at its real start.
+    TensorFlow's ``EagerTensor``); for those the block is looked up at its real start
+    (:mod:`keras_memguard.compat.cpython`).
     """
     found = tracemalloc.get_object_traceback(obj)
-    if found is not None or sys.version_info >= (3, 12):
+    if found is not None or not cpython.needs_block_start(obj):
         return found
-    if (
-        sys.version_info[:2] != (3, 11)
-        or sys.implementation.name != "cpython"
-        or not type(obj).__flags__ & _MANAGED_DICT
-    ):
-        return None
-    global _GET_TRACEBACK
-    if _GET_TRACEBACK is None:
-        function = ctypes.pythonapi._PyTraceMalloc_GetTraceback
-        function.restype = ctypes.py_object
-        function.argtypes = [ctypes.c_uint, ctypes.c_size_t]
-        _GET_TRACEBACK = function
-    # the block starts with the GC header (2 pointers) and the dict/weakref slots (2 more)
-    raw = _GET_TRACEBACK(0, id(obj) - 4 * ctypes.sizeof(ctypes.c_void_p))
+    raw = cpython.traceback_at_block_start(obj)
     return None if raw is None else tracemalloc.Traceback(raw)
-
-
-# ------------------------------------------------------------------------ tensors
-def _tensor_types() -> tuple[type, ...]:
-    """The framework tensor/array types whose buffers live outside ``tracemalloc``."""
-    types: list[type] = []
-    if "tensorflow" in sys.modules:
-        try:
-            from tensorflow.python.framework.ops import EagerTensor
-            from tensorflow.python.ops.resource_variable_ops import BaseResourceVariable
-
-            types += [EagerTensor, BaseResourceVariable]
-        except Exception:  # a TensorFlow without these internals: its tensors go unseen
-            pass
-    if "jax" in sys.modules:
-        try:
-            from jax._src.array import ArrayImpl  # concrete: `jax.Array` is an ABC
-
-            types.append(ArrayImpl)
-        except Exception:
-            pass
-    if "torch" in sys.modules:
-        try:
-            import torch
-
-            types.append(torch.Tensor)
-        except Exception:
-            pass
-    return tuple(types)
-
-
-def _describe_tensor(obj: Any) -> tuple[str, int]:
-    """``("EagerTensor float32[32,8] cpu", nbytes)`` for a framework tensor."""
-    name = type(obj).__name__
-    try:
-        if "torch" in type(obj).__module__ or hasattr(obj, "element_size"):
-            shape, dtype = tuple(obj.shape), str(obj.dtype).replace("torch.", "")
-            nbytes = int(obj.element_size() * obj.nelement())
-            device = str(obj.device)
-        elif hasattr(obj, "nbytes") and hasattr(obj, "devices"):  # jax.Array
-            shape, dtype, nbytes = tuple(obj.shape), str(obj.dtype), int(obj.nbytes)
-            if obj.is_deleted():  # donated or deleted: no buffer left
-                nbytes = 0
-            device = ",".join(sorted(str(d) for d in obj.devices()))
-        else:  # TensorFlow
-            shape = tuple(obj.shape.as_list())
-            dtype = obj.dtype.name
-            nbytes = int(obj.dtype.size * (obj.shape.num_elements() or 0))
-            device = obj.device.rsplit("/", 1)[-1].lower().replace("device:", "") or "?"
-    except Exception:
-        return name, 0
-    dims = ",".join(str(d) for d in shape)
-    return f"{name} {dtype}[{dims}] on {device}", nbytes
 
 
 # ------------------------------------------------------------------------- report
@@ -439,7 +371,7 @@ def sample_sites(
         raw = _raw_object_traceback(tensor)
         if raw is None:  # allocated before tracing began
             continue
-        what, nbytes = _describe_tensor(tensor)
+        what, nbytes = describe_tensor(tensor)
         entry = add(raw, _raw_site(raw), nbytes)
         if entry is not None:
             entry.tensor_bytes += nbytes
@@ -627,7 +559,7 @@ class LeakTracer:
     def _start(self, epoch: int) -> None:
         self._traces += 1
         self._first_epoch = epoch
-        self._tensor_types, self._is_tensor = _tensor_types(), {}
+        self._tensor_types, self._is_tensor = tensor_types(), {}
         self._baseline_types = type_counts()  # before tracing starts: it costs less
         if not tracemalloc.is_tracing():
             tracemalloc.start(self.frames)

@@ -1,6 +1,16 @@
 """PyTorch's device boundary: the same module names as ``tensorflow/`` and ``jax/``.
 
-Importing this package imports no torch; each module imports it only where it must.
+- ``memory``: the :class:`~keras_memguard.backends.base.Backend` adapter (``ADAPTER``):
+  device figures, peaks, release, the wait for dispatched steps, ``is_initialized``.
+- ``configure``: its part of ``configure_gpus`` (``configure``, ``current_configuration``).
+- ``oom``: ``is_out_of_memory``, recognising its out-of-memory errors.
+- ``distributed``: ``supports_vote`` and ``worker_context``, the workers' vote.
+- ``introspect``: ``tensor_types`` and ``describe``, for the leak code.
+- ``compat``: the private names of PyTorch this package relies on, with the versions
+  they were checked on (see :mod:`keras_memguard.compat`).
+- planned: ``estimate`` (the pre-flight's figures) and ``evidence`` (what a halt keeps).
+
+Importing this package imports no PyTorch; each module imports it only where it must.
 """
 
 from keras_memguard.backends.torch.memory import ADAPTER
