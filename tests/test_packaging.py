@@ -27,8 +27,7 @@ def extra(project, name):
     """The requirements of an extra by name; ``None``: the core dependencies."""
     listed = project["project"]["optional-dependencies"][name] if name else None
     return {
-        Requirement(r).name: Requirement(r)
-        for r in listed or project["project"]["dependencies"]
+        Requirement(r).name: Requirement(r) for r in listed or project["project"]["dependencies"]
     }
 
 

@@ -1,14 +1,21 @@
 """The one small interface the rest of the package calls, and how a framework is picked.
 
 Each framework has a folder, ``backends/<framework>/``, with modules of the same names
-(the way Keras lays out ``keras/src/backend/``): ``memory`` (the :class:`Backend`
-adapter: device figures, peaks, release, the wait for dispatched steps), ``configure``
-(its part of ``configure_gpus``), ``oom`` (recognising its out-of-memory errors),
-``distributed`` (the workers' vote), ``introspect`` (tensor types and sizes for the leak
-code) and ``compat`` (its private names, see :mod:`keras_memguard.compat`). Room is kept
-for ``estimate`` (the pre-flight) and ``evidence`` (what a halt keeps). Nothing outside
-``backends/`` imports a framework (``data/`` for tf.data and ``guard/legacy.py`` for
-tf_keras excepted); it calls the functions here.
+and the same functions inside (the way Keras lays out ``keras/src/backend/``):
+
+- ``memory``: ``ADAPTER``, the :class:`Backend` (device figures, peaks, release, the wait
+  for dispatched steps), and ``is_initialized()``.
+- ``configure``: ``configure(request, devices)`` and ``current_configuration(devices)``,
+  its part of ``configure_gpus``.
+- ``oom``: ``is_out_of_memory(error, type_name, message)``.
+- ``distributed``: ``supports_vote()`` and ``worker_context(model)``, the workers' vote.
+- ``introspect``: ``tensor_types()``, ``describe(obj)`` and ``cannot_travel(value)``.
+- ``compat``: its private names (``SYMBOLS``, see :mod:`keras_memguard.compat`).
+- planned: ``estimate`` (the pre-flight's figures) and ``evidence`` (what a halt keeps).
+
+Where a framework lacks a feature, its module says so (``supports_vote()`` is
+``False``). Nothing outside ``backends/`` imports a framework (``data/`` for tf.data and
+``guard/legacy.py`` for tf_keras excepted); it calls the functions here.
 
 An adapter reads its framework's device memory, resets peaks, releases memory and
 recognises the framework's out-of-memory errors. Reading must never take memory: an
@@ -29,6 +36,7 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -209,6 +217,25 @@ def backend_module(name: str, module: str) -> Any:
     return importlib.import_module(f"keras_memguard.backends.{name}.{module}")
 
 
+def moved_name(package: str, name: str) -> Any:
+    """A name of an old module ``backends/<framework>.py``, now in the folder's modules.
+
+    For the module ``__getattr__`` of ``backends/<framework>/__init__.py``: the old paths
+    (``keras_memguard.backends.tensorflow.TensorFlowDevices``) keep working and warn.
+    """
+    for module in ("memory", "configure"):
+        found = importlib.import_module(f"{package}.{module}")
+        if name in getattr(found, "__all__", ()):
+            warnings.warn(
+                f"{package}.{name} moved to {package}.{module}.{name}; the old path "
+                "will be removed in a future release.",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            return getattr(found, name)
+    raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+
 @dataclass(frozen=True)
 class WorkerContext:
     """This process's place in a distributed run (one worker unless a framework says).
@@ -239,6 +266,11 @@ class WorkerContext:
         return flag
 
 
+def single_worker(model: Any) -> WorkerContext:
+    """The context of a process that decides alone (frameworks without a vote)."""
+    return WorkerContext(strategy=getattr(model, "distribute_strategy", None))
+
+
 def worker_context(model: Any) -> WorkerContext:
     """``model``'s place in a distributed run, from the Keras backend's ``distributed``.
 
@@ -250,7 +282,7 @@ def worker_context(model: Any) -> WorkerContext:
     # a tf.distribute strategy is TensorFlow's whatever the Keras backend (tf_keras too)
     name = "tensorflow" if strategy is not None else backend_name()
     if name not in BACKENDS:
-        return WorkerContext(strategy=strategy)
+        return single_worker(model)
     context: WorkerContext = backend_module(name, "distributed").worker_context(model)
     return context
 

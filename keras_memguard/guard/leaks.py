@@ -24,23 +24,25 @@ Example:
 
 from __future__ import annotations
 
-import ast
 import collections
 import gc
-import importlib.util
 import itertools
 import linecache
 import os
 import sys
-import sysconfig
 import tracemalloc
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from keras_memguard.backends.base import describe_tensor, tensor_types
-from keras_memguard.compat import cpython
 from keras_memguard.errors import warn_once
+from keras_memguard.guard.frames import (
+    LIBRARY_PACKAGES,
+    function_at,
+    is_library_file,
+    object_traceback,
+    user_frame,
+)
 from keras_memguard.sizes import format_bytes
 
 __all__ = [
@@ -53,137 +55,11 @@ __all__ = [
     "user_frame",
 ]
 
-# Frames in these packages (and the standard library) are never named as a leak's site.
-LIBRARY_PACKAGES = (
-    "keras",
-    "tf_keras",
-    "tensorflow",
-    "tensorboard",
-    "jax",
-    "jaxlib",
-    "torch",
-    "numpy",
-    "optree",
-    "ml_dtypes",
-    "absl",
-    "keras_memguard",
-)
 TRACE_FRAMES = 64  # deep enough to reach a user frame below Keras's model building
 MIN_BYTES_PER_EPOCH = 256 * 1024
 TOP_SITES = 5
 _NUMPY_DOMAIN = 389047  # the tracemalloc domain NumPy reports its data buffers in
 _PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
-
-
-# ------------------------------------------------------------------------- frames
-def _library_roots() -> tuple[str, ...]:
-    roots = []
-    for name in LIBRARY_PACKAGES:
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            continue
-        for location in (spec.submodule_search_locations or []) if spec else []:
-            roots.append(os.path.join(os.path.realpath(location), ""))
-    return tuple(roots)
-
-
-def _stdlib_roots() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    return tuple(
-        {os.path.join(os.path.realpath(paths[key]), "") for key in ("stdlib", "platstdlib")}
-    )
-
-
-_ROOTS: tuple[tuple[str, ...], tuple[str, ...]] | None = None
-_IS_LIBRARY: dict[str, bool] = {}
-
-
-def is_library_file(filename: str) -> bool:
-    """Whether a frame in ``filename`` belongs to Python, a framework, NumPy or this package.
-
-    Example:
-        >>> is_library_file(keras.__file__), is_library_file("train.py")
-        (True, False)
-    """
-    known = _IS_LIBRARY.get(filename)
-    if known is not None:
-        return known
-    global _ROOTS
-    if _ROOTS is None:
-        _ROOTS = (_library_roots(), _stdlib_roots())
-    libraries, stdlib = _ROOTS
-    if filename.startswith("<"):
-        result = filename.startswith(("<frozen", "<__array_function__"))
-    else:
-        path = os.path.realpath(filename)
-        parts = path.split(os.sep)
-        result = path.startswith(libraries) or (
-            path.startswith(stdlib)
-            and "site-packages" not in parts
-            and "dist-packages" not in parts
-        )
-    _IS_LIBRARY[filename] = result
-    return result
-
-
-def user_frame(frames: Iterable[tracemalloc.Frame]) -> tuple[tracemalloc.Frame, bool] | None:
-    """The innermost frame outside the libraries, and ``True``; else the outermost, ``False``.
-
-    ``frames`` run from the oldest to the most recent, as in ``tracemalloc.Traceback``.
-    """
-    frames = list(frames)
-    for frame in reversed(frames):
-        if not is_library_file(frame.filename):
-            return frame, True
-    return (frames[0], False) if frames else None
-
-
-_FUNCTIONS: dict[str, list[tuple[int, int, str]]] = {}
-
-
-def function_at(filename: str, lineno: int) -> str:
-    """The qualified name of the innermost function around ``filename:lineno``."""
-    spans = _FUNCTIONS.get(filename)
-    if spans is None:
-        spans = []
-        try:
-            tree = ast.parse("".join(linecache.getlines(filename)))
-        except (SyntaxError, ValueError):
-            tree = None
-
-        def visit(node: ast.AST, prefix: str) -> None:
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                    name = prefix + child.name
-                    if isinstance(child, ast.ClassDef):
-                        visit(child, name + ".")
-                    else:  # named as __qualname__ names it
-                        spans.append((child.lineno, child.end_lineno or child.lineno, name))
-                        visit(child, name + ".<locals>.")
-                else:
-                    visit(child, prefix)
-
-        if tree is not None:
-            visit(tree, "")
-        _FUNCTIONS[filename] = spans
-    inside = [s for s in spans if s[0] <= lineno <= s[1]]
-    return max(inside)[2] if inside else "<module>"
-
-
-def object_traceback(obj: object) -> tracemalloc.Traceback | None:
-    """Where ``obj`` was allocated, if that happened while ``tracemalloc`` was tracing.
-
-    ``tracemalloc.get_object_traceback`` misses objects whose type keeps its ``__dict__``
-    before the object (every Python class on CPython 3.11, hence ``torch.Tensor`` and
-    TensorFlow's ``EagerTensor``); for those the block is looked up at its real start
-    (:mod:`keras_memguard.compat.cpython`).
-    """
-    found = tracemalloc.get_object_traceback(obj)
-    if found is not None or not cpython.needs_block_start(obj):
-        return found
-    raw = cpython.traceback_at_block_start(obj)
-    return None if raw is None else tracemalloc.Traceback(raw)
 
 
 # ------------------------------------------------------------------------- report

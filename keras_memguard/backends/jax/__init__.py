@@ -1,18 +1,16 @@
-"""JAX's device boundary: the same module names as ``tensorflow/`` and ``torch/``.
+"""JAX's device boundary: the modules every framework folder has (``base.MODULES``).
 
-- ``memory``: the :class:`~keras_memguard.backends.base.Backend` adapter (``ADAPTER``):
-  device figures, peaks, release, the wait for dispatched steps, ``is_initialized``.
-- ``configure``: its part of ``configure_gpus`` (``configure``, ``current_configuration``).
-- ``oom``: ``is_out_of_memory``, recognising its out-of-memory errors.
-- ``distributed``: ``supports_vote`` and ``worker_context``, the workers' vote.
-- ``introspect``: ``tensor_types`` and ``describe``, for the leak code.
-- ``compat``: the private names of JAX this package relies on, with the versions
-  they were checked on (see :mod:`keras_memguard.compat`).
-- planned: ``estimate`` (the pre-flight's figures) and ``evidence`` (what a halt keeps).
-
-Importing this package imports no JAX; each module imports it only where it must.
+See :mod:`keras_memguard.backends.base` for what each module holds. Importing this
+package imports no JAX; each module imports it only where it must.
 """
 
+from typing import Any
+
+from keras_memguard.backends.base import moved_name
 from keras_memguard.backends.jax.memory import ADAPTER
 
 __all__ = ["ADAPTER"]
+
+
+def __getattr__(name: str) -> Any:  # the names of the old module, with a warning
+    return moved_name(__name__, name)

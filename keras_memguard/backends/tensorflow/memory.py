@@ -92,63 +92,6 @@ def reset_allocator_peaks() -> None:
         warn_once("tf-allocator-reset", f"keras-memguard cannot reset GPU memory stats: {err}")
 
 
-class TensorFlowDevices:
-    """The ``tf.config`` calls that ``configure_gpus`` makes, in one narrow adapter."""
-
-    def is_initialized(self) -> bool:
-        return is_initialized()
-
-    def physical_gpus(self) -> list[Any]:
-        import tensorflow as tf
-
-        return list(tf.config.list_physical_devices("GPU"))
-
-    def get_visible_gpus(self) -> list[Any]:
-        import tensorflow as tf
-
-        return list(tf.config.get_visible_devices("GPU"))
-
-    def set_visible_gpus(self, devices: list[Any]) -> None:
-        import tensorflow as tf
-
-        tf.config.set_visible_devices(devices, "GPU")
-
-    def get_memory_growth(self, device: Any) -> bool:
-        import tensorflow as tf
-
-        return bool(tf.config.experimental.get_memory_growth(device))
-
-    def set_memory_growth(self, device: Any, enable: bool) -> None:
-        import tensorflow as tf
-
-        tf.config.experimental.set_memory_growth(device, enable)
-
-    def get_memory_limits(self, device: Any) -> list[int] | None:
-        """The logical devices' limits in MiB set on ``device``, or ``None``."""
-        import tensorflow as tf
-
-        configs = tf.config.get_logical_device_configuration(device)
-        if not configs:
-            return None
-        return [int(c.memory_limit) if c.memory_limit is not None else -1 for c in configs]
-
-    def set_memory_limits(self, device: Any, limits_mib: list[int]) -> None:
-        import tensorflow as tf
-
-        tf.config.set_logical_device_configuration(
-            device, [tf.config.LogicalDeviceConfiguration(memory_limit=m) for m in limits_mib]
-        )
-
-    def gpu_name(self, device: Any) -> str:
-        import tensorflow as tf
-
-        try:
-            details = tf.config.experimental.get_device_details(device)
-        except (ValueError, RuntimeError):
-            details = {}
-        return str(details.get("device_name") or device.name)
-
-
 class TensorFlowBackend:
     """The :class:`~keras_memguard.backends.base.Backend` adapter for TensorFlow."""
 

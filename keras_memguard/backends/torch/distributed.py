@@ -10,18 +10,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
-from keras_memguard.backends.base import WorkerContext
+from keras_memguard.backends.base import single_worker
 
 __all__ = ["supports_vote", "worker_context"]
 
+worker_context = single_worker
+"""A single worker's context: each process decides alone."""
+
 
 def supports_vote() -> bool:
-    """Whether workers of a multi-process run can vote: not under PyTorch."""
+    """Whether workers of a multi-process run can vote: not yet."""
     return False
-
-
-def worker_context(model: Any) -> WorkerContext:
-    """A single worker's context (the process decides alone)."""
-    return WorkerContext(strategy=getattr(model, "distribute_strategy", None))
