@@ -49,17 +49,18 @@ def test_license_file_matches(project):
         assert "Apache License" in f.read(200)
 
 
-@pytest.mark.parametrize(
-    ("distribution", "extra_name"),
-    [
-        ("keras", None),
-        ("tensorflow", "tensorflow"),
-        ("tf-keras", "legacy"),
-        ("jax", "jax"),
-        ("torch", "torch"),
-        ("keras-tuner", "tuner"),
-    ],
-)
+# Keras, the frameworks and keras-tuner, with the extra that declares each (None: core).
+BOUNDED = [
+    ("keras", None),
+    ("tensorflow", "tensorflow"),
+    ("tf-keras", "legacy"),
+    ("jax", "jax"),
+    ("torch", "torch"),
+    ("keras-tuner", "tuner"),
+]
+
+
+@pytest.mark.parametrize(("distribution", "extra_name"), BOUNDED)
 def test_installed_framework_is_in_the_declared_range(project, distribution, extra_name):
     try:
         installed = metadata.version(distribution)
@@ -71,18 +72,7 @@ def test_installed_framework_is_in_the_declared_range(project, distribution, ext
     )
 
 
-@pytest.mark.parametrize(
-    ("distribution", "extra_name"),
-    [
-        ("keras", None),
-        ("tensorflow", "tensorflow"),
-        ("tf-keras", "legacy"),
-        ("jax", "jax"),
-        ("torch", "torch"),
-        ("keras-tuner", "tuner"),
-        ("keras-tuner", "test"),
-    ],
-)
+@pytest.mark.parametrize(("distribution", "extra_name"), [*BOUNDED, ("keras-tuner", "test")])
 def test_projects_whose_internals_we_use_have_an_upper_bound(project, distribution, extra_name):
     """A release CI has not run may move a private name (keras_memguard/compat/)."""
     requirement = extra(project, extra_name)[distribution]
