@@ -39,25 +39,24 @@ from keras_memguard.errors import (
 from keras_memguard.guard.checkpoint import check_checkpoint_path, save_checkpoint
 from keras_memguard.guard.distributed import WorkerContext, worker_context
 from keras_memguard.guard.halt import HaltState, fit_is_running
-from keras_memguard.guard.leaks import LeakReport, LeakTracer
+from keras_memguard.guard.leak_watch import LeakWatch
+from keras_memguard.guard.leaks import LeakTracer
+from keras_memguard.guard.peaks import PhasePeaks
 from keras_memguard.guard.policy import (
     Bounds,
     Crossing,
     Halt,
-    LeakDetector,
     MemGuardSummary,
     bounds_mib,
     crossings,
-    epochs_until,
     gpu_peaks_since_check,
     gpus_without_total,
     is_low_memory,
-    mib,
     train_end_release,
 )
 from keras_memguard.guard.release import release_memory
 from keras_memguard.guard.tensorboard import MemoryRunWriter, memory_layout
-from keras_memguard.memory_snapshot import MIB, MemorySnapshot, reset_gpu_peaks, snapshot
+from keras_memguard.memory_snapshot import MemorySnapshot, reset_gpu_peaks, snapshot
 from keras_memguard.probes import nvml
 from keras_memguard.sizes import Size, format_bytes, parse_size
 
@@ -225,7 +224,6 @@ class MemGuardCallback(keras.callbacks.Callback):
         if trace_leaks not in (None, True, False):
             raise invalid_argument("trace_leaks", trace_leaks, "None (auto), True or False")
         self.trace_leaks = trace_leaks
-        self._tracer: LeakTracer | None = None
         self.add_to_logs = None if add_to_logs is None else bool(add_to_logs)
         self.release_on_train_end = bool(release_on_train_end)
         self.verbose = verbose
@@ -246,19 +244,27 @@ class MemGuardCallback(keras.callbacks.Callback):
         """The open event file of this fit's ``memory`` run, or ``None``."""
         return self._run.writer
 
+    @property
+    def _tracer(self) -> LeakTracer:
+        """This fit's allocation tracer (issue #16)."""
+        return self._leaks.tracer
+
     # ----------------------------------------------------------------- run state
     def _reset_run_state(self) -> None:
         """Per-fit figures and cadence (the halt's state resets in ``begin_fit``)."""
         self.summary = MemGuardSummary()
         self._global_batch = 0
-        self._leak = LeakDetector(
-            self.leak_warmup_epochs, (self.leak_threshold.bytes or 0) / MIB, self.leak_patience
-        )
         # issue #16: one allocation tracer per fit (a fit that raised may have left one)
-        previous: LeakTracer | None = getattr(self, "_tracer", None)
+        previous: LeakWatch | None = getattr(self, "_leaks", None)
         if previous is not None:
             previous.close()
-        self._tracer = LeakTracer(self.trace_leaks, warmup_epochs=self.leak_warmup_epochs)
+        self._leaks = LeakWatch(
+            self.leak_warmup_epochs,
+            self.leak_threshold,
+            self.leak_patience,
+            self.trace_leaks,
+            self.max_process_memory,
+        )
         self._step_marker: Any = None  # JAX: an output of the step last seen dispatched
         self._log_keys: list[str] | None = None
         self._adding_to_logs = bool(self.add_to_logs)
@@ -270,9 +276,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         """The phase's check cadence and peaks start afresh."""
         self._batches_since_check = 0
         self._last_check = float("-inf")
-        self._epoch_peak_tree: int | None = None
-        self._epoch_min_available: int | None = None
-        self._epoch_gpu_peaks: dict[int, int] = {}
+        self._peaks = PhasePeaks()
         self._gpu_peaks_seen: dict[int, int] = {}
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
@@ -369,9 +373,9 @@ class MemGuardCallback(keras.callbacks.Callback):
     def _end_stale_fit(self) -> None:
         """Closes what a fit that raised left open: its writer, its run, its tracer."""
         self._state.end_stale_fit()
-        tracer = getattr(self, "_tracer", None)
-        if tracer is not None:
-            tracer.close()
+        leaks = getattr(self, "_leaks", None)
+        if leaks is not None:
+            leaks.close()
         self._run.drop()
 
     def _still_in_fit(self) -> bool:
@@ -437,12 +441,9 @@ class MemGuardCallback(keras.callbacks.Callback):
         halted_now = self._state.end_epoch(epoch)
         snap = self._sample()
         metrics = snap.metrics()
-        metrics["process_tree_peak_mib"] = mib(self._epoch_peak_tree)
-        metrics["effective_available_min_mib"] = mib(self._epoch_min_available)
-        for index, peak in self._epoch_gpu_peaks.items():
-            metrics[f"gpu{index}_allocated_peak_mib"] = mib(peak)
+        metrics.update(self._peaks.metrics())
         metrics.update(bounds_mib(self.bounds, snap))
-        slope = self._update_leak(epoch, snap)
+        slope = self._leaks.epoch_end(epoch, snap, self.summary, self._run.text)
         if slope is not None:
             metrics["leak_slope_mib_per_epoch"] = slope
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
@@ -459,8 +460,7 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._state.end_fit()
-        if self._tracer is not None:
-            self._tracer.close()  # issue #16
+        self._leaks.close()  # issue #16
         if self.release_on_train_end:
             # A full release only where it can matter (see train_end_release). The cheap
             # one also keeps PyTorch's cached GPU blocks: a next fit would take them back.
@@ -482,25 +482,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         snap = replace(snap, gpus=gpus)
         self.last_snapshot = snap
         self._last_check = time.monotonic()
-        summary = self.summary
-        tree, available = snap.process_tree, snap.effective_available
-        if tree is not None:
-            self._epoch_peak_tree = _extreme(max, self._epoch_peak_tree, tree)
-            summary.peak_process_tree = _extreme(max, summary.peak_process_tree, tree)
-        if available is not None:
-            self._epoch_min_available = _extreme(min, self._epoch_min_available, available)
-            summary.min_effective_available = _extreme(
-                min, summary.min_effective_available, available
-            )
-        for gpu in snap.gpus:
-            guarded = gpu.guarded  # the figure max_gpu_memory is compared with
-            if guarded is not None:
-                peak_gpu = summary.peak_gpu
-                peak_gpu[gpu.index] = max(peak_gpu.get(gpu.index, 0), guarded[1])
-            peak = gpu.allocated_peak if gpu.allocated_peak is not None else gpu.allocated
-            if peak is not None:
-                peaks = self._epoch_gpu_peaks
-                peaks[gpu.index] = max(peaks.get(gpu.index, 0), peak)
+        self._peaks.add(snap, self.summary)
         return snap
 
     def _warn_unbounded_gpus(self, snap: MemorySnapshot) -> None:
@@ -638,50 +620,6 @@ class MemGuardCallback(keras.callbacks.Callback):
     def _save_checkpoint(self) -> str | None:
         return save_checkpoint(self.model, self.checkpoint_path, self._workers)
 
-    # ----------------------------------------------------------- leak detection
-    def _update_leak(self, epoch: int, snap: MemorySnapshot) -> float | None:
-        slope, warn = None, False
-        if snap.process_tree is not None:
-            slope, warn = self._leak.update(epoch, snap.process_tree / MIB)
-        self._locate_leak(epoch, warned=warn)  # issue #16
-        if slope is None:
-            return None
-        self.summary.leak_slope_mib_per_epoch = slope
-        if warn:
-            message = self._leak_message(epoch, slope, snap)
-            if self._tracer is not None:
-                message += self._tracer.warning_suffix()  # issue #16: the top site
-            warnings.warn(message, MemGuardWarning, stacklevel=3)
-        return slope
-
-    def _locate_leak(self, epoch: int, warned: bool) -> None:
-        """Issue #16: one tracer step; a finished report goes to the summary and TensorBoard."""
-        if self._tracer is None:
-            return
-        report: LeakReport | None = self._tracer.epoch_end(epoch, suspected=self._leak.streak > 0)
-        if report is None or not report.sites:
-            return
-        self.summary.leak_sites = list(report.sites)
-        self._run.text("memory/leak_sites", report.markdown(), epoch)
-        if not warned:  # the growth warning, when it comes now, names the top site itself
-            warnings.warn(f"keras-memguard: {report}", MemGuardWarning, stacklevel=4)
-
-    def _leak_message(self, epoch: int, slope: float, snap: MemorySnapshot) -> str:
-        size = self.max_process_memory
-        bound = size.resolve(snap.effective_limit) if size else snap.effective_limit
-        message = (
-            f"keras-memguard: process memory grows by {slope:.1f} MiB/epoch "
-            f"(above {self.leak_threshold} for {self.leak_patience} epochs)"
-        )
-        left = epochs_until(bound, snap.process_tree, slope)
-        if left is not None:
-            name = "max_process_memory" if size else "the effective memory limit"
-            message += (
-                f"; at this rate it reaches {name} ({format_bytes(bound)}) around epoch "
-                f"{epoch + left}"
-            )
-        return message + "."
-
     # --------------------------------------------------------------------- logs
     def _add_to_logs(
         self, logs: dict[str, Any], metrics: dict[str, float], snap: MemorySnapshot
@@ -710,7 +648,3 @@ def _check_gpu_fraction_has_totals(size: Size | None) -> None:
             "a fraction needs each GPU's total: NVML (nvidia-ml-py) is not available and "
             "the framework reports no memory limit",
         )
-
-
-def _extreme(pick: Any, current: int | None, value: int) -> int:
-    return value if current is None else pick(current, value)
