@@ -32,9 +32,16 @@ import keras
 from keras_memguard.errors import (
     MemGuardWarning,
     MemoryLimitExceededError,
-    invalid_argument,
     positive_int,
     warn_once,
+)
+from keras_memguard.guard.arguments import (
+    ON_EXCEED,
+    check_choice,
+    check_gpu_fraction_has_totals,
+    check_non_negative_int,
+    check_seconds,
+    optional_size,
 )
 from keras_memguard.guard.checkpoint import check_checkpoint_path, save_checkpoint
 from keras_memguard.guard.distributed import WorkerContext, worker_context
@@ -57,12 +64,10 @@ from keras_memguard.guard.policy import (
 from keras_memguard.guard.release import release_memory
 from keras_memguard.guard.tensorboard import MemoryRunWriter, memory_layout
 from keras_memguard.memory_snapshot import MemorySnapshot, reset_gpu_peaks, snapshot
-from keras_memguard.probes import nvml
-from keras_memguard.sizes import Size, format_bytes, parse_size
+from keras_memguard.sizes import format_bytes, parse_size
 
 __all__ = ["LOG_KEYS", "Halt", "MemGuardCallback", "MemGuardSummary", "memory_layout"]
 
-ON_EXCEED = ("stop", "raise", "warn")
 PREFIX = "memory/"
 # The keys added to Keras `logs` at each epoch end (History, CSVLogger, progress bar,
 # and keras.callbacks.TensorBoard's `epoch_<key>`), plus `memory/gpu<i>_allocated_peak_mib`
@@ -70,10 +75,6 @@ PREFIX = "memory/"
 LOG_KEYS = ("memory/process_tree_peak_mib",)
 # With several workers, checks happen on batch counts (the same step on every worker).
 MULTI_WORKER_CHECK_EVERY = 10
-
-
-def _optional_size(value: Any, name: str, allow_fraction: bool = True) -> Size | None:
-    return None if value is None else parse_size(value, name=name, allow_fraction=allow_fraction)
 
 
 class MemGuardCallback(keras.callbacks.Callback):
@@ -183,28 +184,17 @@ class MemGuardCallback(keras.callbacks.Callback):
         verbose: int = 0,
     ) -> None:
         super().__init__()
-        if on_exceed not in ON_EXCEED:
-            raise invalid_argument(
-                "on_exceed", on_exceed, f"one of {', '.join(map(repr, ON_EXCEED))}"
-            )
-        if (
-            isinstance(check_interval, bool)
-            or not isinstance(check_interval, (int, float))
-            or (not math.isfinite(check_interval) or check_interval < 0)
-        ):
-            raise invalid_argument("check_interval", check_interval, "seconds as a number >= 0")
-        if (
-            isinstance(leak_warmup_epochs, bool)
-            or not isinstance(leak_warmup_epochs, int)
-            or (leak_warmup_epochs < 0)
-        ):
-            raise invalid_argument("leak_warmup_epochs", leak_warmup_epochs, "an int >= 0")
+        on_exceed = check_choice(
+            on_exceed, "on_exceed", ON_EXCEED, f"one of {', '.join(map(repr, ON_EXCEED))}"
+        )
+        self.check_interval = check_seconds(check_interval, "check_interval")
+        leak_warmup_epochs = check_non_negative_int(leak_warmup_epochs, "leak_warmup_epochs")
         self.log_dir = os.fspath(log_dir) if log_dir is not None else None
-        self.max_process_memory = _optional_size(max_process_memory, "max_process_memory")
-        self.min_available_memory = _optional_size(min_available_memory, "min_available_memory")
-        self.max_gpu_memory = _optional_size(max_gpu_memory, "max_gpu_memory")
-        _check_gpu_fraction_has_totals(self.max_gpu_memory)
-        self.emergency_available_memory = _optional_size(
+        self.max_process_memory = optional_size(max_process_memory, "max_process_memory")
+        self.min_available_memory = optional_size(min_available_memory, "min_available_memory")
+        self.max_gpu_memory = optional_size(max_gpu_memory, "max_gpu_memory")
+        check_gpu_fraction_has_totals(self.max_gpu_memory)
+        self.emergency_available_memory = optional_size(
             emergency_available_memory, "emergency_available_memory"
         )
         self.leak_threshold = parse_size(
@@ -212,7 +202,6 @@ class MemGuardCallback(keras.callbacks.Callback):
         )
         self.on_exceed = on_exceed
         self.checkpoint_path = check_checkpoint_path(checkpoint_path)
-        self.check_interval = float(check_interval)
         self.check_every_n_batches = positive_int(
             check_every_n_batches, "check_every_n_batches", allow_none=True
         )
@@ -221,9 +210,9 @@ class MemGuardCallback(keras.callbacks.Callback):
         )
         self.leak_patience = positive_int(leak_patience, "leak_patience") or 1
         self.leak_warmup_epochs = leak_warmup_epochs
-        if trace_leaks not in (None, True, False):
-            raise invalid_argument("trace_leaks", trace_leaks, "None (auto), True or False")
-        self.trace_leaks = trace_leaks
+        self.trace_leaks = check_choice(
+            trace_leaks, "trace_leaks", (None, True, False), "None (auto), True or False"
+        )
         self.add_to_logs = None if add_to_logs is None else bool(add_to_logs)
         self.release_on_train_end = bool(release_on_train_end)
         self.verbose = verbose
@@ -633,18 +622,3 @@ class MemGuardCallback(keras.callbacks.Callback):
             self._log_keys = keys
         for key in self._log_keys:
             logs[key] = metrics.get(key[len(PREFIX) :], float("nan"))
-
-
-def _check_gpu_fraction_has_totals(size: Size | None) -> None:
-    """A fractional ``max_gpu_memory`` where GPUs are set up and no total can be read."""
-    if size is None or size.fraction is None or nvml.is_available():
-        return
-    devices = snapshot().gpus
-    if devices and any(gpu.total is None for gpu in devices):
-        raise invalid_argument(
-            "max_gpu_memory",
-            size.fraction,
-            "bytes such as '12GiB' here",
-            "a fraction needs each GPU's total: NVML (nvidia-ml-py) is not available and "
-            "the framework reports no memory limit",
-        )
