@@ -48,7 +48,7 @@ from keras_memguard.guard.distributed import WorkerContext, worker_context
 from keras_memguard.guard.halt import HaltState, fit_is_running
 from keras_memguard.guard.leak_watch import LeakWatch
 from keras_memguard.guard.leaks import LeakTracer
-from keras_memguard.guard.peaks import PhasePeaks
+from keras_memguard.guard.peaks import Sampler
 from keras_memguard.guard.policy import (
     Bounds,
     Crossing,
@@ -56,14 +56,13 @@ from keras_memguard.guard.policy import (
     MemGuardSummary,
     bounds_mib,
     crossings,
-    gpu_peaks_since_check,
     gpus_without_total,
     is_low_memory,
     train_end_release,
 )
 from keras_memguard.guard.release import release_memory
 from keras_memguard.guard.tensorboard import MemoryRunWriter, memory_layout
-from keras_memguard.memory_snapshot import MemorySnapshot, reset_gpu_peaks, snapshot
+from keras_memguard.memory_snapshot import MemorySnapshot
 from keras_memguard.sizes import format_bytes, parse_size
 
 __all__ = ["LOG_KEYS", "Halt", "MemGuardCallback", "MemGuardSummary", "memory_layout"]
@@ -73,6 +72,8 @@ PREFIX = "memory/"
 # and keras.callbacks.TensorBoard's `epoch_<key>`), plus `memory/gpu<i>_allocated_peak_mib`
 # for each GPU. Few on purpose: every key lands in all of those places.
 LOG_KEYS = ("memory/process_tree_peak_mib",)
+# Halting for a bound another worker crossed (the vote): no figure of this one crossed.
+ANOTHER_WORKER = Crossing("another_worker", "a bound on another worker", 0, 0)
 # With several workers, checks happen on batch counts (the same step on every worker).
 MULTI_WORKER_CHECK_EVERY = 10
 
@@ -265,8 +266,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         """The phase's check cadence and peaks start afresh."""
         self._batches_since_check = 0
         self._last_check = float("-inf")
-        self._peaks = PhasePeaks()
-        self._gpu_peaks_seen: dict[int, int] = {}
+        self._sampler = Sampler()
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._end_stale_fit()  # a guard reused after a fit that raised
@@ -295,9 +295,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         for the user's own code too, see docs/callback.md).
         """
         self._clear_phase_figures()
-        reset_gpu_peaks()
-        # A peak that cannot be reset counts only once it rises above today's.
-        _, self._gpu_peaks_seen = gpu_peaks_since_check(snapshot().gpus, {})
+        self._sampler.new_phase()
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._global_batch += 1
@@ -430,7 +428,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         halted_now = self._state.end_epoch(epoch)
         snap = self._sample()
         metrics = snap.metrics()
-        metrics.update(self._peaks.metrics())
+        metrics.update(self._sampler.peaks.metrics())
         metrics.update(bounds_mib(self.bounds, snap))
         slope = self._leaks.epoch_end(epoch, snap, self.summary, self._run.text)
         if slope is not None:
@@ -464,14 +462,9 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ sampling
     def _sample(self) -> MemorySnapshot:
-        snap = snapshot()
-        gpus, self._gpu_peaks_seen = gpu_peaks_since_check(snap.gpus, self._gpu_peaks_seen)
-        if any(gpu.peak_resettable for gpu in snap.gpus):
-            reset_gpu_peaks()  # the next sample's peak is the peak since this one
-        snap = replace(snap, gpus=gpus)
+        snap = self._sampler.sample(self.summary)
         self.last_snapshot = snap
         self._last_check = time.monotonic()
-        self._peaks.add(snap, self.summary)
         return snap
 
     def _warn_unbounded_gpus(self, snap: MemorySnapshot) -> None:
@@ -500,20 +493,9 @@ class MemGuardCallback(keras.callbacks.Callback):
             return
         if not state.vote(bool(found), self._workers.any_worker):
             return
-        if found:
-            metric, parameter, value, bound = (
-                found[0].metric,
-                found[0].parameter,
-                found[0].value,
-                found[0].bound,
-            )
-        else:
-            metric, parameter, value, bound = ("another_worker", "a bound on another worker", 0, 0)
-        self._halt(
-            Halt(metric, value, bound, state.epoch, batch, self.on_exceed, None, state.phase),
-            parameter,
-            snap,
-        )
+        cross = found[0] if found else ANOTHER_WORKER
+        where = (state.epoch, batch, self.on_exceed, None, state.phase)
+        self._halt(Halt(cross.metric, cross.value, cross.bound, *where), cross.parameter, snap)
 
     def _warn_crossings(self, found: list[Crossing], batch: int | None) -> None:
         """``on_exceed="warn"``: one warning per crossing, again once it cleared."""
@@ -523,15 +505,9 @@ class MemGuardCallback(keras.callbacks.Callback):
             if crossing.metric not in new:
                 continue
             new.discard(crossing.metric)
+            value, bound = crossing.value, crossing.bound
             halt = Halt(
-                crossing.metric,
-                crossing.value,
-                crossing.bound,
-                state.epoch,
-                batch,
-                "warn",
-                None,
-                state.phase,
+                crossing.metric, value, bound, state.epoch, batch, "warn", None, state.phase
             )
             self.summary.halts.append(halt)
             warnings.warn(

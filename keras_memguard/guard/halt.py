@@ -43,9 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PHASES", "HaltPlan", "HaltState", "fit_is_running"]
+__all__ = ["HaltPlan", "HaltState", "fit_is_running"]
 
-PHASES = ("train", "validation", "evaluate", "predict")
 LOW_MEMORY = "low-memory"  # the low-memory warning's key among the warned crossings
 
 

@@ -13,12 +13,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from keras_memguard.guard.policy import MemGuardSummary, mib
-from keras_memguard.memory_snapshot import MemorySnapshot
+from keras_memguard.guard.policy import MemGuardSummary, gpu_peaks_since_check, mib
+from keras_memguard.memory_snapshot import MemorySnapshot, reset_gpu_peaks, snapshot
 
-__all__ = ["PhasePeaks"]
+__all__ = ["PhasePeaks", "Sampler"]
 
 
 @dataclass
@@ -58,6 +58,39 @@ class PhasePeaks:
         for index, peak in self.gpu.items():
             metrics[f"gpu{index}_allocated_peak_mib"] = mib(peak)
         return metrics
+
+
+class Sampler:
+    """The guard's samples: each snapshot's GPU peaks are the peaks since the previous one.
+
+    Not pure: it reads memory and resets the allocator's peaks where the framework allows
+    (which resets them for the user's own code too, see docs/callback.md).
+
+    Example:
+        >>> sampler = Sampler()
+        >>> snap = sampler.sample(guard.summary)
+    """
+
+    def __init__(self) -> None:
+        self.peaks = PhasePeaks()
+        self.gpu_peaks_seen: dict[int, int] = {}
+
+    def new_phase(self) -> None:
+        """A phase starts: its peaks afresh, the allocator's peaks reset where possible."""
+        self.peaks = PhasePeaks()
+        reset_gpu_peaks()
+        # A peak that cannot be reset counts only once it rises above today's.
+        _, self.gpu_peaks_seen = gpu_peaks_since_check(snapshot().gpus, {})
+
+    def sample(self, summary: MemGuardSummary) -> MemorySnapshot:
+        """A snapshot now; this phase's and the run's peaks move with it."""
+        snap = snapshot()
+        gpus, self.gpu_peaks_seen = gpu_peaks_since_check(snap.gpus, self.gpu_peaks_seen)
+        if any(gpu.peak_resettable for gpu in snap.gpus):
+            reset_gpu_peaks()  # the next sample's peak is the peak since this one
+        snap = replace(snap, gpus=gpus)
+        self.peaks.add(snap, summary)
+        return snap
 
 
 def _extreme(pick: Callable[[int, int], int], current: int | None, value: int) -> int:
