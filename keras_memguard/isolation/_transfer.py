@@ -1,0 +1,448 @@
+"""What travels to a ``run_isolated`` child, and the ``__main__`` the child rebuilds.
+
+``multiprocessing``'s spawn rebuilds a guarded script's ``__main__`` in every child by
+running the script again as ``__mp_main__`` (``multiprocessing/spawn.py``,
+``_fixup_main_from_path``); functions from ``__main__`` then travel by reference. The
+child of ``run_isolated`` does the same where it is safe, and takes by value what no
+re-run can define:
+
+- **A guarded script** (the call runs under ``if __name__ == "__main__":``): functions
+  and classes the script defines at module level, outside the guard, travel by
+  reference, and the child runs the script as ``__mp_main__`` before it unpickles them.
+  No cloudpickle is needed.
+- **An unguarded script, a notebook, code run by ``exec``**: running the script again
+  would start the phase again, so the functions and classes of ``__main__`` that the
+  phase reaches travel by value (cloudpickle) and the child puts them into its own
+  ``__main__``, where ``pickle`` finds them by name.
+- **Lambdas and nested functions**: by value (cloudpickle).
+
+The child's ``__main__`` names :mod:`keras_memguard.isolation._spawn_main` as its
+``__spec__``, and ``MEMGUARD_ISOLATED_MAIN`` describes how it was built: a process the
+phase spawns (a ``Pool``, a ``ProcessPoolExecutor``, ``PyDataset`` workers) runs that
+module as its own ``__mp_main__`` and rebuilds the same ``__main__``; forked ones
+inherit it.
+
+Example:
+    >>> header, payload = pack(train, (64,), {})    # in the driver
+    >>> prepare_main(header); fn, args, kwargs = pickle.loads(payload)   # in the child
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import json
+import os
+import pickle
+import runpy
+import sys
+import tempfile
+import threading
+import types
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from keras_memguard.errors import invalid_argument
+
+__all__ = ["MAIN_ENV", "MainScript", "dumps_reply", "main_script", "pack", "prepare_main"]
+
+MAIN_ENV = "MEMGUARD_ISOLATED_MAIN"
+_SPAWN_MAIN = "keras_memguard.isolation._spawn_main"
+_MAIN_NAMES = ("__main__", "__mp_main__")
+# (path, mtime) -> (line ranges of the `if __name__ == "__main__":` blocks, names bound
+# at module level outside them)
+_layouts: dict[tuple[str, float], tuple[tuple[tuple[int, int], ...], frozenset[str]]] = {}
+_written: list[str] = []  # namespace files this child wrote, removed at its exit
+
+
+@dataclass(frozen=True)
+class MainScript:
+    """A guarded script the child may run as ``__mp_main__``, as spawn does.
+
+    Attributes:
+        path: the script's absolute path.
+        module: its name when run with ``python -m``, else ``None``.
+        names: what it binds at module level outside ``if __name__ == "__main__":``.
+    """
+
+    path: str
+    module: str | None
+    names: frozenset[str]
+
+
+class _NeedsCloudpickle(Exception):
+    """A function or class from ``__main__`` can only travel by value."""
+
+
+# --- the driver: which __main__ this is -------------------------------------------
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
+        return False
+    if not isinstance(test.ops[0], ast.Eq):
+        return False
+    sides = (test.left, test.comparators[0])
+    return any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides) and any(
+        isinstance(s, ast.Constant) and s.value == "__main__" for s in sides
+    )
+
+
+def _bound(body: list[ast.stmt], names: set[str], guards: list[tuple[int, int]]) -> None:
+    """Collects the names ``body`` binds outside the guard (into ``if``/``try``/``with``
+    blocks, not into functions) and the guard blocks' line ranges."""
+    for node in body:
+        if isinstance(node, ast.If) and _is_main_guard(node.test):
+            guards.append((node.lineno, node.end_lineno or node.lineno))
+            _bound(node.orelse, names, guards)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+            for field in ("body", "orelse", "finalbody"):
+                _bound(getattr(node, field, []), names, guards)
+            for handler in getattr(node, "handlers", []):
+                _bound(handler.body, names, guards)
+
+
+def _layout(path: str) -> tuple[tuple[tuple[int, int], ...], frozenset[str]] | None:
+    try:
+        key = (path, os.stat(path).st_mtime)
+        if key not in _layouts:
+            with open(path, "rb") as f:
+                tree = ast.parse(f.read(), path)
+            names: set[str] = set()
+            guards: list[tuple[int, int]] = []
+            _bound(tree.body, names, guards)
+            _layouts[key] = (tuple(guards), frozenset(names))
+        return _layouts[key]
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def _module_frames() -> Iterator[types.FrameType]:
+    """The frames of this thread, then of the main thread (a call from a thread)."""
+    tops = [sys._getframe(1)]
+    main = sys._current_frames().get(threading.main_thread().ident or -1)
+    if main is not None:
+        tops.append(main)
+    for top in tops:
+        frame: types.FrameType | None = top
+        while frame is not None:
+            yield frame
+            frame = frame.f_back
+
+
+def main_script() -> MainScript | None:
+    """The driver's script when the child may run it as ``__mp_main__``: a file whose
+    module level is now running this call from inside ``if __name__ == "__main__":``.
+    ``None`` for a notebook, ``python -c``, a package's ``__main__`` (spawn does not run
+    those again either) and an unguarded call.
+
+    Example:
+        >>> main_script()           # in `python train.py`, under the guard
+        MainScript(path='/home/me/train.py', module=None, names=frozenset({'train', ...}))
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not isinstance(path, str):
+        return None
+    module = getattr(getattr(main, "__spec__", None), "name", None)
+    if module is not None and (module == "__main__" or module.endswith(".__main__")):
+        return None
+    path = os.path.abspath(path)
+    layout = _layout(path)
+    if layout is None:
+        return None
+    guards, names = layout
+    for frame in _module_frames():
+        code = frame.f_code
+        if code.co_name == "<module>" and os.path.abspath(code.co_filename) == path:
+            line = frame.f_lineno or 0
+            if any(first <= line <= last for first, last in guards):
+                return MainScript(path, module, names)
+            return None
+    return None
+
+
+# --- pickling ---------------------------------------------------------------------
+
+
+def _cloudpickle() -> Any:
+    try:
+        import cloudpickle
+    except ImportError:
+        return None
+    return cloudpickle
+
+
+def _lookup(module: Any, qualname: str) -> Any:
+    value = module
+    for part in qualname.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def _code_files(obj: Any) -> set[str]:
+    """The files the code of a function (or of a class's methods) comes from."""
+    functions = [obj] if isinstance(obj, types.FunctionType) else list(vars(obj).values())
+    files = set()
+    for item in functions:
+        item = getattr(item, "__func__", item)
+        code = getattr(item, "__code__", None)
+        if code is not None and code.co_filename != "<string>":  # dataclass, namedtuple
+            files.add(os.path.abspath(code.co_filename))
+    return files
+
+
+class _Rules:
+    """``reducer_override`` for functions and classes from ``__main__``.
+
+    Modes: ``"payload"`` (by reference; what the child's ``__main__`` must hold is
+    recorded), ``"namespace"`` (those recorded objects by value) and ``"reply"`` (from
+    the child to the driver, whose ``__main__`` has them: by reference).
+    """
+
+    mode = "payload"
+    script: MainScript | None = None
+    cloud = False
+
+    def _setup(self, mode: str, script: MainScript | None, cloud: bool) -> None:
+        self.mode, self.script, self.cloud = mode, script, cloud
+        self.namespace: dict[str, Any] = {}
+        self.uses_script = False
+
+    def reducer_override(self, obj: Any) -> Any:
+        from_main = isinstance(obj, (types.FunctionType, type)) and obj.__module__ in _MAIN_NAMES
+        if from_main and self._by_reference(obj):
+            return NotImplemented  # pickle's own save_global
+        parent = super()
+        return getattr(parent, "reducer_override", lambda _: NotImplemented)(obj)
+
+    def _by_reference(self, obj: Any) -> bool:
+        qualname = getattr(obj, "__qualname__", "")
+        main = sys.modules.get(obj.__module__)
+        if "<" in qualname or main is None or _lookup(main, qualname) is not obj:
+            return False  # a lambda, a nested function: by value (cloudpickle)
+        if self.mode == "reply":
+            return True
+        top = qualname.split(".")[0]
+        script = self.script
+        if script is not None and top in script.names:
+            files = _code_files(obj)
+            if not files or script.path in files:
+                self.uses_script = True
+                return True
+        self.namespace[top] = getattr(main, top)
+        if not self.cloud:
+            raise _NeedsCloudpickle(qualname)
+        return self.mode == "payload"
+
+
+_classes: dict[bool, type] = {}
+
+
+def _pickler(file: Any, mode: str, script: MainScript | None = None) -> Any:
+    cloud = _cloudpickle()
+    base = cloud.Pickler if cloud is not None else pickle.Pickler
+    key = cloud is not None
+    if key not in _classes:
+        _classes[key] = type("_MainPickler", (_Rules, base), {})
+    pickler = _classes[key](file, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler._setup(mode, script, key)
+    return pickler
+
+
+def dumps_reply(value: Any) -> bytes:
+    """Pickles a result or an exception for the driver: objects of ``__main__`` by
+    reference (the driver has them), others by value where cloudpickle is installed.
+
+    Example:
+        >>> pickle.loads(dumps_reply(42))
+        42
+    """
+    buffer = io.BytesIO()
+    _pickler(buffer, "reply").dump(value)
+    return buffer.getvalue()
+
+
+def _why_by_value(qualname: str) -> str:
+    return (
+        f"{qualname} is defined in __main__, and the child cannot define it by running "
+        'the script again: the call does not run under `if __name__ == "__main__":` '
+        "(or it comes from a notebook, `python -c` or exec), so it can only travel by "
+        "value, which needs cloudpickle, a dependency of keras-memguard missing here"
+    )
+
+
+def _cannot_travel(value: Any) -> str | None:
+    """Why a value cannot be sent to another process, for the inputs people pass."""
+    kind = type(value)
+    names = {f"{c.__module__}.{c.__qualname__}" for c in kind.__mro__}
+    if any(n.startswith("tensorflow.") and n.endswith("DatasetV2") for n in names):
+        return "a tf.data.Dataset cannot be sent to another process"
+    if any(n.startswith("tensorflow.") and "Iterator" in n for n in names):
+        return "a tf.data iterator cannot be sent to another process"
+    if isinstance(value, (types.GeneratorType, types.AsyncGeneratorType)):
+        return "an open generator cannot be sent to another process"
+    return None
+
+
+def _check_inputs(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    named = [(f"args[{i}]", v) for i, v in enumerate(args)] + list(kwargs.items())
+    for name, value in named:
+        inner = list(value.values()) if isinstance(value, dict) else value
+        values = list(inner) if isinstance(inner, (list, tuple)) else [value]
+        for item in [value, *values]:
+            why = _cannot_travel(item)
+            if why:
+                raise invalid_argument(
+                    name,
+                    item,
+                    "NumPy arrays, or a function (or file path) that builds the dataset "
+                    "inside the child",
+                    why=why,
+                )
+
+
+def pack(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> tuple[bytes | None, bytes]:
+    """Pickles ``(fn, args, kwargs)`` for the child, with what its ``__main__`` needs.
+
+    Returns ``(header, payload)``: ``header`` (``None`` when nothing of ``__main__``
+    travels) tells :func:`prepare_main` what to run and install before the payload is
+    unpickled.
+
+    Raises:
+        ValueError: something cannot travel (a ``tf.data.Dataset``, a generator, a lock,
+            a function of an unguarded ``__main__`` without cloudpickle); the message
+            names it, says why and what to pass instead.
+
+    Example:
+        >>> header, payload = pack(pow, (2, 10), {})
+    """
+    if not callable(fn):
+        raise invalid_argument("fn", fn, "a function defined at module level")
+    _check_inputs(args, kwargs)
+    script = main_script()
+    try:
+        buffer = io.BytesIO()
+        pickler = _pickler(buffer, "payload", script)
+        pickler.dump((fn, args, dict(kwargs)))
+        payload = buffer.getvalue()
+        namespace = None
+        if pickler.namespace:
+            spare = io.BytesIO()
+            by_value = _pickler(spare, "namespace", script)
+            by_value.dump(pickler.namespace)
+            by_value.dump(by_value.namespace)  # all it reached, from the memo: same objects
+            pickler.uses_script = pickler.uses_script or by_value.uses_script
+            namespace = spare.getvalue()
+    except _NeedsCloudpickle as err:
+        raise invalid_argument(
+            "fn",
+            fn,
+            "a function the child can define: run the call under "
+            '`if __name__ == "__main__":`, move the function into a module, or '
+            "`pip install cloudpickle`",
+            why=_why_by_value(str(err)),
+        ) from None
+    except Exception as err:
+        hint = "" if _cloudpickle() else " (cloudpickle, missing here, sends those by value)"
+        raise invalid_argument(
+            "fn",
+            fn,
+            "a function the child process can import or rebuild: define it at module "
+            f"level, or a lambda or nested function{hint}, with picklable arguments; "
+            f"pickling failed with {type(err).__name__}: {err}",
+        ) from None
+    if not pickler.uses_script and namespace is None:
+        return None, payload
+    description = {
+        "path": script.path if script is not None and pickler.uses_script else None,
+        "module": script.module if script is not None and pickler.uses_script else None,
+        "argv": list(sys.argv),
+    }
+    return pickle.dumps((description, namespace), protocol=pickle.HIGHEST_PROTOCOL), payload
+
+
+# --- the child: rebuild __main__ --------------------------------------------------
+
+
+def _public(content: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in content.items() if not (k.startswith("__") and k.endswith("__"))}
+
+
+def _namespace(description: Mapping[str, Any], namespace: bytes | None) -> dict[str, Any]:
+    """Runs the script as ``__mp_main__`` (as spawn does) and loads what came by value."""
+    content: dict[str, Any] = {}
+    if description.get("module"):
+        content.update(runpy.run_module(description["module"], run_name="__mp_main__"))
+    elif description.get("path"):
+        content.update(runpy.run_path(description["path"], run_name="__mp_main__"))
+    content = _public(content)
+    if namespace is not None:
+        unpickler = pickle.Unpickler(io.BytesIO(namespace))
+        unpickler.load()
+        content.update(unpickler.load())
+    return content
+
+
+def rebuilt_main() -> dict[str, Any]:
+    """The namespace of ``__main__`` in a process a run_isolated child spawned.
+
+    Example:
+        >>> rebuilt_main()["train"]     # in a Pool worker of the phase
+        <function train at 0x...>
+    """
+    description = json.loads(os.environ[MAIN_ENV])
+    namespace = None
+    if description.get("namespace_file"):
+        with open(description["namespace_file"], "rb") as f:
+            namespace = f.read()
+    return _namespace(description, namespace)
+
+
+def prepare_main(header: bytes) -> None:
+    """In the child: builds the ``__main__`` that ``header`` describes and installs it
+    (also as ``__mp_main__``), so that ``pickle`` finds its objects by name and the
+    processes the phase spawns rebuild it.
+
+    Example:
+        >>> prepare_main(header)        # before the payload is unpickled
+    """
+    import importlib.util
+
+    description, namespace = pickle.loads(header)
+    if description.get("argv"):
+        sys.argv[:] = description["argv"]
+    content = _namespace(description, namespace)
+    if namespace is not None:
+        fd, name = tempfile.mkstemp(prefix="memguard-main-", suffix=".pkl")
+        with os.fdopen(fd, "wb") as f:
+            f.write(namespace)
+        _written.append(name)
+        description = {**description, "namespace_file": name}
+    os.environ[MAIN_ENV] = json.dumps(description)
+    module = types.ModuleType("__mp_main__")
+    module.__dict__.update(content)
+    module.__spec__ = importlib.util.find_spec(_SPAWN_MAIN)
+    if description.get("path"):
+        module.__file__ = description["path"]
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+
+
+def remove_written() -> None:
+    """Removes the namespace files this child wrote (at its exit)."""
+    for name in _written:
+        with contextlib.suppress(OSError):
+            os.remove(name)
+    _written.clear()
