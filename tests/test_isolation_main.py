@@ -65,20 +65,22 @@ print("result", run_isolated(phase, sys.argv[1], sys.argv[2], timeout=120))
 """
 
 # A notebook runs each cell with exec() in __main__'s namespace.
-_NOTEBOOK = '''
+_NOTEBOOK = """
 import sys
 
 sys.path[:0] = {paths!r}
-CELLS = [{phase!r}, """print("result", run_isolated(phase, sys.argv[1], sys.argv[2], timeout=120))"""]
+CALL = "print('result', run_isolated(phase, sys.argv[1], sys.argv[2], timeout=120))"
+CELLS = [{phase!r}, CALL]
 for number, cell in enumerate(CELLS):
     exec(compile(cell, f"<cell-{{number}}>", "exec"), sys.modules["__main__"].__dict__)
-'''
+"""
 
 # An import blocker: cloudpickle is missing here (and in the child, which gets sys.path).
 _NO_CLOUDPICKLE = "raise ImportError('cloudpickle is blocked for this test')\n"
 
 
 def _run_script(tmp_path, source, *args, block_cloudpickle=False, timeout=300):
+    """Runs ``source`` as a script file, with its own temporary directory."""
     paths = [ROOT]
     if block_cloudpickle:
         blocker = tmp_path / "blocker"
@@ -87,12 +89,15 @@ def _run_script(tmp_path, source, *args, block_cloudpickle=False, timeout=300):
         paths.insert(0, str(blocker))
     script = tmp_path / "train_script.py"
     script.write_text(textwrap.dedent(source).format(paths=paths, phase=_PHASE.format(paths=[])))
+    temporary = tmp_path / "tmp"
+    temporary.mkdir(exist_ok=True)
     return subprocess.run(
         [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(temporary)},
     )
 
 
@@ -112,6 +117,7 @@ def test_a_guarded_script_maps_its_own_function_over_a_pool(tmp_path, method, ki
 def test_an_unguarded_script_maps_its_own_function_over_a_pool(tmp_path, method):
     done = _run_script(tmp_path, _PHASE + _UNGUARDED, method, "pool")
     assert _result(done) == ["result 285"]  # and the script body ran once
+    assert list((tmp_path / "tmp").iterdir()) == []  # what came by value is removed
 
 
 @pytest.mark.parametrize("method", ["spawn", "fork"])
@@ -137,6 +143,46 @@ def test_an_unguarded_script_without_cloudpickle_is_told_what_to_do(tmp_path):
     assert error.startswith("ValueError: Invalid value for argument `fn`")
     assert "phase is defined in __main__" in error
     assert 'if __name__ == "__main__":' in error and "pip install cloudpickle" in error
+
+
+def test_a_call_outside_the_guard_is_refused_where_the_script_runs_again(tmp_path):
+    source = _PHASE + "\nprint('top', run_isolated(square, 3))\n" + _GUARDED
+    done = _run_script(tmp_path, source, "fork", "pool")
+    assert done.returncode != 0
+    assert done.stdout.splitlines() == ["top 9"]  # the unguarded call runs in the driver
+    assert "RebuildingMainError: run_isolated was called while your script ran again" in done.stderr
+    assert 'Put it under `if __name__ == "__main__":`' in done.stderr
+
+
+_FAILS_IN_THE_CHILD = """
+import os
+import sys
+
+sys.path[:0] = {paths!r}
+import numpy as np
+
+from keras_memguard import run_isolated
+
+if os.environ.get("IMPORT_WHAT_IS_MISSING"):  # set for the child only
+    import a_module_nobody_has
+
+
+def total(values):
+    return int(values.sum())
+
+
+if __name__ == "__main__":
+    big = np.ones(48 * 2**20, dtype=np.uint8)
+    run_isolated(total, big, env={{"IMPORT_WHAT_IS_MISSING": "1"}}, timeout=60)
+"""
+
+
+def test_a_script_failing_at_import_in_the_child_reports_its_own_error(tmp_path):
+    done = _run_script(tmp_path, _FAILS_IN_THE_CHILD)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()
+    assert last[-2] == "ModuleNotFoundError: No module named 'a_module_nobody_has'"
+    assert "ran your script again as __mp_main__" in last[-1]
 
 
 _PYDATASET = """

@@ -29,7 +29,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-from keras_memguard.isolation._transfer import dumps_reply, prepare_main, remove_written
+from keras_memguard.isolation._transfer import dumps_reply, prepare_main
 
 _PARENT_CHECK_S = 0.5
 
@@ -86,15 +86,7 @@ def serve(conn: Any) -> int:
         except EOFError:  # a warm spare that was not needed
             return 0
         if header:
-            try:
-                prepare_main(header)
-            except BaseException as err:
-                err.add_note(
-                    "(run_isolated's child ran your script as __mp_main__ to define the "
-                    "functions of __main__, as multiprocessing's spawn does: keep code that "
-                    'must run once under `if __name__ == "__main__":`)'
-                )
-                raise
+            prepare_main(header)
         payload = conn.recv_bytes()
         try:
             fn, args, kwargs = pickle.loads(payload)
@@ -131,10 +123,7 @@ def main() -> None:
     fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
     _watch_parent(parent_pid)
     conn = Connection(fd)
-    try:
-        code = serve(conn)
-    finally:
-        remove_written()
+    code = serve(conn)
     conn.close()
     # The reply is sent: skip the interpreter's teardown (seconds with TensorFlow or
     # JAX loaded); the parent ends whatever this process started.

@@ -30,7 +30,6 @@ Example:
 from __future__ import annotations
 
 import ast
-import contextlib
 import io
 import json
 import os
@@ -46,7 +45,17 @@ from typing import Any
 
 from keras_memguard.errors import invalid_argument
 
-__all__ = ["MAIN_ENV", "MainScript", "dumps_reply", "main_script", "pack", "prepare_main"]
+__all__ = [
+    "MAIN_ENV",
+    "MainScript",
+    "RebuildingMainError",
+    "dumps_reply",
+    "main_script",
+    "namespace_file",
+    "pack",
+    "prepare_main",
+    "refuse_while_preparing",
+]
 
 MAIN_ENV = "MEMGUARD_ISOLATED_MAIN"
 _SPAWN_MAIN = "keras_memguard.isolation._spawn_main"
@@ -54,7 +63,7 @@ _MAIN_NAMES = ("__main__", "__mp_main__")
 # (path, mtime) -> (line ranges of the `if __name__ == "__main__":` blocks, names bound
 # at module level outside them)
 _layouts: dict[tuple[str, float], tuple[tuple[tuple[int, int], ...], frozenset[str]]] = {}
-_written: list[str] = []  # namespace files this child wrote, removed at its exit
+_preparing = False  # this child runs the user's script as __mp_main__ now
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,10 @@ class MainScript:
     path: str
     module: str | None
     names: frozenset[str]
+
+
+class RebuildingMainError(RuntimeError):
+    """``run_isolated`` was called while the script ran again as ``__mp_main__``."""
 
 
 class _NeedsCloudpickle(Exception):
@@ -383,11 +396,24 @@ def _public(content: Mapping[str, Any]) -> dict[str, Any]:
 
 def _namespace(description: Mapping[str, Any], namespace: bytes | None) -> dict[str, Any]:
     """Runs the script as ``__mp_main__`` (as spawn does) and loads what came by value."""
+    global _preparing
     content: dict[str, Any] = {}
-    if description.get("module"):
-        content.update(runpy.run_module(description["module"], run_name="__mp_main__"))
-    elif description.get("path"):
-        content.update(runpy.run_path(description["path"], run_name="__mp_main__"))
+    _preparing = True
+    try:
+        if description.get("module"):
+            content.update(runpy.run_module(description["module"], run_name="__mp_main__"))
+        elif description.get("path"):
+            content.update(runpy.run_path(description["path"], run_name="__mp_main__"))
+    except Exception as err:
+        if not isinstance(err, RebuildingMainError):
+            err.add_note(
+                "(run_isolated ran your script again as __mp_main__ to define the functions "
+                "of __main__, as multiprocessing's spawn does: keep code that must run "
+                'once under `if __name__ == "__main__":`)'
+            )
+        raise
+    finally:
+        _preparing = False
     content = _public(content)
     if namespace is not None:
         unpickler = pickle.Unpickler(io.BytesIO(namespace))
@@ -426,10 +452,9 @@ def prepare_main(header: bytes) -> None:
         sys.argv[:] = description["argv"]
     content = _namespace(description, namespace)
     if namespace is not None:
-        fd, name = tempfile.mkstemp(prefix="memguard-main-", suffix=".pkl")
-        with os.fdopen(fd, "wb") as f:
+        name = namespace_file(os.getpid())
+        with open(name, "wb") as f:
             f.write(namespace)
-        _written.append(name)
         description = {**description, "namespace_file": name}
     os.environ[MAIN_ENV] = json.dumps(description)
     module = types.ModuleType("__mp_main__")
@@ -440,9 +465,34 @@ def prepare_main(header: bytes) -> None:
     sys.modules["__main__"] = sys.modules["__mp_main__"] = module
 
 
-def remove_written() -> None:
-    """Removes the namespace files this child wrote (at its exit)."""
-    for name in _written:
-        with contextlib.suppress(OSError):
-            os.remove(name)
-    _written.clear()
+def namespace_file(pid: int) -> str:
+    """Where the child ``pid`` keeps what came by value, for the processes it spawns;
+    the parent removes it when the child has ended.
+
+    Example:
+        >>> namespace_file(4242)
+        '/tmp/memguard-main-4242.pkl'
+    """
+    return os.path.join(tempfile.gettempdir(), f"memguard-main-{pid}.pkl")
+
+
+def refuse_while_preparing() -> None:
+    """Raises where ``__main__`` is being rebuilt: a call at the module level of a script,
+    outside its guard, would otherwise start a child from every child.
+
+    Raises:
+        RebuildingMainError: (a ``RuntimeError``) the script runs again as
+            ``__mp_main__`` now.
+
+    Example:
+        >>> refuse_while_preparing()    # at the start of run_isolated
+    """
+    import multiprocessing
+
+    if _preparing or getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RebuildingMainError(
+            "run_isolated was called while your script ran again as __mp_main__ to "
+            "define the functions of __main__ in a new process (as multiprocessing's "
+            "spawn does): the call is at the module level of the script. Put it under "
+            '`if __name__ == "__main__":`.'
+        )

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import signal
 import subprocess
@@ -257,6 +258,7 @@ def run_isolated(
         1024
     """
     start = time.monotonic()  # the timeout counts from here: start-up and transfer too
+    _transfer.refuse_while_preparing()
     if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
         raise invalid_argument("timeout", timeout, "seconds as a positive number, or None")
     if not isinstance(poll_interval, (int, float)) or not poll_interval > 0:
@@ -306,6 +308,9 @@ def run_isolated(
                 child.popen.wait(TERMINATE_GRACE_S)
         ended = child.end_tree(_MEMORY_GRACE_S if memory_exceeded else TERMINATE_GRACE_S)
         child.close()
+        if header is not None:
+            with contextlib.suppress(OSError):
+                os.remove(_transfer.namespace_file(child.pid))
 
     exitcode = child.popen.returncode
     signal_name = _signal_name(exitcode)
