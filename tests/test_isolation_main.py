@@ -113,7 +113,7 @@ def test_a_guarded_script_maps_its_own_function_over_a_pool(tmp_path, method, ki
     assert _result(done) == ["result 285"]
 
 
-@pytest.mark.parametrize("method", ["spawn", "fork"])
+@pytest.mark.parametrize("method", ["spawn", "fork", "forkserver"])
 def test_an_unguarded_script_maps_its_own_function_over_a_pool(tmp_path, method):
     done = _run_script(tmp_path, _PHASE + _UNGUARDED, method, "pool")
     assert _result(done) == ["result 285"]  # and the script body ran once
@@ -143,6 +143,44 @@ def test_an_unguarded_script_without_cloudpickle_is_told_what_to_do(tmp_path):
     assert error.startswith("ValueError: Invalid value for argument `fn`")
     assert "phase is defined in __main__" in error
     assert 'if __name__ == "__main__":' in error and "pip install cloudpickle" in error
+
+
+_RESULT = """
+import sys
+
+sys.path[:0] = {paths!r}
+from keras_memguard import run_isolated
+
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+
+class Refused(Exception):
+    pass
+
+
+def make(x):
+    if x < 0:
+        raise Refused(x)
+    return Point(x)
+
+
+def main():
+    point = run_isolated(make, 3)
+    try:
+        run_isolated(make, -1)
+    except Refused:
+        print("result", type(point) is Point, point.x, "caught")
+"""
+
+
+@pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "unguarded"])
+def test_results_and_errors_of_main_classes_come_back_as_those_classes(tmp_path, guarded):
+    call = 'if __name__ == "__main__":\n    main()\n' if guarded else "main()\n"
+    done = _run_script(tmp_path, _RESULT + call)
+    assert _result(done) == ["result True 3 caught"]
 
 
 def test_a_call_outside_the_guard_is_refused_where_the_script_runs_again(tmp_path):

@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import os
 import pickle
+import shutil
 import signal
 import sys
 import threading
@@ -129,6 +130,10 @@ def main() -> None:
     # JAX loaded); the parent ends whatever this process started.
     if "logging" in sys.modules:
         sys.modules["logging"].shutdown()
+    if "multiprocessing.process" in sys.modules:  # its exit hook would remove it
+        tempdir = sys.modules["multiprocessing.process"].current_process()._config.get("tempdir")
+        if tempdir:
+            shutil.rmtree(tempdir, ignore_errors=True)
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
