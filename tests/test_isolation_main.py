@@ -39,6 +39,8 @@ def square(v):
 
 
 def phase(method, kind):
+    if kind == "nested":  # a phase that isolates a phase of its own
+        return run_isolated(phase, method, "pool", timeout=120)
     context = multiprocessing.get_context(method)
     if kind == "pool":
         with context.Pool(2) as pool:
@@ -106,16 +108,27 @@ def _result(done):
     return [line for line in done.stdout.splitlines() if line.startswith("result")]
 
 
-@pytest.mark.parametrize("kind", ["pool", "executor"])
-@pytest.mark.parametrize("method", ["spawn", "fork"])
+@pytest.mark.parametrize(
+    "method, kind",
+    [
+        ("spawn", "pool"),
+        ("spawn", "executor"),
+        ("fork", "pool"),
+        ("fork", "executor"),
+        ("spawn", "nested"),
+    ],
+)
 def test_a_guarded_script_maps_its_own_function_over_a_pool(tmp_path, method, kind):
     done = _run_script(tmp_path, _PHASE + _GUARDED, method, kind)
     assert _result(done) == ["result 285"]
 
 
-@pytest.mark.parametrize("method", ["spawn", "fork", "forkserver"])
-def test_an_unguarded_script_maps_its_own_function_over_a_pool(tmp_path, method):
-    done = _run_script(tmp_path, _PHASE + _UNGUARDED, method, "pool")
+@pytest.mark.parametrize(
+    "method, kind",
+    [("spawn", "pool"), ("fork", "pool"), ("forkserver", "pool"), ("spawn", "nested")],
+)
+def test_an_unguarded_script_maps_its_own_function_over_a_pool(tmp_path, method, kind):
+    done = _run_script(tmp_path, _PHASE + _UNGUARDED, method, kind)
     assert _result(done) == ["result 285"]  # and the script body ran once
     assert list((tmp_path / "tmp").iterdir()) == []  # what came by value is removed
 

@@ -463,6 +463,9 @@ def prepare_main(header: bytes) -> None:
     if description.get("path"):
         module.__file__ = description["path"]
     sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+    cloud = _cloudpickle()
+    if cloud is not None:  # cloudpickle takes __main__ by value; this one too (a nested call)
+        cloud.register_pickle_by_value(module)
 
 
 def namespace_file(pid: int) -> str:
