@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 
+import isolated_tasks as tasks
 import numpy as np
 import pytest
 
@@ -324,3 +325,10 @@ def test_a_child_hanging_at_start_is_stopped_at_its_timeout(broken_install):
     elapsed = time.monotonic() - start
     assert 2 <= elapsed < 3, elapsed  # counted from the call, honoured within 1 s
     assert info.value.exit.timed_out
+
+
+def test_a_child_dying_in_the_middle_of_its_reply_is_reported_at_once():
+    start = time.monotonic()
+    with pytest.raises(ChildKilledError, match="exited with code 9"):
+        run_isolated(tasks.die_mid_reply, timeout=120)
+    assert time.monotonic() - start < 15  # its forked process kept the connection open
