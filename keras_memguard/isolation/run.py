@@ -5,10 +5,12 @@ TensorFlow never returns GPU memory to the device until the process exits. Runni
 each trial in its own process is the only flat answer.
 
 The child is a plain ``python`` subprocess in a session of its own (not a
-``multiprocessing`` child): it never runs the driver's ``__main__`` again, so a script
-without an ``if __name__ == "__main__":`` guard and a notebook both work, and it may start
-processes itself (a ``multiprocessing.Pool``, ``PyDataset`` workers, a nested
-``run_isolated``). Functions defined in ``__main__`` travel by value (cloudpickle).
+``multiprocessing`` child), so it may start processes itself (a ``multiprocessing.Pool``,
+``PyDataset`` workers, a nested ``run_isolated``). Functions from ``__main__`` reach it,
+and the processes it starts, as with ``multiprocessing``'s spawn: a guarded script runs
+again there as ``__mp_main__``; an unguarded script's or a notebook's functions travel by
+value (see ``_transfer``). The work is sent on a thread while the parent watches (see
+``_process``).
 
 The parent watches the child: a timeout, and a bound on the child's memory (its whole
 process tree, sampled every ``poll_interval`` seconds) that is enforced from outside, so a
@@ -219,11 +221,14 @@ def run_isolated(
     The keyword arguments below are run_isolated's own; every other one goes to `fn`.
 
     Args:
-        fn: the phase. A module-level function travels by reference; a function from
-            `__main__` (a script without a `__main__` guard, a notebook), a lambda or a
-            nested function travels by value when cloudpickle is installed.
-        timeout: seconds before the child (and its whole process tree) is stopped.
-            Defaults to `None` (no limit).
+        fn: the phase. A module-level function travels by reference, also one of a
+            guarded script's `__main__` (the child runs the script as `__mp_main__`,
+            as spawn does); one of an unguarded script or a notebook, a lambda or a
+            nested function travels by value (cloudpickle). Either way the pools and
+            workers the phase starts find the functions of `__main__`.
+        timeout: seconds from this call (the child's start-up and the transfer of the
+            arguments included) before the child and its whole process tree are
+            stopped. Defaults to `None` (no limit).
         max_memory: bound on the child's process-tree RSS, watched from the parent:
             bytes, `"8GiB"`, or a fraction of the effective limit. Defaults to `None`.
         env: environment variables for the child only (`{"CUDA_VISIBLE_DEVICES": "1"}`);
@@ -246,7 +251,10 @@ def run_isolated(
     Raises:
         ValueError: `fn` or its arguments cannot be sent to a child (named, with the fix:
             a `tf.data.Dataset` or a generator cannot travel; pass arrays, or a function
-            that builds the dataset in the child).
+            that builds the dataset in the child; a function of an unguarded `__main__`
+            where cloudpickle is missing).
+        RuntimeError: called at the module level of a script, outside its guard, while
+            the script runs again as `__mp_main__` in a child.
         Exception: the exception `fn` raised, re-raised with the child's traceback as
             its `__cause__`; `ChildFailedError` when it cannot be sent back as itself.
         ChildSystemExit: the phase called `sys.exit(code)` with a code other than 0.
