@@ -40,7 +40,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from keras_memguard.errors import invalid_argument
+from keras_memguard.errors import MemGuardError, invalid_argument
 from keras_memguard.isolation._script import MainScript, main_script
 
 __all__ = [
@@ -59,7 +59,7 @@ _MAIN_NAMES = ("__main__", "__mp_main__")
 _preparing = False  # this child runs the user's script as __mp_main__ now
 
 
-class RebuildingMainError(RuntimeError):
+class RebuildingMainError(MemGuardError, RuntimeError):
     """``run_isolated`` was called while the script ran again as ``__mp_main__``."""
 
 
