@@ -159,6 +159,39 @@ def test_an_unguarded_script_without_cloudpickle_is_told_what_to_do(tmp_path):
     assert 'if __name__ == "__main__":' in error and "pip install cloudpickle" in error
 
 
+_INSIDE_THE_GUARD = """
+import multiprocessing
+import sys
+
+sys.path[:0] = {paths!r}
+from keras_memguard import run_isolated
+
+
+def square(v):
+    return v * v
+
+
+if __name__ == "__main__":
+
+    def cube(v):
+        return v * v * v
+
+    def phase(method):
+        with multiprocessing.get_context(method).Pool(2) as pool:
+            return sum(pool.map(cube, range(4))) + sum(pool.map(square, range(4)))
+
+    print("result", run_isolated(phase, sys.argv[1], timeout=120))
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_functions_defined_inside_the_guard_map_over_a_pool(tmp_path, method):
+    # cube and phase travel by value, square by reference: the child (and each spawned
+    # worker) runs the script as __mp_main__, then adds what came by value.
+    done = _run_script(tmp_path, _INSIDE_THE_GUARD, method)
+    assert _result(done) == ["result 50"]
+
+
 _RESULT = """
 import sys
 

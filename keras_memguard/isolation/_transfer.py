@@ -276,6 +276,20 @@ def _public(content: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in content.items() if not (k.startswith("__") and k.endswith("__"))}
 
 
+class _MainUnpickler(pickle.Unpickler):
+    """Finds ``__main__``'s names in the script just run (``__main__`` is not it yet)."""
+
+    def __init__(self, file: Any, content: Mapping[str, Any]) -> None:
+        super().__init__(file)
+        self.content = content
+
+    def find_class(self, module: str, name: str) -> Any:
+        top, _, rest = name.partition(".")
+        if module in _MAIN_NAMES and top in self.content:
+            return _lookup(self.content[top], rest) if rest else self.content[top]
+        return super().find_class(module, name)
+
+
 def _namespace(description: Mapping[str, Any], namespace: bytes | None) -> dict[str, Any]:
     """Runs the script as ``__mp_main__`` (as spawn does) and loads what came by value."""
     global _preparing
@@ -298,7 +312,7 @@ def _namespace(description: Mapping[str, Any], namespace: bytes | None) -> dict[
         _preparing = False
     content = _public(content)
     if namespace is not None:
-        unpickler = pickle.Unpickler(io.BytesIO(namespace))
+        unpickler = _MainUnpickler(io.BytesIO(namespace), content)
         unpickler.load()
         content.update(unpickler.load())
     return content
