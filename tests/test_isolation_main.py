@@ -193,41 +193,54 @@ def test_functions_defined_inside_the_guard_map_over_a_pool(tmp_path, method):
 
 
 _RESULT = """
+import dataclasses
+import enum
 import sys
 
 sys.path[:0] = {paths!r}
 from keras_memguard import run_isolated
 
 
-class Point:
-    def __init__(self, x):
-        self.x = x
+class Unit(enum.Enum):
+    MIB = 2**20
+
+
+@dataclasses.dataclass
+class Size:
+    value: int
+    unit: Unit
 
 
 class Refused(Exception):
     pass
 
 
-def make(x):
-    if x < 0:
-        raise Refused(x)
-    return Point(x)
+def make(value, unit):
+    if value < 0:
+        raise Refused(value)
+    return Size(value, unit)
 
 
 def main():
-    point = run_isolated(make, 3)
+    size = run_isolated(make, 3, Unit.MIB)
     try:
-        run_isolated(make, -1)
+        run_isolated(make, -1, Unit.MIB)
     except Refused:
-        print("result", type(point) is Point, point.x, "caught")
+        print("result", type(size) is Size, size.value, size.unit is Unit.MIB, "caught")
 """
 
 
-@pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "unguarded"])
-def test_results_and_errors_of_main_classes_come_back_as_those_classes(tmp_path, guarded):
+@pytest.mark.parametrize(
+    "guarded, block_cloudpickle",
+    [(True, False), (True, True), (False, False)],
+    ids=["guarded", "guarded-without-cloudpickle", "unguarded"],
+)
+def test_results_and_errors_of_main_classes_come_back_as_those_classes(
+    tmp_path, guarded, block_cloudpickle
+):
     call = 'if __name__ == "__main__":\n    main()\n' if guarded else "main()\n"
-    done = _run_script(tmp_path, _RESULT + call)
-    assert _result(done) == ["result True 3 caught"]
+    done = _run_script(tmp_path, _RESULT + call, block_cloudpickle=block_cloudpickle)
+    assert _result(done) == ["result True 3 True caught"]
 
 
 def test_a_call_outside_the_guard_is_refused_where_the_script_runs_again(tmp_path):

@@ -85,16 +85,17 @@ def _lookup(module: Any, qualname: str) -> Any:
     return value
 
 
-def _code_files(obj: Any) -> set[str]:
-    """The files the code of a function (or of a class's methods) comes from."""
-    functions = [obj] if isinstance(obj, types.FunctionType) else list(vars(obj).values())
-    files = set()
-    for item in functions:
-        item = getattr(item, "__func__", item)
-        code = getattr(item, "__code__", None)
-        if code is not None and code.co_filename != "<string>":  # dataclass, namedtuple
-            files.add(os.path.abspath(code.co_filename))
-    return files
+def _from_the_script(obj: Any, path: str) -> bool:
+    """Whether the script at ``path`` defines ``obj`` (not code run by ``exec`` that
+    rebound one of its names)."""
+    if isinstance(obj, types.FunctionType):
+        return os.path.abspath(obj.__code__.co_filename) == path
+    for item in vars(obj).values():  # a class: none of its methods comes from exec
+        code = getattr(getattr(item, "__func__", item), "__code__", None)
+        name = code.co_filename if code is not None else ""
+        if name.startswith("<") and name != "<string>":  # <string>: dataclass, namedtuple
+            return False
+    return True
 
 
 class _Rules:
@@ -129,13 +130,12 @@ class _Rules:
         if self.mode == "reply":
             return True
         top = qualname.split(".")[0]
+        defined = getattr(main, top)
         script = self.script
-        if script is not None and top in script.names:
-            files = _code_files(obj)
-            if not files or script.path in files:
-                self.uses_script = True
-                return True
-        self.namespace[top] = getattr(main, top)
+        if script is not None and top in script.names and _from_the_script(defined, script.path):
+            self.uses_script = True  # the child runs the script, which defines it
+            return True
+        self.namespace[top] = defined
         if not self.cloud:
             raise _NeedsCloudpickle(qualname)
         return self.mode == "payload"
