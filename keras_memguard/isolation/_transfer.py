@@ -168,12 +168,20 @@ def dumps_reply(value: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _why_by_value(qualname: str) -> str:
+def _why_by_value(qualname: str, script: MainScript | None) -> str:
+    if script is None:
+        where = (
+            'the call does not run under `if __name__ == "__main__":` (or it comes from '
+            "a notebook, `python -c` or exec), so the child cannot run the script again"
+        )
+    else:
+        where = (
+            "the script does not define it at module level outside "
+            '`if __name__ == "__main__":` (it is defined inside the guard, or by exec)'
+        )
     return (
-        f"{qualname} is defined in __main__, and the child cannot define it by running "
-        'the script again: the call does not run under `if __name__ == "__main__":` '
-        "(or it comes from a notebook, `python -c` or exec), so it can only travel by "
-        "value, which needs cloudpickle, a dependency of keras-memguard missing here"
+        f"{qualname} is defined in __main__ and {where}: it can only travel by value, "
+        "which needs cloudpickle, a dependency of keras-memguard missing here"
     )
 
 
@@ -245,10 +253,10 @@ def pack(
         raise invalid_argument(
             "fn",
             fn,
-            "a function the child can define: run the call under "
-            '`if __name__ == "__main__":`, move the function into a module, or '
+            "a function the child can define: one defined at module level of a script "
+            'whose call runs under `if __name__ == "__main__":`, or in a module; or '
             "`pip install cloudpickle`",
-            why=_why_by_value(str(err)),
+            why=_why_by_value(str(err), script),
         ) from None
     except Exception as err:
         hint = "" if _cloudpickle() else " (cloudpickle, missing here, sends those by value)"
