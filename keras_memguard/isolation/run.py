@@ -284,15 +284,15 @@ def run_isolated(
     if child is None:
         child = start_child(overrides, config, ())
     child.send_work(header, payload)
-    if keep_warm:
-        with spares_lock:
-            if key not in spares:
-                spares[key] = start_child(overrides, config, preload)
 
     peak: int | None = None
     timed_out = memory_exceeded = False
     ended: tuple[int, ...] = ()
     try:
+        if keep_warm:
+            with spares_lock:
+                if key not in spares:
+                    spares[key] = start_child(overrides, config, preload)
         while not child.replied.wait(poll_interval):
             if not child.alive():  # what it sent before it ended is in the socket
                 child.replied.wait(_REPLY_GRACE_S)
