@@ -3,7 +3,7 @@
 Each script here is a real file run as ``__main__`` by a fresh ``python``, as users run
 theirs: guarded, unguarded, and functions defined by ``exec`` the way notebooks define
 them. The phase maps a function of that ``__main__`` over a pool, an executor or
-``PyDataset`` workers, started with fork and with spawn.
+``PyDataset`` workers, started with fork, spawn (and forkserver).
 """
 
 import importlib.util
