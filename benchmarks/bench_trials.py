@@ -141,7 +141,7 @@ def array_transfer() -> None:
     """What one trial's payload costs for a 64 MiB training set, by value and shared."""
     import numpy as np
 
-    from keras_memguard.isolation.run import _dumps
+    from keras_memguard.isolation._transfer import pack
     from keras_memguard.isolation.tuner import _Isolation, _restore
 
     x = np.random.default_rng(0).random((16 * 2**20 // 4, 4), dtype=np.float32)  # 64 MiB
@@ -151,8 +151,8 @@ def array_transfer() -> None:
     print("\none trial's arguments through the pipe (64 MiB + 16 MiB arrays)")
     for name, prepare in (("by value", lambda: args), ("shared (mmap)", lambda: state.share(args))):
         start = time.perf_counter()
-        data = _dumps(prepare())
-        _restore(pickle.loads(data))
+        _, data = pack(len, prepare(), {})  # what run_isolated sends to the child
+        _restore(pickle.loads(data)[1])
         seconds = time.perf_counter() - start
         print(f"{name:<36}{len(data) / 2**20:>10.2f} MiB{seconds * 1000:>10.1f} ms")
     state.release()

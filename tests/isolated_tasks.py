@@ -182,3 +182,15 @@ def oom_killed_like(events_path):
         f.write("low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n")
     os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(10)
+
+
+def die_mid_reply(seconds=60):
+    """Sends the start of a reply, leaves a forked process holding the connection, dies."""
+    import struct
+
+    fd = int(sys.argv[1])  # the child's end of the connection (see _process.start_child)
+    if os.fork() == 0:
+        time.sleep(seconds)
+        os._exit(0)
+    os.write(fd, struct.pack("!i", 1000) + b"the first bytes of 1000")
+    os._exit(9)

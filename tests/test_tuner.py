@@ -99,3 +99,58 @@ def test_large_arrays_are_written_once_and_memory_mapped(tmp_path):
     folder = os.path.dirname(first.path)
     state.release()
     assert not os.path.exists(folder)
+
+
+_GUARDED_SEARCH = """
+import sys
+
+import keras
+import keras_tuner
+import numpy as np
+
+import keras_memguard as mg
+
+
+def build(hp):
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(hp.Int("units", 4, 16, step=4)),
+         keras.layers.Dense(1)]
+    )
+    model.compile("sgd", "mse")
+    return model
+
+
+if __name__ == "__main__":
+    x = np.random.default_rng(0).random((64, 8), dtype="float32")
+    tuner = keras_tuner.RandomSearch(
+        build, "val_loss", max_trials=2, directory=sys.argv[1], project_name="p", seed=0
+    )
+    mg.isolate_trials(tuner)
+    tuner.search(x, x[:, :1], epochs=1, validation_split=0.25, verbose=0)
+    print("statuses", sorted(t.status for t in tuner.oracle.trials.values()))
+"""
+
+
+def test_a_guarded_scripts_build_function_needs_no_cloudpickle(tmp_path):
+    # `build` at module level, the search under the guard: the child runs the script as
+    # __mp_main__. An import blocker hides cloudpickle (the test environments have it)
+    # from the driver and the trials.
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "cloudpickle.py").write_text("raise ImportError('blocked for this test')\n")
+    script = tmp_path / "search.py"
+    script.write_text(_GUARDED_SEARCH)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(blocker), os.path.dirname(HERE)]),
+        "KERAS_BACKEND": "jax",
+    }
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "tuning")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "statuses ['COMPLETED', 'COMPLETED']"

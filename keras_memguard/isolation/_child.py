@@ -1,12 +1,13 @@
 """The entry point of a ``run_isolated`` child: a plain ``python`` subprocess.
 
-The parent starts ``python -c "...; main()" FD PARENT_PID`` in a new session. The child
-never imports the parent's ``__main__`` (an unguarded script is not run again); the work
-arrives over the connection on file descriptor ``FD``:
+The parent starts ``python -c "...; main()" FD PARENT_PID PATH`` in a new session. The
+child never runs the parent's script unless it may (see ``_transfer``): the work arrives
+over the connection on file descriptor ``FD``:
 
 1. ``(gpu_config, preload)``: configure GPUs, import ``preload`` (a warm spare stops here
    and waits);
-2. the pickled ``(fn, args, kwargs)``; it runs, and one reply goes back:
+2. a header (empty when nothing of ``__main__`` travels): how to rebuild ``__main__``;
+3. the pickled ``(fn, args, kwargs)``; it runs, and one reply goes back:
    ``("ok", result)``, ``("error", exc, type_name, text, traceback)``,
    ``("exit", code)`` for ``SystemExit`` or ``("unimportable", why, traceback)``.
 
@@ -20,6 +21,7 @@ import contextlib
 import importlib
 import os
 import pickle
+import shutil
 import signal
 import sys
 import threading
@@ -28,15 +30,9 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from keras_memguard.isolation._transfer import dumps_reply, prepare_main
+
 _PARENT_CHECK_S = 0.5
-
-
-def _dumps(value: Any) -> bytes:
-    try:
-        import cloudpickle
-    except ImportError:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    return bytes(cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -63,7 +59,7 @@ def _error_reply(err: BaseException) -> tuple[Any, ...]:
     name = f"{type(err).__module__}.{type(err).__qualname__}"
     exc_bytes: bytes | None = None
     with contextlib.suppress(Exception):
-        data = _dumps(err)
+        data = dumps_reply(err)
         pickle.loads(data)  # an exception that pickles but cannot be rebuilt
         exc_bytes = data
     return ("error", exc_bytes, name, str(err), text)
@@ -87,9 +83,12 @@ def serve(conn: Any) -> int:
             with contextlib.suppress(ImportError):
                 importlib.import_module(module)
         try:
-            payload = conn.recv_bytes()
+            header = conn.recv_bytes()
         except EOFError:  # a warm spare that was not needed
             return 0
+        if header:
+            prepare_main(header)
+        payload = conn.recv_bytes()
         try:
             fn, args, kwargs = pickle.loads(payload)
         except Exception as err:
@@ -104,7 +103,7 @@ def serve(conn: Any) -> int:
         conn.send(_error_reply(err))
         return 1
     try:
-        data = _dumps(result)
+        data = dumps_reply(result)
     except Exception as err:
         conn.send(
             (
@@ -131,6 +130,10 @@ def main() -> None:
     # JAX loaded); the parent ends whatever this process started.
     if "logging" in sys.modules:
         sys.modules["logging"].shutdown()
+    if "multiprocessing.process" in sys.modules:  # its exit hook would remove it
+        tempdir = sys.modules["multiprocessing.process"].current_process()._config.get("tempdir")
+        if tempdir:
+            shutil.rmtree(tempdir, ignore_errors=True)
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()

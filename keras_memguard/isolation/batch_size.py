@@ -119,11 +119,15 @@ def find_batch_size(
         factor: each retry multiplies the batch size by this, in (0, 1). Defaults to `0.5`.
         min_batch_size: the smallest batch size to try. Defaults to `1`.
         max_attempts: how many tries at most. Defaults to `8`.
-        timeout, max_memory, env, gpu_config, keep_warm, preload: passed to
-            `run_isolated` for each attempt. With `keep_warm=True` the next attempt's
-            process starts (and imports `preload`, by default the backend's framework)
-            while the current one runs, so a retry skips the start-up; call
-            `shutdown_spares()` when done (the spare also ends at exit).
+        timeout: passed to `run_isolated` for each attempt. Defaults to `None`.
+        max_memory: passed to `run_isolated` for each attempt. Defaults to `None`.
+        env: passed to `run_isolated` for each attempt. Defaults to `None`.
+        gpu_config: passed to `run_isolated` for each attempt. Defaults to `None`.
+        keep_warm: the next attempt's process starts (and imports `preload`, by
+            default the backend's framework) while the current one runs, so a retry
+            skips the start-up; call `shutdown_spares()` when done (the spare also ends
+            at exit). Defaults to `False`.
+        preload: passed to `run_isolated` for each attempt. Defaults to `None`.
 
     Returns:
         A :class:`BatchSizeResult` with the batch size that worked and the attempts' log.

@@ -5,10 +5,12 @@ TensorFlow never returns GPU memory to the device until the process exits. Runni
 each trial in its own process is the only flat answer.
 
 The child is a plain ``python`` subprocess in a session of its own (not a
-``multiprocessing`` child): it never runs the driver's ``__main__`` again, so a script
-without an ``if __name__ == "__main__":`` guard and a notebook both work, and it may start
-processes itself (a ``multiprocessing.Pool``, ``PyDataset`` workers, a nested
-``run_isolated``). Functions defined in ``__main__`` travel by value (cloudpickle).
+``multiprocessing`` child), so it may start processes itself (a ``multiprocessing.Pool``,
+``PyDataset`` workers, a nested ``run_isolated``). Functions from ``__main__`` reach it,
+and the processes it starts, as with ``multiprocessing``'s spawn: a guarded script runs
+again there as ``__mp_main__``; an unguarded script's or a notebook's functions travel by
+value (see ``_transfer``). The work is sent on a thread while the parent watches (see
+``_process``).
 
 The parent watches the child: a timeout, and a bound on the child's memory (its whole
 process tree, sampled every ``poll_interval`` seconds) that is enforced from outside, so a
@@ -25,26 +27,27 @@ Example:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import json
-import multiprocessing.connection
 import os
 import pickle
 import signal
 import subprocess
-import sys
-import threading
 import time
-import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
-from keras_memguard.backends.base import BACKENDS, backend_name, cannot_travel
+from keras_memguard.backends.base import BACKENDS, backend_name
 from keras_memguard.errors import MemGuardError, invalid_argument
+from keras_memguard.isolation import _transfer
+from keras_memguard.isolation._process import (
+    TERMINATE_GRACE_S,
+    shutdown_spares,
+    spares,
+    spares_lock,
+    start_child,
+    take_spare,
+)
 from keras_memguard.memory_snapshot import snapshot
 from keras_memguard.probes.cgroup import CgroupReader
 from keras_memguard.probes.process import read_process_memory
@@ -62,15 +65,9 @@ __all__ = [
     "shutdown_spares",
 ]
 
-_TERMINATE_GRACE_S = 3.0
 _MEMORY_GRACE_S = 0.5  # a child over its bound may still be growing: end it quickly
-_TREE_REFRESH_S = 1.0
-# Warm spare children, keyed by (environment, gpu_config, preload): see keep_warm.
-_spares: dict[tuple[Any, ...], _Child] = {}
-_spares_lock = threading.Lock()
-# Children running now, ended at exit if the driver leaves before them.
-_running: set[_Child] = set()
-_running_lock = threading.Lock()
+_REPLY_GRACE_S = 1.0  # a child that has exited: the rest of its reply is in the socket
+_spares = spares  # the warm spares, by (environment, gpu_config, preload): see keep_warm
 # The configure_gpus report of this process when it is a run_isolated child.
 child_gpu_report: Any = None
 
@@ -180,218 +177,6 @@ class RemoteTraceback(Exception):
         return f"\n\nTraceback in the run_isolated child process:\n{self.text}"
 
 
-class _Child:
-    """A started child: the subprocess, the parent's end of the connection, what it started."""
-
-    def __init__(self, popen: subprocess.Popen[bytes], conn: Any) -> None:
-        self.popen = popen
-        self.conn = conn
-        self.seen: dict[int, float] = {}  # descendants seen: pid -> create_time
-        self.seen_at = float("-inf")
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def note_descendants(self, force: bool = False) -> None:
-        """Remembers the child's descendants (they may leave its process group)."""
-        now = time.monotonic()
-        if not force and now - self.seen_at < _TREE_REFRESH_S:
-            return
-        self.seen_at = now
-        with contextlib.suppress(psutil.Error):
-            for proc in psutil.Process(self.pid).children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    self.seen[proc.pid] = proc.create_time()
-
-    def end_tree(self, grace: float) -> tuple[int, ...]:
-        """SIGTERM to the child, its process group and its descendants; SIGKILL after
-        ``grace`` seconds. Returns the pids that were still running."""
-        if self.alive():
-            self.note_descendants(force=True)
-        others: list[psutil.Process] = []
-        for pid, created in self.seen.items():
-            with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(pid)
-                if proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
-                    others.append(proc)
-        root_alive = self.alive()
-        ended = ([self.pid] if root_alive else []) + [p.pid for p in others]
-        _signal_group(self.pid, signal.SIGTERM)
-        if root_alive:
-            with contextlib.suppress(OSError):
-                self.popen.terminate()
-        for proc in others:
-            with contextlib.suppress(psutil.Error):
-                proc.terminate()
-        deadline = time.monotonic() + grace
-        _, alive = psutil.wait_procs(others, timeout=grace)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(max(0.0, deadline - time.monotonic()))
-        _signal_group(self.pid, signal.SIGKILL)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        if self.alive():
-            self.popen.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(_TERMINATE_GRACE_S)
-        return tuple(ended)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.conn.close()
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    """Signals a child's process group (the child started it: ``start_new_session``)."""
-    with contextlib.suppress(OSError):
-        os.killpg(pgid, signum)
-
-
-def _dumps(value: Any) -> bytes:
-    """Pickles with cloudpickle where installed: functions from ``__main__`` (a script,
-    a notebook) travel by value; everything importable still travels by reference."""
-    try:
-        import cloudpickle
-    except ImportError:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    return bytes(cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def _cannot_travel(value: Any) -> str | None:
-    """Why a value cannot be sent to another process, for the inputs people pass."""
-    why = cannot_travel(value)
-    if why:
-        return why
-    if isinstance(value, (types.GeneratorType, types.AsyncGeneratorType)):
-        return "an open generator cannot be sent to another process"
-    return None
-
-
-def _check_inputs(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
-    named = [(f"args[{i}]", v) for i, v in enumerate(args)] + list(kwargs.items())
-    for name, value in named:
-        inner = list(value.values()) if isinstance(value, dict) else value
-        values = list(inner) if isinstance(inner, (list, tuple)) else [value]
-        for item in [value, *values]:
-            why = _cannot_travel(item)
-            if why:
-                raise invalid_argument(
-                    name,
-                    item,
-                    "NumPy arrays, or a function (or file path) that builds the dataset "
-                    "inside the child",
-                    why=why,
-                )
-
-
-def _payload(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    if not callable(fn):
-        raise invalid_argument("fn", fn, "a function defined at module level")
-    _check_inputs(args, kwargs)
-    try:
-        return _dumps((fn, args, kwargs))
-    except Exception as err:
-        raise invalid_argument(
-            "fn",
-            fn,
-            "a function the child process can import or rebuild: define it at module level "
-            "(or install cloudpickle, which sends lambdas, nested functions and functions "
-            f"from __main__ by value), with picklable arguments; pickling failed with "
-            f"{type(err).__name__}: {err}",
-        ) from None
-
-
-def _child_environment(overrides: Mapping[str, str]) -> dict[str, str]:
-    """The child's own environment: a copy of this one with ``overrides`` applied."""
-    environment = dict(os.environ)
-    environment.update(overrides)
-    return environment
-
-
-def _start_child(
-    payload: bytes | None,
-    overrides: dict[str, str],
-    gpu_config: dict[str, Any] | None,
-    preload: tuple[str, ...],
-) -> _Child:
-    """Starts ``python -c`` in a new session, with this process's ``sys.path``."""
-    parent_end, child_end = multiprocessing.connection.Pipe(duplex=True)
-    path = [os.getcwd() if entry == "" else entry for entry in sys.path]
-    code = (
-        "import sys, json; sys.path[:] = json.loads(sys.argv[3]) + "
-        "[p for p in sys.path if p not in json.loads(sys.argv[3])]; "
-        "from keras_memguard.isolation._child import main; main()"
-    )
-    fd = child_end.fileno()
-    try:
-        popen = subprocess.Popen(
-            [sys.executable, "-c", code, str(fd), str(os.getpid()), json.dumps(path)],
-            env=_child_environment(overrides),
-            pass_fds=(fd,),
-            start_new_session=True,
-        )
-    finally:
-        child_end.close()
-    child = _Child(popen, parent_end)
-    with _running_lock:
-        _running.add(child)
-    parent_end.send((gpu_config, preload))
-    if payload is not None:
-        parent_end.send_bytes(payload)
-    return child
-
-
-def _forget(child: _Child) -> None:
-    with _running_lock:
-        _running.discard(child)
-
-
-def _take_spare(key: tuple[Any, ...]) -> _Child | None:
-    with _spares_lock:
-        spare = _spares.pop(key, None)
-    if spare is not None and not spare.alive():
-        spare.close()
-        _forget(spare)
-        return None
-    return spare
-
-
-def shutdown_spares() -> None:
-    """Stops the warm spare children that ``keep_warm=True`` left running.
-
-    Example:
-        >>> run_isolated(trial, 1, keep_warm=True); shutdown_spares()
-    """
-    with _spares_lock:
-        spares = list(_spares.values())
-        _spares.clear()
-    for spare in spares:
-        spare.close()  # the spare sees EOF and exits
-        try:
-            spare.popen.wait(_TERMINATE_GRACE_S)
-        except subprocess.TimeoutExpired:
-            spare.end_tree(_TERMINATE_GRACE_S)
-        _forget(spare)
-
-
-def _end_all_at_exit() -> None:
-    """The driver is leaving: no child of it may outlive it."""
-    shutdown_spares()
-    with _running_lock:
-        children = list(_running)
-    for child in children:
-        child.close()
-        child.end_tree(_MEMORY_GRACE_S)
-
-
-atexit.register(_end_all_at_exit)
-
-
 def _signal_name(exitcode: int | None) -> str | None:
     if exitcode is None or exitcode >= 0:
         return None
@@ -435,11 +220,14 @@ def run_isolated(
     The keyword arguments below are run_isolated's own; every other one goes to `fn`.
 
     Args:
-        fn: the phase. A module-level function travels by reference; a function from
-            `__main__` (a script without a `__main__` guard, a notebook), a lambda or a
-            nested function travels by value when cloudpickle is installed.
-        timeout: seconds before the child (and its whole process tree) is stopped.
-            Defaults to `None` (no limit).
+        fn: the phase. A module-level function travels by reference, also one of a
+            guarded script's `__main__` (the child runs the script as `__mp_main__`,
+            as spawn does); one of an unguarded script or a notebook, a lambda or a
+            nested function travels by value (cloudpickle). Either way the pools and
+            workers the phase starts find the functions of `__main__`.
+        timeout: seconds from this call (the child's start-up and the transfer of the
+            arguments included) before the child and its whole process tree are
+            stopped. Defaults to `None` (no limit).
         max_memory: bound on the child's process-tree RSS, watched from the parent:
             bytes, `"8GiB"`, or a fraction of the effective limit. Defaults to `None`.
         env: environment variables for the child only (`{"CUDA_VISIBLE_DEVICES": "1"}`);
@@ -462,7 +250,10 @@ def run_isolated(
     Raises:
         ValueError: `fn` or its arguments cannot be sent to a child (named, with the fix:
             a `tf.data.Dataset` or a generator cannot travel; pass arrays, or a function
-            that builds the dataset in the child).
+            that builds the dataset in the child; a function of an unguarded `__main__`
+            where cloudpickle is missing).
+        RuntimeError: called at the module level of a script, outside its guard, while
+            the script runs again as `__mp_main__` in a child.
         Exception: the exception `fn` raised, re-raised with the child's traceback as
             its `__cause__`; `ChildFailedError` when it cannot be sent back as itself.
         ChildSystemExit: the phase called `sys.exit(code)` with a code other than 0.
@@ -473,6 +264,8 @@ def run_isolated(
         >>> run_isolated(pow, 2, 10)
         1024
     """
+    start = time.monotonic()  # the timeout counts from here: start-up and transfer too
+    _transfer.refuse_while_preparing()
     if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
         raise invalid_argument("timeout", timeout, "seconds as a positive number, or None")
     if not isinstance(poll_interval, (int, float)) or not poll_interval > 0:
@@ -480,39 +273,28 @@ def run_isolated(
     bound_size = None if max_memory is None else parse_size(max_memory, name="max_memory")
     bound = None if bound_size is None else bound_size.resolve(snapshot(gpus=False).effective_limit)
     overrides = {str(k): str(v) for k, v in (env or {}).items()}
-    payload = _payload(fn, args, kwargs)
+    header, payload = _transfer.pack(fn, args, kwargs)
 
     config = dict(gpu_config) if gpu_config is not None else None
     preload = default_preload() if preload is None else tuple(preload)
     key = (tuple(sorted(overrides.items())), repr(sorted((config or {}).items())), preload)
     kills_before = _oom_kills()
-    start = time.monotonic()
-    child = _take_spare(key) if keep_warm else None
-    if child is not None:
-        child.conn.send_bytes(payload)
-    else:
-        child = _start_child(payload, overrides, config, ())
-    if keep_warm:
-        with _spares_lock:
-            if key not in _spares:
-                _spares[key] = _start_child(None, overrides, config, preload)
+    child = take_spare(key) if keep_warm else None
+    if child is None:
+        child = start_child(overrides, config, ())
+    child.send_work(header, payload)
 
     peak: int | None = None
-    message: Any = None
     timed_out = memory_exceeded = False
     ended: tuple[int, ...] = ()
     try:
-        while True:
-            if child.conn.poll(poll_interval):
-                try:
-                    message = child.conn.recv()
-                except EOFError:
-                    message = None
-                break
-            if not child.alive():
-                if child.conn.poll(0):
-                    with contextlib.suppress(EOFError):
-                        message = child.conn.recv()
+        if keep_warm:
+            with spares_lock:
+                if key not in spares:
+                    spares[key] = start_child(overrides, config, preload)
+        while not child.replied.wait(poll_interval):
+            if not child.alive():  # what it sent before it ended is in the socket
+                child.replied.wait(_REPLY_GRACE_S)
                 break
             child.note_descendants()
             mem = read_process_memory(child.pid)
@@ -527,12 +309,15 @@ def run_isolated(
     finally:
         # A result: the child exits by itself; anything else (a bound, a timeout, an
         # error or KeyboardInterrupt here): its whole tree is ended now.
+        message = child.reply if child.replied.is_set() else None
         if message is not None and child.alive():
             with contextlib.suppress(subprocess.TimeoutExpired):
-                child.popen.wait(_TERMINATE_GRACE_S)
-        ended = child.end_tree(_MEMORY_GRACE_S if memory_exceeded else _TERMINATE_GRACE_S)
+                child.popen.wait(TERMINATE_GRACE_S)
+        ended = child.end_tree(_MEMORY_GRACE_S if memory_exceeded else TERMINATE_GRACE_S)
         child.close()
-        _forget(child)
+        if header is not None:
+            with contextlib.suppress(OSError):
+                os.remove(_transfer.namespace_file(child.pid))
 
     exitcode = child.popen.returncode
     signal_name = _signal_name(exitcode)

@@ -249,18 +249,23 @@ def isolate_trials(
 
     Returns the same tuner object; call `search()`, `get_best_models()`,
     `get_best_hyperparameters()` and `results_summary()` as before. The build function
-    (or `HyperModel`) may live in a script's `__main__` or a notebook: it travels by value.
+    (or `HyperModel`) may live in a script's `__main__` or a notebook (see `run_isolated`).
 
     Args:
         tuner: a `keras_tuner.Tuner` (`RandomSearch`, `BayesianOptimization`,
             `Hyperband`, `GridSearch` or a subclass).
-        timeout, max_memory, env, gpu_config, keep_warm, preload: passed to
-            :func:`run_isolated` for each trial. A trial stopped by `timeout` or
-            `max_memory`, out of memory, or killed is reported to the oracle as failed.
-            With `keep_warm=True` the next trial's process starts (and imports the
-            backend's framework, Keras and KerasTuner: the default `preload`) while the
-            current trial runs; the spare ends when the search does. `env` gets the
-            driver's `KERAS_BACKEND` unless it names one.
+        timeout: passed to :func:`run_isolated` for each trial; a trial stopped by it
+            is reported to the oracle as failed (so is one out of memory, or killed).
+            Defaults to `None`.
+        max_memory: passed to :func:`run_isolated` for each trial; a trial stopped by
+            it is reported as failed. Defaults to `None`.
+        env: the trial's environment; it gets the driver's `KERAS_BACKEND` unless it
+            names one. Defaults to `None`.
+        gpu_config: passed to :func:`run_isolated` for each trial. Defaults to `None`.
+        keep_warm: the next trial's process starts (and imports `preload`) while the
+            current trial runs; the spare ends when the search does. Defaults to `False`.
+        preload: what a spare imports. Defaults to `None`: the backend's framework,
+            Keras and KerasTuner.
         share_arrays_over: NumPy arrays passed to `search()` of at least this many bytes
             are written once per search to a temporary `.npy` file that each trial
             memory-maps, instead of being copied through a pipe per trial. `None`
