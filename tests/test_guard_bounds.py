@@ -72,27 +72,35 @@ def test_min_available_memory_halts_when_the_container_fills(container):
     history = fit(tiny_model(), [GrowUsage(container, 600 * MIB, 20 * MIB), guard], epochs=3)
     halt = guard.summary.halts[0]
     assert halt.metric == "effective_available" and halt.bound == 300 * MIB
-    assert 280 * MIB <= halt.value < 300 * MIB  # within one batch's growth
-    assert (halt.epoch, halt.batch) == (0, 6)  # 600 + 7 x 20 = 740 MiB used: 284 left
-    assert "fell below" in halt.describe()
+    # Issue #23: halted while the floor, plus the growth of the next batch and of the
+    # batch Keras still runs after a stop (2 x 20 MiB), were still available.
+    assert halt.reserve == 40 * MIB
+    assert halt.bound <= halt.value < halt.bound + halt.reserve
+    assert (halt.epoch, halt.batch) == (0, 4)  # 600 + 5 x 20 = 700 MiB used: 324 left
+    assert guard.summary.min_effective_available >= 300 * MIB  # never below the floor
+    assert "would have fallen below the bound 300.0 MiB" in halt.describe()
     assert len(history.history["loss"]) == 1
 
 
-def test_default_guard_warns_at_10_percent_and_halts_at_2_percent(container, capsys):
+def test_default_guard_warns_at_10_percent_and_halts_before_its_floor(container, capsys):
     container.set_usage(880 * MIB)
     guard = MemGuardCallback(check_every_n_batches=1, verbose=0)  # no bound given
     with pytest.warns(MemGuardWarning, match=r"only .* of 1\.0 GiB is available") as record:
         history = fit(tiny_model(), [GrowUsage(container, 880 * MIB, 10 * MIB), guard], epochs=3)
     assert len([w for w in record if "is available" in str(w.message)]) == 1
     halt = guard.summary.halts[0]
-    assert halt.metric == "effective_available" and halt.bound == int(LIMIT * 0.02)
-    assert int(LIMIT * 0.02) - 10 * MIB <= halt.value < int(LIMIT * 0.02)
+    # The default floor: max(1% of the limit, 32 MiB), with the growth reserved on top.
+    assert halt.metric == "effective_available" and halt.bound == 32 * MIB
+    assert halt.reserve == 20 * MIB  # two batches of 10 MiB: to the next check, and Keras's
+    assert halt.bound <= halt.value < halt.bound + halt.reserve
+    assert (halt.epoch, halt.batch) == (0, 9)  # 980 MiB used: 44 left, 24 after two batches
+    assert guard.summary.min_effective_available >= 32 * MIB
     assert "(emergency_available_memory)" in capsys.readouterr().err
     assert len(history.history["loss"]) == 1
 
 
 def test_low_memory_warning_alone_never_halts(container):
-    container.set_usage(950 * MIB)  # 74 MiB left: below 10%, above 2%
+    container.set_usage(950 * MIB)  # 74 MiB left: below 10%, above the 32 MiB floor
     guard = MemGuardCallback(check_every_n_batches=1, verbose=0)
     with pytest.warns(MemGuardWarning, match="is available") as record:
         history = fit(tiny_model(), [guard], epochs=2)

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -41,6 +42,15 @@ from keras_memguard.errors import (
 )
 from keras_memguard.guard import fits
 from keras_memguard.guard.distributed import WorkerContext, worker_context
+from keras_memguard.guard.headroom import (
+    WARMUP_CHECKS,
+    Reading,
+    growth_per_batch,
+    outlook,
+    reading,
+    save_headroom,
+    temporary_path,
+)
 from keras_memguard.guard.leaks import LeakReport, LeakTracer
 from keras_memguard.guard.policy import (
     Bounds,
@@ -48,7 +58,6 @@ from keras_memguard.guard.policy import (
     LeakDetector,
     MemGuardSummary,
     bounds_mib,
-    crossings,
     epochs_until,
     gpu_peaks_since_check,
     gpus_without_total,
@@ -118,9 +127,11 @@ class MemGuardCallback(keras.callbacks.Callback):
     """Logs memory to TensorBoard and ``logs``; stops training before memory runs out.
 
     With no arguments it logs, warns when less than 10% of the effective memory limit
-    is available, and halts (as `on_exceed` says) only as a last resort, when less than
-    `emergency_available_memory` (2%) is left: at that point the OOM killer is seconds
-    away, and a graceful stop that keeps the model beats a SIGKILL that loses it.
+    is available, and halts (as `on_exceed` says) only as a last resort: when the memory
+    projected at the next check, plus what the halt's save takes, would leave less than
+    the floor (max(1% of the limit, 32 MiB)) available, or run a GPU's allocator out of
+    its limit. The checks keep up with the growth: every batch when it is fast against
+    the room left (docs/callback.md).
 
     Fractions (`0.8`, `"80%"`) are of the *effective limit*: the smaller of the
     machine's RAM and the container's cgroup limit.
@@ -140,7 +151,8 @@ class MemGuardCallback(keras.callbacks.Callback):
             this process. A fraction needs the GPU's total (NVML, or the framework's
             own limit). Defaults to `None`.
         on_exceed: `"stop"` (save, then `model.stop_training = True`: Keras finishes
-            the batch it was about to run, and the checkpoint is saved again after it),
+            the batch it was about to run; the checkpoint holds the model from before
+            it, saved once, while there is room),
             `"raise"` (save, then raise `MemoryLimitExceededError` before that batch) or
             `"warn"`. In `evaluate()` and
             `predict()`, `"stop"` raises too: a truncated result would mislead.
@@ -173,7 +185,10 @@ class MemGuardCallback(keras.callbacks.Callback):
             trace right after `leak_warmup_epochs`, even without growth; `False`:
             never. Defaults to `None`.
         emergency_available_memory: last-resort floor applied when
-            `min_available_memory` is not given; `None` disables it. Defaults to `"2%"`.
+            `min_available_memory` is not given; `"auto"`: max(1% of the limit, 32 MiB),
+            with the growth until training can stop and the save's memory reserved on
+            top, and, on GPUs, the allocator's limit as a bound where `max_gpu_memory`
+            is not given; `None` disables it. Defaults to `"auto"`.
         release_on_train_end: collect garbage when training ends: a full
             `gc.collect()`, `malloc_trim` and (PyTorch) `torch.cuda.empty_cache()` only
             where it can matter (the process tree grew during the fit by more than
@@ -216,7 +231,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         leak_threshold: int | str = "4MiB",
         leak_patience: int = 3,
         trace_leaks: bool | None = None,
-        emergency_available_memory: int | float | str | None = "2%",
+        emergency_available_memory: int | float | str | None = "auto",
         release_on_train_end: bool = True,
         verbose: int = 0,
     ) -> None:
@@ -242,8 +257,13 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.min_available_memory = _optional_size(min_available_memory, "min_available_memory")
         self.max_gpu_memory = _optional_size(max_gpu_memory, "max_gpu_memory")
         _check_gpu_fraction_has_totals(self.max_gpu_memory)
-        self.emergency_available_memory = _optional_size(
-            emergency_available_memory, "emergency_available_memory"
+        auto_floor = isinstance(emergency_available_memory, str) and (
+            emergency_available_memory.strip().lower() == "auto"
+        )
+        self.emergency_available_memory = (
+            None
+            if auto_floor
+            else _optional_size(emergency_available_memory, "emergency_available_memory")
         )
         self.leak_threshold = parse_size(
             leak_threshold, name="leak_threshold", allow_fraction=False
@@ -271,6 +291,7 @@ class MemGuardCallback(keras.callbacks.Callback):
             min_available_memory=self.min_available_memory,
             max_gpu_memory=self.max_gpu_memory,
             emergency_available_memory=self.emergency_available_memory,
+            auto_floor=auto_floor,
         )
         self.summary = MemGuardSummary()
         self.last_snapshot: MemorySnapshot | None = None
@@ -293,7 +314,13 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._tracer = LeakTracer(self.trace_leaks, warmup_epochs=self.leak_warmup_epochs)
         self._halted = False
         self._halted_epoch: int | None = None
-        self._save_again = False
+        # issue #23: growth per batch between checks, and the save's memory
+        self._reading: Reading | None = None
+        self._rates: dict[str, float] = {}
+        self._due_in: int | None = 1  # batches until the next check (warm-up: every one)
+        self._checks = 0
+        self._hooks = 0  # batch-begin hooks seen in this fit, every phase
+        self._save_bytes = 0
         self._step_marker: Any = None  # JAX: an output of the step last seen dispatched
         self._over: set[str] = set()  # bounds currently crossed (warn mode, low memory)
         self._log_keys: list[str] | None = None
@@ -334,6 +361,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._workers = worker_context(self.model)
         if self._workers.multi_worker and self._check_every is None:
             self._check_every = MULTI_WORKER_CHECK_EVERY
+        self._save_bytes = _save_reserve(self.model, self.checkpoint_path)
         snap = self._sample()
         self.summary.start_process_tree = snap.process_tree
         self._warn_unbounded_gpus(snap)
@@ -342,8 +370,16 @@ class MemGuardCallback(keras.callbacks.Callback):
             self._adding_to_logs = self._writer is None
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        first = self._epoch is None or self.summary.epochs == 0
         self._epoch = epoch
-        self._reset_phase("train")
+        if first:
+            self._reset_phase("train")
+            return
+        # Issue #23: the previous epoch's end sampled and checked a moment ago (peaks
+        # reset, peaks seen updated): no second snapshot, and no check forced at batch 0.
+        self._phase, self._phase_halted = "train", False
+        self._epoch_peak_tree = self._epoch_min_available = None
+        self._epoch_gpu_peaks = {}
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._global_batch += 1
@@ -358,9 +394,12 @@ class MemGuardCallback(keras.callbacks.Callback):
         if self._phase == "validation" and self._workers.multi_worker:
             return  # one worker stopping its validation alone would stall the others
         self._batches_since_check += 1
-        if self._check_every is not None:
-            due = self._batches_since_check >= self._check_every
-        else:
+        self._hooks += 1
+        # By batch count where the growth asks for it (self._due_in, issue #23) or as
+        # configured, else by time. With several workers only by count: the same steps.
+        every = [n for n in (self._check_every, self._due_in) if n is not None]
+        due = bool(every) and self._batches_since_check >= min(every)
+        if not due and self._check_every is None:
             due = time.monotonic() - self._last_check >= self.check_interval
         if not (due or log_due):
             return
@@ -437,7 +476,6 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self._still_in_fit():
-            self._save_after_last_step()
             # The epoch's last training batch ran after the last check (at its begin):
             # check it before validation. Every worker reaches this hook: votes are safe.
             self._wait_for_dispatched_steps(all_of_them=True)
@@ -483,10 +521,11 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._epoch = None
         self._workers = WorkerContext()
         self._check_every = self.check_every_n_batches
+        # issue #23: growth measured from this call's own checks, cadence as configured
+        self._reading, self._rates, self._due_in = None, {}, None
         self._reset_phase(phase)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._save_after_last_step()
         self._phase = "train"
         snap = self._sample()
         metrics = snap.metrics()
@@ -579,7 +618,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         if self._phase_halted or (self._in_fit and self._halted):
             return
         self._warn_low_memory(snap)
-        found = crossings(self.bounds, snap)
+        found, near = self._project(snap, batch)
         self._over &= {c.metric for c in found} | {"low-memory"}
         if self.on_exceed == "warn":
             for crossing in found:
@@ -594,6 +633,7 @@ class MemGuardCallback(keras.callbacks.Callback):
                         "warn",
                         None,
                         self._phase,
+                        crossing.reserve,
                     )
                     self.summary.halts.append(halt)
                     warnings.warn(
@@ -605,24 +645,54 @@ class MemGuardCallback(keras.callbacks.Callback):
                     )
             return
         # Every worker votes at this same step, so that all stop together or none does
-        # (outside fit, each process decides alone).
-        voted = self._workers.any_worker(bool(found)) if self._in_fit else bool(found)
+        # (outside fit, each process decides alone); the cadence goes by the vote too.
+        if self._in_fit and self._workers.multi_worker:
+            voted, near = self._workers.any_workers((bool(found), near))
+            self._check_every = (
+                1 if near else self.check_every_n_batches or MULTI_WORKER_CHECK_EVERY
+            )
+        else:
+            voted = bool(found)
         if not voted:
             return
         if found:
-            metric, parameter, value, bound = (
+            metric, parameter, value, bound, reserve = (
                 found[0].metric,
                 found[0].parameter,
                 found[0].value,
                 found[0].bound,
+                found[0].reserve,
             )
         else:
             metric, parameter, value, bound = ("another_worker", "a bound on another worker", 0, 0)
+            reserve = 0
         self._halt(
-            Halt(metric, value, bound, self._epoch, batch, self.on_exceed, None, self._phase),
+            Halt(
+                metric, value, bound, self._epoch, batch, self.on_exceed, None, self._phase, reserve
+            ),
             parameter,
             snap,
         )
+
+    def _project(self, snap: MemorySnapshot, batch: int | None) -> tuple[list[Any], bool]:
+        """Issue #23: the bounds the next check's memory (+ the save) crosses; the cadence.
+
+        Sets ``_due_in``, the batches until the next check (``None``: by time), and says
+        whether the growth asks for checks sooner than the multi-worker cadence.
+        """
+        now = reading(snap, self._hooks - (batch is not None))
+        rates = growth_per_batch(self._reading, now)
+        if rates is not None or self._reading is None:
+            self._reading, self._rates = now, rates or {}
+        # After a "stop" before a training batch, Keras still runs that batch.
+        extra = int(self.on_exceed == "stop" and self._phase == "train" and batch is not None)
+        save = self._save_bytes if self._in_fit and self.on_exceed != "warn" else 0
+        look = outlook(self.bounds, snap, self._rates, save=save, extra_batches=extra)
+        self._checks += 1
+        warmup = self._in_fit and self._checks <= WARMUP_CHECKS
+        self._due_in = 1 if warmup else look.batches_to_check
+        near = self._due_in is not None and self._due_in < MULTI_WORKER_CHECK_EVERY
+        return look.crossings, near
 
     def _warn_low_memory(self, snap: MemorySnapshot) -> None:
         low = is_low_memory(snap)
@@ -649,18 +719,12 @@ class MemGuardCallback(keras.callbacks.Callback):
         else:
             self._halted = True
             self._halted_epoch = self._epoch
+            # Saved once, now: the room for it is reserved now (guard/headroom.py), and
+            # the batch Keras still runs after a "stop" grows memory further. The
+            # checkpoint holds the model from before that batch. Every worker saves:
+            # saving may run collective ops.
             saved = self._save_checkpoint()
             verb = "stopping training" if self.on_exceed == "stop" else "raising"
-            # Halted before a training batch: Keras still runs that batch, then stops.
-            # Saved now in case that batch fails; saved again once it is done, so the
-            # checkpoint is the model fit returns (_save_after_last_step). Every worker
-            # saves both times: saving may run collective ops.
-            self._save_again = (
-                self.checkpoint_path is not None
-                and self.on_exceed == "stop"
-                and halt.phase == "train"
-                and halt.batch is not None
-            )
         halt = replace(halt, checkpoint=saved)
         self.summary.halts.append(halt)
         line = f"keras-memguard: {verb}: {halt.describe()} ({parameter})"
@@ -699,21 +763,6 @@ class MemGuardCallback(keras.callbacks.Callback):
         """The model, for a stop flag: on JAX ``self.model`` also syncs its state."""
         return self._model if keras.backend.backend() == "jax" else self.model
 
-    def _save_after_last_step(self) -> None:
-        """The second save of a halt before a training batch: now that batch is done."""
-        if not self._save_again:
-            return
-        self._save_again = False
-        first = self.summary.halts[-1].checkpoint if self.summary.halts else None
-        if first is None and not self._workers.multi_worker:
-            return  # the first save failed, and said so loudly: no second message
-        if self._save_checkpoint() is None and first is not None:
-            print(
-                f"keras-memguard: {first} holds the model from before the last batch.",
-                file=sys.stderr,
-                flush=True,
-            )
-
     def _save_checkpoint(self) -> str | None:
         path = self.checkpoint_path
         if path is None:
@@ -722,20 +771,27 @@ class MemGuardCallback(keras.callbacks.Callback):
             # Saving may run collective ops, so every worker saves; only the chief keeps it.
             scratch = tempfile.mkdtemp(prefix=f"memguard_worker{self._workers.index}_")
             path = os.path.join(scratch, os.path.basename(path))
+        # Written beside the checkpoint, then renamed over it: a save that fails (for
+        # lack of memory, say) leaves the previous good checkpoint as it was.
+        scratch_file = temporary_path(path)
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             if path.endswith(".weights.h5"):
-                self.model.save_weights(path)
+                self.model.save_weights(scratch_file)
             else:
                 with tensorflow_kept_out():  # Keras's save imports TF when installed
-                    self.model.save(path)
+                    self.model.save(scratch_file)
+            os.replace(scratch_file, path)
             if not self._workers.is_chief:
                 shutil.rmtree(os.path.dirname(path), ignore_errors=True)
                 return None
             return path
         except Exception as err:  # a halt must happen even when saving fails
+            with contextlib.suppress(OSError):
+                os.remove(scratch_file)
+            kept = " (the previous checkpoint there is kept)" if os.path.exists(path) else ""
             message = (
-                f"keras-memguard: COULD NOT SAVE the checkpoint to {path}: {err}. Training "
+                f"keras-memguard: COULD NOT SAVE the checkpoint to {path}{kept}: {err}. Training "
                 "halts anyway; the model is still in memory: save it from your script."
             )
             print(message, file=sys.stderr, flush=True)
@@ -891,6 +947,27 @@ def memory_layout(gpu_indices: list[int]) -> Any:
             )
         ]
     )
+
+
+def _save_reserve(model: Any, path: str | None) -> int:
+    """Bytes a save of ``model`` to ``path`` needs at its peak (``headroom.save_headroom``).
+
+    The saved state is the variables and the optimizer's state (``estimate.static``);
+    an optimizer that is not built yet is predicted from its class.
+    """
+    if path is None:
+        return 0
+    try:
+        from keras_memguard.estimate.static import model_parts, variables_bytes
+
+        state = sum(part.bytes or 0 for part in model_parts(model)[:2])
+        optimizer = getattr(model, "optimizer", None)
+        variables = [*model.weights, *(getattr(optimizer, "variables", None) or ())]
+        largest = max((variables_bytes([v])[0] for v in variables), default=0)
+    except Exception as err:  # an estimate must never stop training
+        warn_once("save-reserve", f"keras-memguard cannot size the checkpoint's save: {err}")
+        return 0
+    return save_headroom(path, state, largest)
 
 
 def _check_gpu_fraction_has_totals(size: Size | None) -> None:
