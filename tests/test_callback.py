@@ -360,3 +360,51 @@ def test_custom_scalars_layout_is_written(tmp_path):
     # The bound shares the usage chart; the machine's total would flatten it, so stays out.
     assert "bound_process_mib" in charts["Process memory against its bound (MiB)"]
     assert "effective_limit" not in charts["Process memory against its bound (MiB)"]
+
+
+@keras.saving.register_keras_serializable(package="memguard_tests")
+class FailingSaveDense(keras.layers.Dense):
+    """A Dense layer whose variables fail to save while ``fail`` is set (out of memory)."""
+
+    fail = False
+
+    def save_own_variables(self, store):
+        if FailingSaveDense.fail:
+            raise MemoryError("simulated: no memory left to save")
+        super().save_own_variables(store)
+
+
+@pytest.mark.parametrize("name", ["g.keras", "g.weights.h5"])
+def test_a_save_that_fails_keeps_the_previous_checkpoint(tmp_path, name):
+    path = tmp_path / name
+
+    def model():
+        layers = [keras.Input((8,)), FailingSaveDense(4), keras.layers.Dense(2)]
+        built = keras.Sequential(layers)
+        built.compile("adam", "sparse_categorical_crossentropy")
+        return built
+
+    def halted_fit(built):
+        guard = MemGuardCallback(max_process_memory=MIB, checkpoint_path=path, verbose=0)
+        fit(built, [guard], epochs=1)
+        return guard.summary.halts[0]
+
+    first = model()
+    at_halt = [w.copy() for w in first.get_weights()]  # halted before batch 0
+    assert halted_fit(first).checkpoint == str(path)
+    good = path.read_bytes()
+    FailingSaveDense.fail = True
+    try:
+        with pytest.warns(MemGuardWarning, match="COULD NOT SAVE .* previous checkpoint"):
+            assert halted_fit(model()).checkpoint is None
+    finally:
+        FailingSaveDense.fail = False
+    assert path.read_bytes() == good  # issue #23: the failed save replaced nothing
+    assert sorted(os.listdir(tmp_path)) == [name]  # and left no temporary file
+    restored = model()
+    if name.endswith(".keras"):
+        restored = keras.saving.load_model(path)
+    else:
+        restored.load_weights(path)
+    for a, b in zip(at_halt, restored.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -238,3 +238,37 @@ def test_a_halt_just_past_its_bound_shows_the_difference():
     assert "gpu0_allocated_peak crossed the bound 4.0 GiB by 45.0 KiB at" in halt.describe()
     far = Halt("process_tree", 9 * GIB, 8 * GIB, 0, 3, "stop", None)
     assert "9.0 GiB crossed the bound 8.0 GiB" in far.describe()
+
+
+class GrowLive(keras.callbacks.Callback):
+    """Each training step holds `step` more live bytes on the fake GPU."""
+
+    def __init__(self, framework, step):
+        super().__init__()
+        self.framework, self.step = framework, step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.framework.allocated += self.step
+        self.framework.peak = max(self.framework.peak, self.framework.allocated)
+
+
+def test_no_argument_guard_halts_before_the_gpu_allocator_runs_out(framework, tmp_path, capsys):
+    # Issue #23: the framework's pool is 4 GiB; live bytes grow 256 MiB per step. With no
+    # bound given, the default guard stops before the allocator would run out.
+    framework.limit = 4 * GIB
+    guard = MemGuardCallback(checkpoint_path=tmp_path / "g.keras")
+    history = fit(tiny_model(), [GrowLive(framework, 256 * MIB), guard], epochs=3)
+    halt = guard.summary.halts[0]
+    assert halt.metric == "gpu0_allocated_peak" and halt.bound < 4 * GIB
+    assert halt.value + halt.reserve > halt.bound >= halt.value
+    assert "(the GPU's limit)" in capsys.readouterr().err
+    assert framework.allocated <= 4 * GIB  # the batch Keras still ran fitted too
+    assert len(history.history["loss"]) == 1
+    assert keras.saving.load_model(halt.checkpoint).count_params() > 0
+
+
+def test_without_a_floor_no_gpu_bound_is_made_up(framework):
+    framework.limit = 4 * GIB
+    guard = MemGuardCallback(emergency_available_memory=None)
+    history = fit(tiny_model(), [GrowLive(framework, 64 * MIB), guard], epochs=2)
+    assert guard.summary.halts == [] and len(history.history["loss"]) == 2

@@ -179,7 +179,7 @@ def outlook(
         if left < near:
             checks.append(1)
         elif rate > 0:
-            checks.append(max(1, math.floor(left / (GROWTH_SAFETY * rate)) - extra_batches))
+            checks.append(max(1, math.floor(left / (GROWTH_SAFETY * rate))))
 
     tree = snap.process_tree
     if bounds.max_process_memory is not None and tree is not None:
