@@ -5,8 +5,8 @@ Usage: python safety_training.py KIND FRACTION GUARD_JSON WORKDIR
 KIND is ``leak`` (each training batch holds FRACTION of the room the container had at
 train begin, for good) or ``cache`` (each batch holds FRACTION of that room until the
 working set reaches 85% of the limit, then nothing more: a cache filled in epoch 1).
-GUARD_JSON holds MemGuardCallback's keyword arguments (``{}``: none). Writes
-WORKDIR/result.json.
+GUARD_JSON holds MemGuardCallback's keyword arguments (``{}``: none); SAFETY_EPOCHS in
+the environment sets the epochs of 20 batches (3). Writes WORKDIR/result.json.
 """
 
 import json
@@ -52,7 +52,8 @@ grow = Grow()
 kwargs = json.loads(guard_args)
 kwargs.setdefault("checkpoint_path", os.path.join(workdir, "ckpt", "guard.keras"))
 guard = MemGuardCallback(**kwargs)
-history = model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[grow, guard])
+epochs = int(os.environ.get("SAFETY_EPOCHS", "3"))  # 20 batches each
+history = model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=[grow, guard])
 halt = guard.summary.halts[0] if guard.summary.halts else None
 result = {
     "limit": grow.limit,

@@ -89,18 +89,18 @@ def test_default_guard_warns_at_10_percent_and_halts_before_its_floor(container,
         history = fit(tiny_model(), [GrowUsage(container, 880 * MIB, 10 * MIB), guard], epochs=3)
     assert len([w for w in record if "is available" in str(w.message)]) == 1
     halt = guard.summary.halts[0]
-    # The default floor: max(1% of the limit, 32 MiB), with the growth reserved on top.
-    assert halt.metric == "effective_available" and halt.bound == 32 * MIB
+    # The default floor: 4% of the limit (41 MiB), with the growth reserved on top.
+    assert halt.metric == "effective_available" and halt.bound == int(0.04 * LIMIT)
     assert halt.reserve == 20 * MIB  # two batches of 10 MiB: to the next check, and Keras's
     assert halt.bound <= halt.value < halt.bound + halt.reserve
-    assert (halt.epoch, halt.batch) == (0, 9)  # 980 MiB used: 44 left, 24 after two batches
-    assert guard.summary.min_effective_available >= 32 * MIB
+    assert (halt.epoch, halt.batch) == (0, 8)  # 970 MiB used: 54 left, 34 after two batches
+    assert guard.summary.min_effective_available >= int(0.04 * LIMIT)
     assert "(emergency_available_memory)" in capsys.readouterr().err
     assert len(history.history["loss"]) == 1
 
 
 def test_low_memory_warning_alone_never_halts(container):
-    container.set_usage(950 * MIB)  # 74 MiB left: below 10%, above the 32 MiB floor
+    container.set_usage(950 * MIB)  # 74 MiB left: below 10%, above the 41 MiB floor
     guard = MemGuardCallback(check_every_n_batches=1, verbose=0)
     with pytest.warns(MemGuardWarning, match="is available") as record:
         history = fit(tiny_model(), [guard], epochs=2)

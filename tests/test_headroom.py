@@ -41,18 +41,18 @@ def test_save_headroom_per_format_from_the_measured_figures():
 
 
 def test_the_save_is_reserved_in_the_halt_decision():
-    # 1 GiB container, 800 MiB used, growing 10 MiB a batch; floor 32 MiB.
+    # 1 GiB container, 800 MiB used, growing 10 MiB a batch; floor 4%: 41 MiB.
     snap, rates = container(800 * MIB), {"used": 10 * MIB}
     assert outlook(AUTO, snap, rates, save=0).crossings == []
     # A 200 MiB save would not fit after the next batch: halt now, while it does.
     (crossing,) = outlook(AUTO, snap, rates, save=200 * MIB).crossings
     assert crossing.metric == "effective_available"
     assert crossing.parameter == "emergency_available_memory"
-    assert (crossing.value, crossing.bound) == (224 * MIB, 32 * MIB)
+    assert (crossing.value, crossing.bound) == (224 * MIB, default_floor(GIB))
     assert crossing.reserve == 210 * MIB
     # The batch Keras still runs after a stop is reserved too.
-    assert outlook(AUTO, container(980 * MIB), rates, extra_batches=0).crossings == []
-    assert outlook(AUTO, container(980 * MIB), rates, extra_batches=1).crossings != []
+    assert outlook(AUTO, container(970 * MIB), rates, extra_batches=0).crossings == []
+    assert outlook(AUTO, container(970 * MIB), rates, extra_batches=1).crossings != []
 
 
 def test_the_save_counts_against_max_process_memory_but_not_against_a_gpu():
@@ -78,7 +78,7 @@ def test_growth_per_batch_between_checks():
 def test_cadence_keeps_up_with_the_growth():
     far, fast = container(100 * MIB), {"used": 50 * MIB}
     assert outlook(AUTO, far, {}).batches_to_check is None  # no growth, far: by time
-    # 924 MiB free, less the 32 MiB floor and the next batch (or two, after a stop),
+    # 924 MiB free, less the 41 MiB floor and the next batch (or two, after a stop),
     # at twice 50 MiB a batch: 8 batches (7).
     assert outlook(AUTO, far, fast).batches_to_check == 8
     assert outlook(AUTO, far, fast, extra_batches=1).batches_to_check == 7
@@ -96,7 +96,8 @@ def test_fast_growth_that_levels_off_below_the_limit_is_no_halt():
 
 
 def test_default_floor_and_the_gpu_allocator_limit():
-    assert default_floor(GIB) == 32 * MIB and default_floor(100 * GIB) == GIB
+    assert default_floor(GIB) == int(0.04 * GIB)  # 4% of the limit,
+    assert default_floor(512 * MIB) == 32 * MIB and default_floor(100 * GIB) == GIB  # in bounds
     # No GPU bound given: the allocator's pool limit (JAX's 75%, say) less its floor.
     gpu = GpuSnapshot(index=0, total=16 * GIB, allocated=23 * GIB // 2, limit=12 * GIB)
     (crossing,) = outlook(AUTO, container(0, gpus=(gpu,)), {"gpu0": 512 * MIB}).crossings

@@ -129,7 +129,7 @@ class MemGuardCallback(keras.callbacks.Callback):
     With no arguments it logs, warns when less than 10% of the effective memory limit
     is available, and halts (as `on_exceed` says) only as a last resort: when the memory
     projected at the next check, plus what the halt's save takes, would leave less than
-    the floor (max(1% of the limit, 32 MiB)) available, or run a GPU's allocator out of
+    the floor (4% of the limit, in [32 MiB, 1 GiB]) available, or run a GPU's allocator out of
     its limit. The checks keep up with the growth: every batch when it is fast against
     the room left (docs/callback.md).
 
@@ -185,7 +185,7 @@ class MemGuardCallback(keras.callbacks.Callback):
             trace right after `leak_warmup_epochs`, even without growth; `False`:
             never. Defaults to `None`.
         emergency_available_memory: last-resort floor applied when
-            `min_available_memory` is not given; `"auto"`: max(1% of the limit, 32 MiB),
+            `min_available_memory` is not given; `"auto"`: 4% of the limit, in [32 MiB, 1 GiB],
             with the growth until training can stop and the save's memory reserved on
             top, and, on GPUs, the allocator's limit as a bound where `max_gpu_memory`
             is not given; `None` disables it. Defaults to `"auto"`.
