@@ -121,3 +121,31 @@ def test_a_halt_before_the_crossing_says_what_was_reserved():
         "next check (32.0 MiB + 80.0 MiB reserved for the growth until training stops and "
         "the save) at epoch 0, batch 3"
     )
+
+
+def test_with_several_workers_the_cadence_goes_by_the_vote(monkeypatch):
+    """Every worker must check at the same steps: a faster cadence comes from the vote."""
+    from training import tiny_data, tiny_model
+
+    from keras_memguard import MemGuardCallback
+    from keras_memguard.guard import callback as callback_module
+
+    guard = MemGuardCallback()
+    votes = []
+
+    class TwoWorkers:
+        """This worker, and another that asks for every batch at its votes 3 to 5."""
+
+        strategy, num_workers, index, is_chief, multi_worker = None, 2, 0, True, True
+
+        def any_workers(self, flags):
+            votes.append(guard._hooks - 1)  # the batch about to run
+            other_near = 3 <= len(votes) - 1 <= 5
+            return flags[0], flags[1] or other_near
+
+    monkeypatch.setattr(callback_module, "worker_context", lambda model: TwoWorkers())
+    x, y = tiny_data(samples=32 * 24)
+    tiny_model().fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[guard])
+    # Batches 0-2: the first checks of a fit (every worker alike); 3-6: the other worker
+    # asked; then every 10 batches; the last vote is the epoch's end (after batch 23).
+    assert votes == [0, 1, 2, 3, 4, 5, 6, 16, 23]

@@ -397,9 +397,11 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._hooks += 1
         # By batch count where the growth asks for it (self._due_in, issue #23) or as
         # configured, else by time. With several workers only by count: the same steps.
-        every = [n for n in (self._check_every, self._due_in) if n is not None]
-        due = bool(every) and self._batches_since_check >= min(every)
-        if not due and self._check_every is None:
+        every, configured = self._due_in, self._check_every
+        if configured is not None and (every is None or configured < every):
+            every = configured
+        due = every is not None and self._batches_since_check >= every
+        if not due and configured is None:
             due = time.monotonic() - self._last_check >= self.check_interval
         if not (due or log_due):
             return
@@ -648,6 +650,8 @@ class MemGuardCallback(keras.callbacks.Callback):
         # (outside fit, each process decides alone); the cadence goes by the vote too.
         if self._in_fit and self._workers.multi_worker:
             voted, near = self._workers.any_workers((bool(found), near))
+            # Only the vote sets the cadence: this worker's own projection could differ.
+            self._due_in = None
             self._check_every = (
                 1 if near else self.check_every_n_batches or MULTI_WORKER_CHECK_EVERY
             )
