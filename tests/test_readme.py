@@ -34,7 +34,7 @@ def test_every_snippet_says_its_backends():
 
 
 @pytest.mark.parametrize("index", range(len(snippets())))
-def test_readme_snippet_runs(index, shapes_dir, tmp_path):
+def test_readme_snippet_runs(index, request, tmp_path):
     code = snippets()[index]
     backends = code.splitlines()[0].removeprefix("# backend: ").split(", ")
     backend = keras.backend.backend()
@@ -42,7 +42,9 @@ def test_readme_snippet_runs(index, shapes_dir, tmp_path):
         pytest.skip(f"README snippet {index} is for {backends}, not {backend}")
     code = code.replace("keras.Sequential([...])", f"keras.Sequential({LAYERS})")
     assert "..." not in code, "a placeholder this test does not know how to fill"
-    env = {**os.environ, "TFDS_DATA_DIR": shapes_dir, "PYTHONPATH": ROOT}
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    if "dataset_from_tfds" in code:  # the TFDS copy of the offline data, prepared once
+        env["TFDS_DATA_DIR"] = request.getfixturevalue("shapes_dir")
     proc = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,
