@@ -8,7 +8,8 @@ with the reason where none can be made). The issue's table was a 3 GiB container
 holding a ~700 MiB process; speeds are scaled by the room the process leaves: N MiB
 per batch there is N / 2,372 of the room at train begin here. Guards: no arguments
 (``checkpoint_path`` only) and the README's ``max_process_memory="80%"``. A last run
-fills a cache at 12% of the room per batch up to 85% of the limit, then levels off.
+fills a cache at 5% of the room per batch (during epoch 1) up to 85% of the limit, then
+levels off.
 
 A sampler thread reads the cgroup's working set (usage less inactive file) at 200 Hz;
 the table gives its highest value as a fraction of the limit. Goals: every leak
@@ -31,6 +32,7 @@ sys.path.insert(0, TESTS)
 from memory_cgroup import MemoryCgroup, PeakSampler  # noqa: E402
 
 ISSUE_ROOM_MIB = 3072 - 700
+CACHE_FRACTION = 0.05  # of the room per batch: filled during epoch 1 (16 of 20 batches)
 GUARDS = {"no arguments": {}, 'max_process_memory="80%"': {"max_process_memory": "80%"}}
 
 
@@ -61,13 +63,13 @@ def main(limit_mib: int, speeds: list[int]) -> None:
     print(f"{'guard':<28}{'MiB/batch (issue)':>18}{'outcome':>22}{'peak/limit':>12}")
     failures = []
     for name, guard in GUARDS.items():
-        for speed in speeds:
+        for speed in speeds if speeds != [0] else []:
             r = one_run(limit, "leak", speed / ISSUE_ROOM_MIB, guard)
             outcome = "OOM-KILLED" if r["oom_killed"] else "stopped" if r.get("halt") else "no halt"
             print(f"{name:<28}{speed:>18}{outcome:>22}{r['peak_fraction']:>12.1%}", flush=True)
             if outcome != "stopped" or r["peak_fraction"] > 0.97:
                 failures.append((name, speed, outcome, r["peak_fraction"]))
-    r = one_run(limit, "cache", 0.12, {})
+    r = one_run(limit, "cache", CACHE_FRACTION, {})
     outcome = "OOM-KILLED" if r["oom_killed"] else "HALTED" if r.get("halt") else "ran to the end"
     print(f"{'no arguments, cache to 85%':<28}{'-':>18}{outcome:>22}{r['peak_fraction']:>12.1%}")
     if outcome != "ran to the end":
@@ -81,6 +83,6 @@ def main(limit_mib: int, speeds: list[int]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit-mib", type=int, default=1280)
-    parser.add_argument("--speeds", default="10,30,100,300,1000")
+    parser.add_argument("--speeds", default="10,30,100,300,1000", help="0: the cache only")
     args = parser.parse_args()
     main(args.limit_mib, [int(s) for s in args.speeds.split(",")])
