@@ -27,10 +27,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from keras_memguard.backends.jax import memory as jax_devices
-from keras_memguard.backends.torch import memory as torch_devices
 from keras_memguard.backends.base import backend_name, current_backend
+from keras_memguard.backends.jax import memory as jax_devices
 from keras_memguard.backends.tensorflow.memory import TensorFlowDevices
+from keras_memguard.backends.torch import memory as torch_devices
 from keras_memguard.errors import MemGuardError, invalid_argument, positive_int
 from keras_memguard.probes import nvml
 from keras_memguard.sizes import Size, format_bytes, parse_size
