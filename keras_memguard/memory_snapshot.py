@@ -57,6 +57,7 @@ class GpuSnapshot:
     allocated_peak: int | None = None
     reserved: int | None = None
     peak_resettable: bool | None = None
+    limit: int | None = None  # the framework's own cap on its pool, where it has one
 
     @property
     def guarded(self) -> tuple[str, int] | None:
@@ -230,6 +231,7 @@ def _gpus() -> tuple[GpuSnapshot, ...]:
             allocated_peak=alloc.peak,
             reserved=alloc.reserved,
             peak_resettable=alloc.peak_resettable,
+            limit=alloc.limit,
         )
     for gpu in physical:
         if gpu.index not in used and gpu.index not in result:

@@ -35,7 +35,9 @@ halt = guard.summary.halts[0] if guard.summary.halts else None
 restored = keras.models.load_model(halt.checkpoint) if halt and halt.checkpoint else None
 result = {
     "backend": keras.config.backend(),
-    "halt": None if halt is None else {"metric": halt.metric, "checkpoint": halt.checkpoint},
+    "halt": None
+    if halt is None
+    else {"metric": halt.metric, "checkpoint": halt.checkpoint, "batch": halt.batch},
     "history_keys": sorted(history.history),
     "iterations": int(model.optimizer.iterations.numpy()),
     "restored_iterations": None if restored is None else int(restored.optimizer.iterations.numpy()),

@@ -34,7 +34,10 @@ def test_leak_halted_with_a_loadable_checkpoint(guarded_fit):
     assert result["backend"] == backend
     assert result["halt"] is not None, "the guard never halted a 25 MiB/batch leak"
     assert result["halt"]["metric"] == "process_tree"
-    assert result["restored_iterations"] == result["iterations"] > 0
+    # Saved once, at the halt (issue #23): before the batch Keras still runs after a stop
+    # at a batch's begin, so one step fewer than the model fit returned.
+    step_after = result["halt"]["batch"] is not None
+    assert result["restored_iterations"] == result["iterations"] - step_after > 0
 
 
 def test_tensorboard_events_and_history_keys(guarded_fit):

@@ -112,7 +112,10 @@ def test_the_chief_writes_the_checkpoint_and_it_loads(two_workers):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout.strip().splitlines()[-1]) == chief["iterations"]
+    # Saved once, at the halt (issue #23): before the batch Keras still runs after a stop
+    # at a batch's begin, so one step fewer than the model fit returned.
+    step_after = chief["halt"]["batch"] is not None
+    assert int(out.stdout.strip().splitlines()[-1]) == chief["iterations"] - step_after
 
 
 def test_chief_writes_the_main_run_and_the_other_worker_its_own(two_workers):

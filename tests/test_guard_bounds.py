@@ -72,27 +72,35 @@ def test_min_available_memory_halts_when_the_container_fills(container):
     history = fit(tiny_model(), [GrowUsage(container, 600 * MIB, 20 * MIB), guard], epochs=3)
     halt = guard.summary.halts[0]
     assert halt.metric == "effective_available" and halt.bound == 300 * MIB
-    assert 280 * MIB <= halt.value < 300 * MIB  # within one batch's growth
-    assert (halt.epoch, halt.batch) == (0, 6)  # 600 + 7 x 20 = 740 MiB used: 284 left
-    assert "fell below" in halt.describe()
+    # Issue #23: halted while the floor, plus the growth of the next batch and of the
+    # batch Keras still runs after a stop (2 x 20 MiB), were still available.
+    assert halt.reserve == 40 * MIB
+    assert halt.bound <= halt.value < halt.bound + halt.reserve
+    assert (halt.epoch, halt.batch) == (0, 4)  # 600 + 5 x 20 = 700 MiB used: 324 left
+    assert guard.summary.min_effective_available >= 300 * MIB  # never below the floor
+    assert "would have fallen below the bound 300.0 MiB" in halt.describe()
     assert len(history.history["loss"]) == 1
 
 
-def test_default_guard_warns_at_10_percent_and_halts_at_2_percent(container, capsys):
+def test_default_guard_warns_at_10_percent_and_halts_before_its_floor(container, capsys):
     container.set_usage(880 * MIB)
     guard = MemGuardCallback(check_every_n_batches=1, verbose=0)  # no bound given
     with pytest.warns(MemGuardWarning, match=r"only .* of 1\.0 GiB is available") as record:
         history = fit(tiny_model(), [GrowUsage(container, 880 * MIB, 10 * MIB), guard], epochs=3)
     assert len([w for w in record if "is available" in str(w.message)]) == 1
     halt = guard.summary.halts[0]
-    assert halt.metric == "effective_available" and halt.bound == int(LIMIT * 0.02)
-    assert int(LIMIT * 0.02) - 10 * MIB <= halt.value < int(LIMIT * 0.02)
+    # The default floor: 4% of the limit (41 MiB), with the growth reserved on top.
+    assert halt.metric == "effective_available" and halt.bound == int(0.04 * LIMIT)
+    assert halt.reserve == 20 * MIB  # two batches of 10 MiB: to the next check, and Keras's
+    assert halt.bound <= halt.value < halt.bound + halt.reserve
+    assert (halt.epoch, halt.batch) == (0, 8)  # 970 MiB used: 54 left, 34 after two batches
+    assert guard.summary.min_effective_available >= int(0.04 * LIMIT)
     assert "(emergency_available_memory)" in capsys.readouterr().err
     assert len(history.history["loss"]) == 1
 
 
 def test_low_memory_warning_alone_never_halts(container):
-    container.set_usage(950 * MIB)  # 74 MiB left: below 10%, above 2%
+    container.set_usage(950 * MIB)  # 74 MiB left: below 10%, above the 41 MiB floor
     guard = MemGuardCallback(check_every_n_batches=1, verbose=0)
     with pytest.warns(MemGuardWarning, match="is available") as record:
         history = fit(tiny_model(), [guard], epochs=2)
@@ -230,3 +238,37 @@ def test_a_halt_just_past_its_bound_shows_the_difference():
     assert "gpu0_allocated_peak crossed the bound 4.0 GiB by 45.0 KiB at" in halt.describe()
     far = Halt("process_tree", 9 * GIB, 8 * GIB, 0, 3, "stop", None)
     assert "9.0 GiB crossed the bound 8.0 GiB" in far.describe()
+
+
+class GrowLive(keras.callbacks.Callback):
+    """Each training step holds `step` more live bytes on the fake GPU."""
+
+    def __init__(self, framework, step):
+        super().__init__()
+        self.framework, self.step = framework, step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.framework.allocated += self.step
+        self.framework.peak = max(self.framework.peak, self.framework.allocated)
+
+
+def test_no_argument_guard_halts_before_the_gpu_allocator_runs_out(framework, tmp_path, capsys):
+    # Issue #23: the framework's pool is 4 GiB; live bytes grow 256 MiB per step. With no
+    # bound given, the default guard stops before the allocator would run out.
+    framework.limit = 4 * GIB
+    guard = MemGuardCallback(checkpoint_path=tmp_path / "g.keras")
+    history = fit(tiny_model(), [GrowLive(framework, 256 * MIB), guard], epochs=3)
+    halt = guard.summary.halts[0]
+    assert halt.metric == "gpu0_allocated_peak" and halt.bound < 4 * GIB
+    assert halt.value + halt.reserve > halt.bound >= halt.value
+    assert "(the GPU's limit)" in capsys.readouterr().err
+    assert framework.allocated <= 4 * GIB  # the batch Keras still ran fitted too
+    assert len(history.history["loss"]) == 1
+    assert keras.saving.load_model(halt.checkpoint).count_params() > 0
+
+
+def test_without_a_floor_no_gpu_bound_is_made_up(framework):
+    framework.limit = 4 * GIB
+    guard = MemGuardCallback(emergency_available_memory=None)
+    history = fit(tiny_model(), [GrowLive(framework, 64 * MIB), guard], epochs=2)
+    assert guard.summary.halts == [] and len(history.history["loss"]) == 2

@@ -2,7 +2,7 @@
 
 The events are those MemGuardCallback's hooks send; the cases include each one the git
 log fixed in the callback: a halt at the check of the epoch's last batch (before
-validation), the second save after the batch Keras runs once stopped, a raise in
+validation), one save only although Keras runs a batch once stopped, a raise in
 evaluate()/predict(), predict() called inside fit, and a guard reused after a fit that
 raised.
 """
@@ -42,37 +42,16 @@ def test_a_halt_before_a_training_batch_saves_and_stops_or_raises(on_exceed):
     )
     assert (state.halted, state.halted_epoch, state.phase_halted) == (True, 1, True)
     assert state.checks_paused
-    # With "stop" Keras runs the batch it was about to run: a second save is due.
-    assert state.save_again is stop
+    # With "stop" Keras runs the batch it was about to run: no second save (issue #23).
+    assert not hasattr(state, "save_again")
     # With "raise" the fit ends here: Keras will not call on_train_end.
     assert state.in_fit is stop
 
 
-def test_the_second_save_comes_once_after_the_extra_batch():
-    state = fit_state()
-    state.halt(batch=3, on_exceed="stop", checkpoint=True)
-    # on_test_begin (or on_epoch_end without validation) once the extra batch ran
-    assert state.take_second_save(first_saved=True, multi_worker=False)
-    # on_epoch_end after that validation: no third save
-    assert not state.take_second_save(first_saved=True, multi_worker=False)
-
-
-def test_no_second_save_after_a_failed_first_save_on_one_worker_but_on_every_worker():
-    single = fit_state()
-    single.halt(batch=3, on_exceed="stop", checkpoint=True)
-    assert not single.take_second_save(first_saved=False, multi_worker=False)
-    assert not single.save_again
-    many = fit_state()
-    many.halt(batch=3, on_exceed="stop", checkpoint=True)
-    # saving may run collective ops: every worker saves both times
-    assert many.take_second_save(first_saved=False, multi_worker=True)
-
-
-def test_no_save_and_no_second_save_without_a_checkpoint_path():
+def test_no_save_without_a_checkpoint_path():
     state = fit_state()
     plan = state.halt(batch=3, on_exceed="stop", checkpoint=False)
     assert not plan.save and plan.stop_training
-    assert not state.take_second_save(first_saved=False, multi_worker=True)
 
 
 def test_a_halt_at_the_epochs_last_check_before_validation_cuts_validation():
@@ -80,7 +59,6 @@ def test_a_halt_at_the_epochs_last_check_before_validation_cuts_validation():
     # on_test_begin checks the epoch's last batch (batch=None) before validating
     plan = state.halt(batch=None, on_exceed="stop", checkpoint=True)
     assert plan.save and plan.stop_training and not plan.stop_evaluating
-    assert not state.save_again  # no batch runs after a check between batches
     assert state.begin_validation() is True  # stop the validation pass at once
     assert state.phase == "validation" and state.checks_paused
     assert state.end_epoch(0) is True  # its partial val_* become NaN
@@ -99,7 +77,6 @@ def test_a_halt_during_validation_stops_it_and_saves_once():
     state.begin_validation()
     plan = state.halt(batch=2, on_exceed="stop", checkpoint=True)
     assert plan.save and plan.stop_evaluating and plan.stop_training
-    assert not state.save_again  # no training batch runs after it
     assert state.end_epoch(1) is True
     assert state.end_epoch(2) is False  # a later epoch's logs are its own
 
@@ -121,7 +98,7 @@ def test_evaluate_or_predict_outside_fit_raise_and_save_nothing(phase, on_exceed
     plan = state.halt(batch=5, on_exceed=on_exceed, checkpoint=True)
     assert plan.standalone and plan.raise_error and plan.verb == "raising"
     assert not plan.save and not plan.stop_training
-    assert state.phase_halted and not state.halted and not state.save_again
+    assert state.phase_halted and not state.halted
     # the next call starts afresh
     assert state.begin_standalone(phase) is True
     assert not state.phase_halted and not state.checks_paused
@@ -141,7 +118,6 @@ def test_a_halt_in_predict_inside_fit_stops_the_fit_and_saves_once():
     plan = state.halt(batch=0, on_exceed="stop", checkpoint=True)
     assert not plan.standalone and plan.save and plan.stop_training
     assert (state.halted, state.halted_epoch) == (True, 3)
-    assert not state.save_again  # not a training batch
     state.end_predict()
     assert state.phase == "train" and state.checks_paused
 

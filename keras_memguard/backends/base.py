@@ -265,6 +265,14 @@ class WorkerContext:
         override it with a collective every worker must join)."""
         return flag
 
+    def any_workers(self, flags: tuple[bool, ...]) -> tuple[bool, ...]:
+        """Each of ``flags``, set on any worker: one collective for them all together.
+
+        Example:
+            >>> must_stop, check_every_batch = ctx.any_workers((crossed, near))
+        """
+        return tuple(self.any_worker(flag) for flag in flags) if self.multi_worker else flags
+
 
 def single_worker(model: Any) -> WorkerContext:
     """The context of a process that decides alone (frameworks without a vote)."""

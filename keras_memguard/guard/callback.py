@@ -34,6 +34,7 @@ from keras_memguard.errors import (
     MemGuardWarning,
     MemoryLimitExceededError,
     positive_int,
+    warn_once,
 )
 from keras_memguard.guard.arguments import (
     ON_EXCEED,
@@ -46,6 +47,14 @@ from keras_memguard.guard.arguments import (
 from keras_memguard.guard.checkpoint import check_checkpoint_path, save_checkpoint
 from keras_memguard.guard.distributed import WorkerContext, worker_context
 from keras_memguard.guard.halt import HaltState, fit_is_running
+from keras_memguard.guard.headroom import (
+    WARMUP_CHECKS,
+    Reading,
+    growth_per_batch,
+    outlook,
+    reading,
+    save_headroom,
+)
 from keras_memguard.guard.leak_watch import LeakWatch
 from keras_memguard.guard.leaks import LeakTracer
 from keras_memguard.guard.peaks import Sampler
@@ -55,7 +64,6 @@ from keras_memguard.guard.policy import (
     Halt,
     MemGuardSummary,
     bounds_mib,
-    crossings,
     gpus_without_total,
     is_low_memory,
     train_end_release,
@@ -82,9 +90,11 @@ class MemGuardCallback(keras.callbacks.Callback):
     """Logs memory to TensorBoard and ``logs``; stops training before memory runs out.
 
     With no arguments it logs, warns when less than 10% of the effective memory limit
-    is available, and halts (as `on_exceed` says) only as a last resort, when less than
-    `emergency_available_memory` (2%) is left: at that point the OOM killer is seconds
-    away, and a graceful stop that keeps the model beats a SIGKILL that loses it.
+    is available, and halts (as `on_exceed` says) only as a last resort: when the memory
+    projected at the next check, plus what the halt's save takes, would leave less than
+    the floor (4% of the limit, in [32 MiB, 1 GiB]) available, or run a GPU's allocator out of
+    its limit. The checks keep up with the growth: every batch when it is fast against
+    the room left (docs/callback.md).
 
     Fractions (`0.8`, `"80%"`) are of the *effective limit*: the smaller of the
     machine's RAM and the container's cgroup limit.
@@ -104,7 +114,8 @@ class MemGuardCallback(keras.callbacks.Callback):
             this process. A fraction needs the GPU's total (NVML, or the framework's
             own limit). Defaults to `None`.
         on_exceed: `"stop"` (save, then `model.stop_training = True`: Keras finishes
-            the batch it was about to run, and the checkpoint is saved again after it),
+            the batch it was about to run; the checkpoint holds the model from before
+            it, saved once, while there is room),
             `"raise"` (save, then raise `MemoryLimitExceededError` before that batch) or
             `"warn"`. In `evaluate()` and
             `predict()`, `"stop"` raises too: a truncated result would mislead.
@@ -137,7 +148,10 @@ class MemGuardCallback(keras.callbacks.Callback):
             trace right after `leak_warmup_epochs`, even without growth; `False`:
             never. Defaults to `None`.
         emergency_available_memory: last-resort floor applied when
-            `min_available_memory` is not given; `None` disables it. Defaults to `"2%"`.
+            `min_available_memory` is not given; `"auto"`: 4% of the limit, in [32 MiB, 1 GiB],
+            with the growth until training can stop and the save's memory reserved on
+            top, and, on GPUs, the allocator's limit as a bound where `max_gpu_memory`
+            is not given; `None` disables it. Defaults to `"auto"`.
         release_on_train_end: collect garbage when training ends: a full
             `gc.collect()`, `malloc_trim` and (PyTorch) `torch.cuda.empty_cache()` only
             where it can matter (the process tree grew during the fit by more than
@@ -180,7 +194,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         leak_threshold: int | str = "4MiB",
         leak_patience: int = 3,
         trace_leaks: bool | None = None,
-        emergency_available_memory: int | float | str | None = "2%",
+        emergency_available_memory: int | float | str | None = "auto",
         release_on_train_end: bool = True,
         verbose: int = 0,
     ) -> None:
@@ -195,8 +209,13 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.min_available_memory = optional_size(min_available_memory, "min_available_memory")
         self.max_gpu_memory = optional_size(max_gpu_memory, "max_gpu_memory")
         check_gpu_fraction_has_totals(self.max_gpu_memory)
-        self.emergency_available_memory = optional_size(
-            emergency_available_memory, "emergency_available_memory"
+        auto_floor = isinstance(emergency_available_memory, str) and (
+            emergency_available_memory.strip().lower() == "auto"
+        )
+        self.emergency_available_memory = (
+            None
+            if auto_floor
+            else optional_size(emergency_available_memory, "emergency_available_memory")
         )
         self.leak_threshold = parse_size(
             leak_threshold, name="leak_threshold", allow_fraction=False
@@ -222,6 +241,7 @@ class MemGuardCallback(keras.callbacks.Callback):
             min_available_memory=self.min_available_memory,
             max_gpu_memory=self.max_gpu_memory,
             emergency_available_memory=self.emergency_available_memory,
+            auto_floor=auto_floor,
         )
         self.summary = MemGuardSummary()
         self.last_snapshot: MemorySnapshot | None = None
@@ -255,6 +275,13 @@ class MemGuardCallback(keras.callbacks.Callback):
             self.trace_leaks,
             self.max_process_memory,
         )
+        # issue #23: growth per batch between checks, and the save's memory
+        self._reading: Reading | None = None
+        self._rates: dict[str, float] = {}
+        self._due_in: int | None = 1  # batches until the next check (warm-up: every one)
+        self._checks = 0
+        self._hooks = 0  # batch-begin hooks seen in this fit, every phase
+        self._save_bytes = 0
         self._step_marker: Any = None  # JAX: an output of the step last seen dispatched
         self._log_keys: list[str] | None = None
         self._adding_to_logs = bool(self.add_to_logs)
@@ -276,6 +303,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._workers = worker_context(self.model)
         if self._workers.multi_worker and self._check_every is None:
             self._check_every = MULTI_WORKER_CHECK_EVERY
+        self._save_bytes = _save_reserve(self.model, self.checkpoint_path)
         snap = self._sample()
         self.summary.start_process_tree = snap.process_tree
         self._warn_unbounded_gpus(snap)
@@ -285,8 +313,13 @@ class MemGuardCallback(keras.callbacks.Callback):
             self._adding_to_logs = self._writer is None
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        last_check = self._last_check
         self._state.begin_epoch(epoch)
         self._reset_phase()
+        if self.summary.epochs:
+            # Issue #23: the previous epoch's end checked a moment ago: no check forced
+            # at this epoch's batch 0.
+            self._last_check = last_check
 
     def _reset_phase(self) -> None:
         """A phase (an epoch's training, evaluate, predict) starts: its cadence and peaks.
@@ -310,9 +343,14 @@ class MemGuardCallback(keras.callbacks.Callback):
         if self._state.skips_batch_checks(self._workers.multi_worker):
             return
         self._batches_since_check += 1
-        if self._check_every is not None:
-            due = self._batches_since_check >= self._check_every
-        else:
+        self._hooks += 1
+        # By batch count where the growth asks for it (self._due_in, issue #23) or as
+        # configured, else by time. With several workers only by count: the same steps.
+        every, configured = self._due_in, self._check_every
+        if configured is not None and (every is None or configured < every):
+            every = configured
+        due = every is not None and self._batches_since_check >= every
+        if not due and configured is None:
             due = time.monotonic() - self._last_check >= self.check_interval
         if not (due or log_due):
             return
@@ -357,7 +395,6 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self._still_in_fit():
-            self._save_after_last_step()
             # The epoch's last training batch ran after the last check (at its begin):
             # check it before validation. Every worker reaches this hook: votes are safe.
             self._wait_for_dispatched_steps(all_of_them=True)
@@ -401,10 +438,11 @@ class MemGuardCallback(keras.callbacks.Callback):
             return
         self._workers = WorkerContext()
         self._check_every = self.check_every_n_batches
+        # issue #23: growth measured from this call's own checks, cadence as configured
+        self._reading, self._rates, self._due_in = None, {}, None
         self._reset_phase()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._save_after_last_step()
         halted_now = self._state.end_epoch(epoch)
         snap = self._sample()
         metrics = snap.metrics()
@@ -467,14 +505,25 @@ class MemGuardCallback(keras.callbacks.Callback):
         if state.checks_paused:
             return
         self._warn_low_memory(snap)
-        found = crossings(self.bounds, snap)
+        found, near = self._project(snap, batch)
         if self.on_exceed == "warn":
             self._warn_crossings(found, batch)
             return
-        if not state.vote(bool(found), self._workers.any_worker):
+        # Every worker votes at this same step, so that all stop together or none does
+        # (outside fit, each process decides alone); the cadence goes by the vote too.
+        if state.in_fit and self._workers.multi_worker:
+            voted, near = self._workers.any_workers((bool(found), near))
+            # Only the vote sets the cadence: this worker's own projection could differ.
+            self._due_in = None
+            self._check_every = (
+                1 if near else self.check_every_n_batches or MULTI_WORKER_CHECK_EVERY
+            )
+        else:
+            voted = bool(found)
+        if not voted:
             return
         cross = found[0] if found else ANOTHER_WORKER
-        where = (state.epoch, batch, self.on_exceed, None, state.phase)
+        where = (state.epoch, batch, self.on_exceed, None, state.phase, cross.reserve)
         self._halt(Halt(cross.metric, cross.value, cross.bound, *where), cross.parameter, snap)
 
     def _warn_crossings(self, found: list[Crossing], batch: int | None) -> None:
@@ -486,9 +535,8 @@ class MemGuardCallback(keras.callbacks.Callback):
                 continue
             new.discard(crossing.metric)
             value, bound = crossing.value, crossing.bound
-            halt = Halt(
-                crossing.metric, value, bound, state.epoch, batch, "warn", None, state.phase
-            )
+            where = (state.epoch, batch, "warn", None, state.phase, crossing.reserve)
+            halt = Halt(crossing.metric, value, bound, *where)
             self.summary.halts.append(halt)
             warnings.warn(
                 f"keras-memguard: {halt.describe()} ({crossing.parameter}); "
@@ -497,6 +545,26 @@ class MemGuardCallback(keras.callbacks.Callback):
                 MemGuardWarning,
                 stacklevel=3,
             )
+
+    def _project(self, snap: MemorySnapshot, batch: int | None) -> tuple[list[Any], bool]:
+        """Issue #23: the bounds the next check's memory (+ the save) crosses; the cadence.
+
+        Sets ``_due_in``, the batches until the next check (``None``: by time), and says
+        whether the growth asks for checks sooner than the multi-worker cadence.
+        """
+        now = reading(snap, self._hooks - (batch is not None))
+        rates = growth_per_batch(self._reading, now)
+        if rates is not None or self._reading is None:
+            self._reading, self._rates = now, rates or {}
+        # After a "stop" before a training batch, Keras still runs that batch.
+        extra = int(self.on_exceed == "stop" and self._state.phase == "train" and batch is not None)
+        save = self._save_bytes if self._state.in_fit and self.on_exceed != "warn" else 0
+        look = outlook(self.bounds, snap, self._rates, save=save, extra_batches=extra)
+        self._checks += 1
+        warmup = self._state.in_fit and self._checks <= WARMUP_CHECKS
+        self._due_in = 1 if warmup else look.batches_to_check
+        near = self._due_in is not None and self._due_in < MULTI_WORKER_CHECK_EVERY
+        return look.crossings, near
 
     def _warn_low_memory(self, snap: MemorySnapshot) -> None:
         if self._state.warn_low_memory(is_low_memory(snap)):
@@ -550,18 +618,6 @@ class MemGuardCallback(keras.callbacks.Callback):
         """The model, for a stop flag: on JAX ``self.model`` also syncs its state."""
         return self._model if keras.backend.backend() == "jax" else self.model
 
-    def _save_after_last_step(self) -> None:
-        """The second save of a halt before a training batch: now that batch is done."""
-        first = self.summary.halts[-1].checkpoint if self.summary.halts else None
-        if not self._state.take_second_save(first is not None, self._workers.multi_worker):
-            return
-        if self._save_checkpoint() is None and first is not None:
-            print(
-                f"keras-memguard: {first} holds the model from before the last batch.",
-                file=sys.stderr,
-                flush=True,
-            )
-
     def _save_checkpoint(self) -> str | None:
         return save_checkpoint(self.model, self.checkpoint_path, self._workers)
 
@@ -578,3 +634,24 @@ class MemGuardCallback(keras.callbacks.Callback):
             self._log_keys = keys
         for key in self._log_keys:
             logs[key] = metrics.get(key[len(PREFIX) :], float("nan"))
+
+
+def _save_reserve(model: Any, path: str | None) -> int:
+    """Bytes a save of ``model`` to ``path`` needs at its peak (``headroom.save_headroom``).
+
+    The saved state is the variables and the optimizer's state (``estimate.static``);
+    an optimizer that is not built yet is predicted from its class.
+    """
+    if path is None:
+        return 0
+    try:
+        from keras_memguard.estimate.static import model_parts, variables_bytes
+
+        state = sum(part.bytes or 0 for part in model_parts(model)[:2])
+        optimizer = getattr(model, "optimizer", None)
+        variables = [*model.weights, *(getattr(optimizer, "variables", None) or ())]
+        largest = max((variables_bytes([v])[0] for v in variables), default=0)
+    except Exception as err:  # an estimate must never stop training
+        warn_once("save-reserve", f"keras-memguard cannot size the checkpoint's save: {err}")
+        return 0
+    return save_headroom(path, state, largest)

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -22,6 +23,7 @@ from typing import Any
 from keras_memguard.backends.base import tensorflow_kept_out
 from keras_memguard.errors import MemGuardWarning, invalid_argument
 from keras_memguard.guard.distributed import WorkerContext
+from keras_memguard.guard.headroom import temporary_path
 
 __all__ = ["check_checkpoint_path", "save_checkpoint"]
 
@@ -73,20 +75,27 @@ def save_checkpoint(model: Any, path: str | None, workers: WorkerContext) -> str
     if not workers.is_chief:
         scratch = tempfile.mkdtemp(prefix=f"memguard_worker{workers.index}_")
         path = os.path.join(scratch, os.path.basename(path))
+    # Written beside the checkpoint, then renamed over it (issue #23): a save that fails
+    # (for lack of memory, say) leaves the previous good checkpoint as it was.
+    scratch_file = temporary_path(path)
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if path.endswith(".weights.h5"):
-            model.save_weights(path)
+            model.save_weights(scratch_file)
         else:
             with tensorflow_kept_out():  # Keras's save imports TF when installed
-                model.save(path)
+                model.save(scratch_file)
+        os.replace(scratch_file, path)
         if not workers.is_chief:
             shutil.rmtree(os.path.dirname(path), ignore_errors=True)
             return None
         return path
     except Exception as err:  # a halt must happen even when saving fails
+        with contextlib.suppress(OSError):
+            os.remove(scratch_file)
+        kept = " (the previous checkpoint there is kept)" if os.path.exists(path) else ""
         message = (
-            f"keras-memguard: COULD NOT SAVE the checkpoint to {path}: {err}. Training "
+            f"keras-memguard: COULD NOT SAVE the checkpoint to {path}{kept}: {err}. Training "
             "halts anyway; the model is still in memory: save it from your script."
         )
         print(message, file=sys.stderr, flush=True)

@@ -7,8 +7,7 @@ without Keras (tests/test_halt_state.py).
 
 State: ``in_fit`` (a ``fit`` is running), ``phase`` (``"train"``, ``"validation"``,
 ``"evaluate"``, ``"predict"``), ``halted`` / ``halted_epoch`` (the fit was halted, in
-which epoch), ``phase_halted`` (the running phase was halted), ``save_again`` (a second
-save is due once Keras has run the batch it was about to run).
+which epoch), ``phase_halted`` (the running phase was halted).
 
 Events (hook -> event):
 
@@ -21,8 +20,6 @@ Events (hook -> event):
   ``warn_once_per_crossing(metrics)``; otherwise ``vote(found, any_worker)`` (every
   worker votes inside a fit) and, when it says halt, ``halt(batch, on_exceed,
   checkpoint)`` -> a ``HaltPlan`` the callback carries out.
-- ``on_test_begin`` and ``on_epoch_end`` -> ``take_second_save(...)``: the save after
-  the extra batch Keras runs once ``stop_training`` is set.
 - ``on_train_end`` -> ``end_fit()``; a fit that raised (Keras then calls nothing) ->
   ``end_stale_fit()``, found with ``fit_is_running`` (see there why a stack walk).
 
@@ -30,10 +27,8 @@ Example:
     >>> state = HaltState()
     >>> state.begin_fit(); state.begin_epoch(0)
     >>> plan = state.halt(batch=3, on_exceed="stop", checkpoint=True)
-    >>> (plan.save, plan.stop_training, state.save_again)
-    (True, True, True)
-    >>> state.take_second_save(first_saved=True, multi_worker=False)
-    True
+    >>> (plan.save, plan.stop_training)
+    (True, True)
 """
 
 from __future__ import annotations
@@ -89,7 +84,6 @@ class HaltState:
     halted: bool = False
     halted_epoch: int | None = None
     phase_halted: bool = False
-    save_again: bool = False
     warned: set[str] = field(default_factory=set)  # crossings warned about, not yet over
 
     # ------------------------------------------------------------ fit and phases
@@ -188,17 +182,14 @@ class HaltState:
 
         ``batch`` is ``None`` for a check between batches (before validation, at epoch
         end). Halted before a training batch with ``"stop"``, Keras still runs that
-        batch: the checkpoint is saved now in case it fails, and again once it is done
-        (``save_again``), so the checkpoint is the model ``fit`` returns.
+        batch; the checkpoint is saved once, now, while the room for it is reserved
+        (issue #23, guard/headroom.py): it holds the model from before that batch.
         """
         standalone = not self.in_fit
         self.phase_halted = True
         if not standalone:
             self.halted = True
             self.halted_epoch = self.epoch
-            self.save_again = (
-                checkpoint and on_exceed == "stop" and self.phase == "train" and batch is not None
-            )
         raise_error = standalone or on_exceed == "raise"
         if raise_error:
             self.in_fit = False  # the fit ends here: Keras will not call on_train_end
@@ -210,15 +201,6 @@ class HaltState:
             stop_training=not raise_error,
             verb="stopping training" if not raise_error else "raising",
         )
-
-    def take_second_save(self, first_saved: bool, multi_worker: bool) -> bool:
-        """Whether to save again now (the batch after a halt is done); once per halt.
-
-        Not after a first save that failed on a single worker (it said so loudly); with
-        several workers every one saves both times, as saving may run collective ops.
-        """
-        due, self.save_again = self.save_again, False
-        return due and (first_saved or multi_worker)
 
 
 def fit_is_running(model: Any) -> bool:

@@ -31,6 +31,7 @@ __all__ = [
     "available_floor",
     "bounds_mib",
     "crossings",
+    "default_floor",
     "gpu_peaks_since_check",
     "gpus_without_total",
     "is_low_memory",
@@ -45,6 +46,31 @@ RELEASE_MIN_GROWTH = 64 * MIB
 RELEASE_GROWTH_FRACTION = 0.05
 
 
+# The floor a guard with no arguments keeps free below the limit, on top of the
+# projected growth and the save (guard/headroom.py): what a check cannot see (allocator
+# granularity, the sampler's lag, a step a little bigger than the last) and the room the
+# kernel needs near a cgroup's limit, where it reclaims the process's own file pages
+# (its code) and the run thrashes before the OOM killer acts. 4%: the benchmark's goal
+# is no run above 97% of the limit (benchmarks/bench_safety.py), with a point to spare.
+FLOOR_FRACTION = 0.04
+FLOOR_MIN = 32 * MIB
+FLOOR_MAX = 1024 * MIB
+
+
+def default_floor(limit: int | None) -> int:
+    """The floor of a guard with no arguments: 4% of ``limit``, in [32 MiB, 1 GiB].
+
+    The projected growth and the save are reserved on top of it (``headroom.outlook``).
+
+    Example:
+        >>> [default_floor(n * 1024 * MIB) // MIB for n in (1, 3, 64)]
+        [40, 122, 1024]
+    """
+    if limit is None:
+        return FLOOR_MIN
+    return min(max(int(FLOOR_FRACTION * limit), FLOOR_MIN), FLOOR_MAX)
+
+
 @dataclass(frozen=True)
 class Bounds:
     """The bounds a guard enforces; fractions resolve against the snapshot's totals."""
@@ -53,6 +79,9 @@ class Bounds:
     min_available_memory: Size | None = None
     max_gpu_memory: Size | None = None
     emergency_available_memory: Size | None = None
+    # emergency_available_memory="auto": the floor of guard/headroom.default_floor, and
+    # the GPU allocator's limit as a bound where max_gpu_memory is not given
+    auto_floor: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +97,9 @@ class Crossing:
     parameter: str
     value: int
     bound: int
+    # bytes held back from the bound: the growth projected until training can stop,
+    # and the save's own memory (guard/headroom.py); 0 for a bound crossed as it stands
+    reserve: int = 0
 
 
 PHASES = ("train", "validation", "evaluate", "predict")
@@ -89,6 +121,7 @@ class Halt:
     action: str
     checkpoint: str | None
     phase: str = "train"
+    reserve: int = 0  # see Crossing.reserve
 
     def describe(self) -> str:
         parts = [] if self.epoch is None else [f"epoch {self.epoch}"]
@@ -101,6 +134,16 @@ class Halt:
             return f"another worker crossed its memory bound at {where}"
         relation = "fell below" if self.metric == "effective_available" else "crossed"
         value, bound = format_bytes(self.value), format_bytes(self.bound)
+        below = self.metric == "effective_available"
+        if self.reserve and (self.value >= self.bound if below else self.value <= self.bound):
+            # halted before the crossing, while the growth to come and the save still fit
+            sign = "+" if self.metric == "effective_available" else "-"
+            reserve = format_bytes(self.reserve)
+            return (
+                f"{self.metric} {value} would have {relation.replace('fell', 'fallen')} the "
+                f"bound {bound} by the next check ({bound} {sign} {reserve} reserved for the "
+                f"growth until training stops and the save) at {where}"
+            )
         if value == bound:  # "4.0 GiB crossed the bound 4.0 GiB" says nothing: say by how much
             by = format_bytes(abs(self.value - self.bound))
             return f"{self.metric} {relation} the bound {bound} by {by} at {where}"
@@ -156,6 +199,9 @@ def available_floor(bounds: Bounds, snap: MemorySnapshot) -> tuple[str, int] | N
     size, name = bounds.min_available_memory, "min_available_memory"
     if size is None:
         size, name = bounds.emergency_available_memory, "emergency_available_memory"
+    if size is None and bounds.auto_floor:
+        limit = snap.effective_limit
+        return None if limit is None else (name, default_floor(limit))
     value = size.resolve(snap.effective_limit) if size is not None else None
     return None if value is None else (name, value)
 

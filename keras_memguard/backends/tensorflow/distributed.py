@@ -42,6 +42,19 @@ class TensorFlowWorkers(WorkerContext):
         )
         return int(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)) > 0
 
+    def any_workers(self, flags: tuple[bool, ...]) -> tuple[bool, ...]:
+        """Each of ``flags``, set on any worker: one all-reduce of them all together."""
+        if not self.multi_worker:
+            return flags
+        import tensorflow as tf
+
+        strategy = self.strategy
+        value = strategy.experimental_distribute_values_from_function(
+            lambda _: tf.constant([int(f) for f in flags], tf.int32)
+        )
+        total = strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+        return tuple(int(v) > 0 for v in total.numpy())
+
 
 def worker_context(model: Any) -> WorkerContext:
     """Reads the strategy of ``model`` (Keras 3 or tf_keras)."""
