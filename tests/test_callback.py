@@ -34,6 +34,7 @@ BASE_TAGS = {
     "memory/effective_available_min_mib",
     "memory/bound_process_mib",
     "memory/bound_available_mib",
+    "memory/predicted_peak_mib",
 }
 
 

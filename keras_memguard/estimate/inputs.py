@@ -31,55 +31,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from keras_memguard.backends.pipeline import (
+    Buffer,
+    dtype_bytes,
+    leaf_bytes,
+    pipeline_buffers,
+    structure_bytes,
+)
+from keras_memguard.backends.pipeline import leaves as _leaves
 from keras_memguard.estimate.parts import EstimatePart, Method
-from keras_memguard.estimate.static import dtype_bytes
 from keras_memguard.sizes import format_bytes
 
-__all__ = ["INPUT_ARRAYS", "input_parts", "input_signature", "structure_bytes"]
+__all__ = ["INPUT_ARRAYS", "input_parts", "input_signature"]
 
 INPUT_ARRAYS = "input arrays"
 DEFAULT_BATCH_SIZE = 32  # fit's default for arrays
-
-
-def _leaves(structure: Any) -> list[Any]:
-    if structure is None:
-        return []
-    if isinstance(structure, dict):
-        return [leaf for value in structure.values() for leaf in _leaves(value)]
-    if isinstance(structure, (list, tuple)) and not hasattr(structure, "shape"):
-        return [leaf for value in structure for leaf in _leaves(value)]
-    return [structure]
-
-
-def _leaf_bytes(leaf: Any) -> int | None:
-    nbytes = getattr(leaf, "nbytes", None)
-    if isinstance(nbytes, int) and not isinstance(nbytes, bool):
-        return nbytes
-    shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
-    if shape is None or dtype is None:
-        return None
-    try:
-        values = math.prod(int(d) for d in shape)
-    except (TypeError, ValueError):  # a dimension known only at run time
-        return None
-    size = dtype_bytes(dtype)
-    return None if size is None else values * size
-
-
-def structure_bytes(structure: Any) -> int | None:
-    """Bytes of every array in a dict/list/tuple structure; ``None`` if one has no size.
-
-    Example:
-        >>> structure_bytes((numpy.zeros((32, 10), "float32"), numpy.zeros(32, "int64")))
-        1536
-    """
-    total = 0
-    for leaf in _leaves(structure):
-        size = _leaf_bytes(leaf)
-        if size is None:
-            return None
-        total += size
-    return total
 
 
 def _is_array(leaf: Any) -> bool:
@@ -98,7 +64,7 @@ def _array_parts(x: Any, batch_size: int | None) -> tuple[EstimatePart, ...]:
     total = copy = sample = 0
     cast: set[str] = set()
     for leaf in leaves:
-        size = _leaf_bytes(leaf) or 0
+        size = leaf_bytes(leaf) or 0
         dtype = str(backend.standardize_dtype(leaf.dtype))
         values = math.prod(int(d) for d in leaf.shape)
         total += size
@@ -154,6 +120,10 @@ def _pydataset_parts(dataset: Any) -> tuple[EstimatePart, ...]:
     )
 
 
+def _part(buffer: Buffer) -> EstimatePart:
+    return EstimatePart(buffer.name, buffer.bytes, Method(buffer.method), buffer.detail, "input")
+
+
 def _is_pydataset(x: Any) -> bool:
     return any(cls.__name__ == "PyDataset" for cls in type(x).__mro__)
 
@@ -170,25 +140,9 @@ def input_parts(x: Any, *, batch_size: int | None) -> tuple[EstimatePart, ...]:
     """
     if x is None:
         return _unknown("input pipeline", "no input was given")
-    module = type(x).__module__
-    if module.startswith("tensorflow"):
-        from keras_memguard.backends.tensorflow import input_pipeline as tf_pipeline
-
-        parts = tf_pipeline.pipeline_parts(x)
-        if parts is not None:
-            return parts
-    if module.startswith("torch"):
-        from keras_memguard.backends.torch import input_pipeline as torch_pipeline
-
-        parts = torch_pipeline.pipeline_parts(x)
-        if parts is not None:
-            return parts
-    if module.startswith("grain"):
-        from keras_memguard.backends.jax import input_pipeline as jax_pipeline
-
-        parts = jax_pipeline.pipeline_parts(x)
-        if parts is not None:
-            return parts
+    buffers = pipeline_buffers(x)  # tf.data, a torch DataLoader, Grain
+    if buffers is not None:
+        return tuple(_part(buffer) for buffer in buffers)
     if _is_pydataset(x):
         return _pydataset_parts(x)
     leaves = _leaves(x)
