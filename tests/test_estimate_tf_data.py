@@ -115,3 +115,25 @@ def test_default_guard_warns_about_a_shuffle_buffer_before_the_first_step():
         "lower the shuffle buffer (shuffle file names, or shuffle after batch) or use "
         "dataset_from_tfds."
     )
+
+
+@pytest.mark.tensorflow
+def test_arrays_on_tensorflow_count_the_copy_tf_data_makes_and_fit_shows_it():
+    import psutil
+
+    x = np.ones((16384, 1024), "float32")  # 64 MiB
+    y = np.ones(16384, "float32")
+    parts = parts_of((x, y))
+    assert parts["tf.data copy"].bytes == x.nbytes + y.nbytes
+    model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(x[:64], y[:64], verbose=0)  # TensorFlow's own first-fit memory, out of the way
+    process = psutil.Process()
+    before, peak = process.memory_info().rss, []
+
+    class Peak(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            peak.append(process.memory_info().rss)
+
+    model.fit(x, y, batch_size=4096, epochs=1, verbose=0, callbacks=[Peak()])
+    assert max(peak) - before >= 0.9 * parts["tf.data copy"].bytes

@@ -74,6 +74,10 @@ ADVICE = {
     "pydataset queue": "lower the PyDataset's max_queue_size or workers",
     "loader queue": "lower the DataLoader's num_workers or prefetch_factor",
     "floatx copy": "pass float32 arrays (x.astype('float32')): Keras copies other floats",
+    "tf.data copy": (
+        "build a tf.data pipeline that reads from disk (or use dataset_from_tfds) instead "
+        "of passing in-memory arrays"
+    ),
     OPTIMIZER_STATE: "use an optimizer with fewer slots (SGD keeps 0-1 per weight, Adam 2)",
     "gradients": "train fewer weights (freeze layers) or use a smaller model",
     "step temporaries": "lower the batch size",
