@@ -12,13 +12,14 @@ import pytest
 from training import read_scalars, tiny_data, tiny_model
 
 from keras_memguard import MemGuardCallback
+from keras_memguard.errors import MemGuardWarning
 from keras_memguard.estimate.inputs import input_parts
 from keras_memguard.estimate.parts import EstimatePart, Method
 from keras_memguard.estimate.static import model_parts, optimizer_slots
 from keras_memguard.guard import preflight
 from keras_memguard.guard.callback import memory_layout
 from keras_memguard.guard.policy import Bounds
-from keras_memguard.memory_snapshot import MemorySnapshot, snapshot
+from keras_memguard.memory_snapshot import GpuSnapshot, MemorySnapshot, snapshot
 from keras_memguard.sizes import format_bytes, parse_size
 
 pytestmark = pytest.mark.backends
@@ -182,10 +183,61 @@ def test_preflight_message_names_the_largest_part_the_room_and_the_fix():
 
 
 def test_resident_parts_are_not_memory_still_to_come():
-    parts = input_parts(np.zeros((2**18, 64), "float32"), batch_size=32)  # 64 MiB, in memory
+    arrays = input_parts(np.zeros((2**18, 64), "float32"), batch_size=32)  # 64 MiB, in memory
+    # (on TensorFlow a "tf.data copy" part comes too: test_estimate_tf_data.py)
+    parts = [part for part in arrays if part.name in ("input arrays", "input batch")]
     tight = snap(system_available=40 * MIB)
     assert preflight.preflight_message(parts, tight, Bounds(), {"input arrays"}) is None
     assert preflight.predicted_peak(parts, tight, {"input arrays"}) == 900 * MIB + 32 * 256
+
+
+def test_device_parts_are_checked_against_the_gpu_bound_and_what_its_allocator_holds():
+    gradients = EstimatePart("gradients", 6 * 2**30, Method.EXACT, "one per weight", where="device")
+    slots = EstimatePart("optimizer state", 12 * 2**30, Method.EXACT, "2 slots", where="device")
+    # JAX has reserved 75% of the GPU (NVML's figure); its arrays hold 2 GiB.
+    gpu = GpuSnapshot(index=0, total=16 * 2**30, device_used=12 * 2**30, allocated=2 * 2**30)
+    roomy = snap(system_available=40 * 2**30, gpus=(gpu,))
+    message = preflight.preflight_message([gradients, slots], roomy, Bounds(), set())
+    assert message == (
+        "keras-memguard: this fit needs 18.0 GiB more GPU memory than it holds now "
+        "(optimizer state: 12.0 GiB); GPU 0 holds 2.0 GiB already, and its total is "
+        "16.0 GiB; use an optimizer with fewer slots (SGD keeps 0-1 per weight, Adam 2)."
+    )
+    assert preflight.preflight_message([gradients], roomy, Bounds(), set()) is None
+    capped = Bounds(max_gpu_memory=parse_size("7GiB", name="max_gpu_memory"))
+    assert "max_gpu_memory is 7.0 GiB" in preflight.preflight_message(
+        [gradients], roomy, capped, set()
+    )
+
+
+def test_full_preflight_asks_estimate_fit_memory_once_per_model_and_input(monkeypatch):
+    from keras_memguard import estimate as stage
+    from keras_memguard.estimate.parts import MemoryEstimate
+
+    asked = []
+
+    def estimate_fit_memory(model, x, *, y=None, batch_size=None):
+        asked.append((x.shape, y.shape, batch_size))
+        step = EstimatePart("step temporaries", 3 * MIB, Method.COMPILED, "batch 16")
+        return MemoryEstimate(parts=(*model_parts(model), step), batch_size=batch_size)
+
+    monkeypatch.setattr(stage, "estimate_fit_memory", estimate_fit_memory, raising=False)
+    x, y = tiny_data(samples=64)
+    model = tiny_model()
+    guard = MemGuardCallback(preflight="full")
+    for _ in range(2):
+        model.fit(x, y, batch_size=16, epochs=1, callbacks=[guard], verbose=0)
+    assert asked == [((64, 8), (64,), 16)]
+    assert guard.estimate.part("step temporaries").bytes == 3 * MIB
+
+    def broken(model, x, *, y=None, batch_size=None):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(stage, "estimate_fit_memory", broken)
+    with pytest.warns(MemGuardWarning, match="full pre-flight failed.*no compiler here"):
+        tiny_model().fit(x, y, batch_size=16, epochs=1, callbacks=[guard], verbose=0)
+    assert guard.estimate.part("step temporaries") is None
+    assert guard.estimate.part("input batch").bytes == 16 * (8 * 4 + 4)
 
 
 # ------------------------------------------------------------------ in a real fit

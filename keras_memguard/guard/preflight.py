@@ -222,9 +222,56 @@ def predicted_peak(
     return snap.process_tree + _to_come(parts, resident, "host")
 
 
-def _largest(parts: Collection[EstimatePart], resident: Collection[str]) -> EstimatePart | None:
-    candidates = [p for p in parts if p.where == "host" and p.name not in resident and p.bytes]
+def _largest(
+    parts: Collection[EstimatePart], resident: Collection[str], where: str
+) -> EstimatePart | None:
+    candidates = [p for p in parts if p.where == where and p.name not in resident and p.bytes]
     return max(candidates, key=lambda part: part.bytes or 0, default=None)
+
+
+def _host_problem(need: int, snap: MemorySnapshot, bounds: Bounds) -> str | None:
+    """Why ``need`` more bytes of host memory cannot fit now, or ``None``."""
+    available, tree = snap.effective_available, snap.process_tree
+    in_container = snap.container_limit is not None and (
+        snap.system_total is None or snap.container_limit < snap.system_total
+    )
+    where = "in this container" if in_container else "on this machine"
+    if available is not None and need > available:
+        return f"only {format_bytes(available)} are available {where}"
+    bound = bounds.max_process_memory
+    limit = bound.resolve(snap.effective_limit) if bound is not None else None
+    if limit is not None and tree is not None and tree + need > limit:
+        return (
+            f"the process holds {format_bytes(tree)} already, and max_process_memory is "
+            f"{format_bytes(limit)}"
+        )
+    floor = available_floor(bounds, snap)
+    if floor is not None and available is not None and available - need < floor[1]:
+        return (
+            f"{format_bytes(available)} are available {where}, which would leave less "
+            f"than {floor[0]}={format_bytes(floor[1])}"
+        )
+    return None
+
+
+def _device_problem(need: int, snap: MemorySnapshot, bounds: Bounds) -> str | None:
+    """Why ``need`` more bytes on each GPU cannot fit, or ``None``.
+
+    Compared with what the framework's allocator holds (not NVML's figure: JAX and
+    TensorFlow reserve pools far larger than their arrays) and ``max_gpu_memory``, else
+    the GPU's total.
+    """
+    size = bounds.max_gpu_memory
+    for gpu in snap.gpus:
+        limit = size.resolve(gpu.total) if size is not None else gpu.total
+        held = gpu.allocated if gpu.allocated is not None else gpu.process_used
+        if limit is not None and held is not None and held + need > limit:
+            name = "max_gpu_memory" if size is not None else "its total"
+            return (
+                f"GPU {gpu.index} holds {format_bytes(held)} already, and {name} is "
+                f"{format_bytes(limit)}"
+            )
+    return None
 
 
 def preflight_message(
@@ -233,47 +280,29 @@ def preflight_message(
     bounds: Bounds,
     resident: Collection[str],
 ) -> str | None:
-    """The warning when the host memory still to come crosses a bound; else ``None``.
+    """The warning when the memory still to come cannot fit; else ``None``.
 
-    Checks, in order: what is available now, ``max_process_memory`` against the process
-    tree plus what is to come, and the floor on available memory
-    (``min_available_memory``, else ``emergency_available_memory``).
+    Host parts are checked against what is available now, ``max_process_memory``
+    (the process tree plus what is to come) and the floor on available memory
+    (``min_available_memory``, else ``emergency_available_memory``); device parts
+    against each GPU's ``max_gpu_memory`` (else its total) less what its allocator holds.
+
+    Example:
+        >>> preflight_message(estimate.parts, snapshot(), guard.bounds, resident_parts(model))
+        'keras-memguard: this fit needs at least 6.8 GiB more than it holds now (...)'
     """
-    need = _to_come(parts, resident, "host")
-    if need <= 0:
-        return None
-    available, tree = snap.effective_available, snap.process_tree
-    in_container = snap.container_limit is not None and (
-        snap.system_total is None or snap.container_limit < snap.system_total
-    )
-    where = "in this container" if in_container else "on this machine"
-    problem = None
-    if available is not None and need > available:
-        problem = f"only {format_bytes(available)} are available {where}"
-    bound = bounds.max_process_memory
-    limit = bound.resolve(snap.effective_limit) if bound is not None else None
-    if problem is None and limit is not None and tree is not None and tree + need > limit:
-        problem = (
-            f"the process holds {format_bytes(tree)} already, and max_process_memory is "
-            f"{format_bytes(limit)}"
-        )
-    floor = available_floor(bounds, snap)
-    if (
-        problem is None
-        and floor is not None
-        and available is not None
-        and available - need < floor[1]
-    ):
-        problem = (
-            f"{format_bytes(available)} are available {where}, which would leave less "
-            f"than {floor[0]}={format_bytes(floor[1])}"
-        )
-    if problem is None:
+    for where, check in (("host", _host_problem), ("device", _device_problem)):
+        need = _to_come(parts, resident, where)
+        problem = check(need, snap, bounds) if need > 0 else None
+        if problem is not None:
+            break
+    else:
         return None
     unknown = any(part.bytes is None for part in parts)
+    memory = "" if where == "host" else " GPU memory"
     line = f"keras-memguard: this fit needs {'at least ' if unknown else ''}"
-    line += f"{format_bytes(need)} more than it holds now"
-    top = _largest(parts, resident)
+    line += f"{format_bytes(need)} more{memory} than it holds now"
+    top = _largest(parts, resident, where)
     if top is not None:
         count = top.detail.split(";")[0]  # "12,000 x 588.0 KiB", where the part has one
         count = f" {count} =" if " x " in count and count[:1].isdigit() else ":"
