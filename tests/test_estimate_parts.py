@@ -180,6 +180,9 @@ def test_preflight_message_names_the_largest_part_the_room_and_the_fix():
     bound = Bounds(max_process_memory=parse_size("7GiB", name="max_process_memory"))
     capped = preflight.preflight_message(parts, roomy, bound, set())
     assert capped is not None and "max_process_memory is 7.0 GiB" in capped
+    # A bound the process has crossed already is the guard's checks' to report.
+    crossed = Bounds(max_process_memory=parse_size("800MiB", name="max_process_memory"))
+    assert preflight.preflight_message(parts, roomy, crossed, set()) is None
 
 
 def test_resident_parts_are_not_memory_still_to_come():

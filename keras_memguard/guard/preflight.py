@@ -230,7 +230,10 @@ def _largest(
 
 
 def _host_problem(need: int, snap: MemorySnapshot, bounds: Bounds) -> str | None:
-    """Why ``need`` more bytes of host memory cannot fit now, or ``None``."""
+    """Why ``need`` more bytes of host memory cannot fit now, or ``None``.
+
+    A bound crossed already is the guard's checks' to report, not the pre-flight's.
+    """
     available, tree = snap.effective_available, snap.process_tree
     in_container = snap.container_limit is not None and (
         snap.system_total is None or snap.container_limit < snap.system_total
@@ -240,13 +243,13 @@ def _host_problem(need: int, snap: MemorySnapshot, bounds: Bounds) -> str | None
         return f"only {format_bytes(available)} are available {where}"
     bound = bounds.max_process_memory
     limit = bound.resolve(snap.effective_limit) if bound is not None else None
-    if limit is not None and tree is not None and tree + need > limit:
+    if limit is not None and tree is not None and tree <= limit < tree + need:
         return (
             f"the process holds {format_bytes(tree)} already, and max_process_memory is "
             f"{format_bytes(limit)}"
         )
     floor = available_floor(bounds, snap)
-    if floor is not None and available is not None and available - need < floor[1]:
+    if floor is not None and available is not None and available >= floor[1] > available - need:
         return (
             f"{format_bytes(available)} are available {where}, which would leave less "
             f"than {floor[0]}={format_bytes(floor[1])}"
@@ -265,7 +268,7 @@ def _device_problem(need: int, snap: MemorySnapshot, bounds: Bounds) -> str | No
     for gpu in snap.gpus:
         limit = size.resolve(gpu.total) if size is not None else gpu.total
         held = gpu.allocated if gpu.allocated is not None else gpu.process_used
-        if limit is not None and held is not None and held + need > limit:
+        if limit is not None and held is not None and held <= limit < held + need:
             name = "max_gpu_memory" if size is not None else "its total"
             return (
                 f"GPU {gpu.index} holds {format_bytes(held)} already, and {name} is "
