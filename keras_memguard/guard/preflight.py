@@ -36,6 +36,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from keras_memguard.compat import keras as keras_compat
 from keras_memguard.errors import invalid_argument, warn_once
 from keras_memguard.estimate import inputs as input_estimate
 from keras_memguard.estimate.inputs import INPUT_ARRAYS
@@ -100,17 +101,6 @@ def check_preflight_mode(value: Any) -> str | bool:
     raise invalid_argument("preflight", value, "'cheap' (the default), 'full' or False")
 
 
-def _adapter_input(adapter: Any) -> FitInput:
-    """The data a Keras data adapter wraps (keras/src/trainers/data_adapters/)."""
-    inputs = getattr(adapter, "_inputs", None)  # ArrayDataAdapter: (x,) (x, y) (x, y, w)
-    if isinstance(inputs, tuple):
-        return FitInput(inputs[0], inputs[1] if len(inputs) > 1 else None, adapter._batch_size)
-    for name in ("_dataset", "py_dataset", "_dataloader"):  # tf.data, PyDataset, torch
-        if getattr(adapter, name, None) is not None:
-            return FitInput(getattr(adapter, name))
-    return FitInput(adapter)  # a generator: reported unknown, with its type
-
-
 def fit_input(model: Any) -> FitInput | None:
     """The data of the ``fit`` of ``model`` running now, from ``fit``'s frame; else None."""
     try:
@@ -120,7 +110,7 @@ def fit_input(model: Any) -> FitInput | None:
                 break
             local = frame.f_locals
             if frame.f_code.co_name == "fit" and local.get("self") is model:
-                return _adapter_input(local["epoch_iterator"].data_adapter)
+                return FitInput(*keras_compat.fit_data(local))
             frame = frame.f_back
     except Exception as err:  # Keras's fit changed its locals
         warn_once(

@@ -25,8 +25,8 @@ Why the Python objects and not the pipeline's GraphDef (``DatasetToGraphV2``): t
 GraphDef serialises every constant, so ``from_tensor_slices`` of a 100 MB array costs
 a 100 MB copy and about a second, where the Python walk costs well under a millisecond.
 The walk reads private attributes (``_inputs()``, ``_buffer_size``, ...), stable since
-TF 2.0 but private: they are read in ``_node_params`` only, and any failure makes the
-whole pipeline one unknown part with one warning.
+TF 2.0 but private: ``compat.py`` names them, ``_node_params`` alone reads them, and any
+failure makes the whole pipeline one unknown part with one warning.
 
 Example:
     >>> dataset = tf.data.Dataset.from_tensor_slices(images).shuffle(12_000).batch(32)
@@ -42,6 +42,7 @@ import re
 from typing import Any
 
 from keras_memguard.backends.pipeline import Buffer
+from keras_memguard.backends.tensorflow import compat
 from keras_memguard.errors import warn_once
 from keras_memguard.sizes import format_bytes
 
@@ -75,12 +76,12 @@ def _int(value: Any) -> int | None:
 
 
 def _node_params(node: Any) -> tuple[list[Any], dict[str, Any]]:
-    """A node's input datasets and its parameters: the only place private names are read."""
-    inputs = list(node._inputs())
+    """A node's input datasets and its parameters (private names: ``compat.py``)."""
+    inputs = list(getattr(node, compat.DATASET_INPUTS)())
     params = {
-        name: getattr(node, f"_{name}")
-        for name in ("buffer_size", "batch_size", "num_parallel_calls", "filename", "tensors")
-        if hasattr(node, f"_{name}")
+        name: getattr(node, attribute)
+        for name, attribute in compat.DATASET_PARAMETERS.items()
+        if hasattr(node, attribute)
     }
     return inputs, params
 
