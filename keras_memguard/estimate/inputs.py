@@ -6,7 +6,8 @@ parts (``side="input"``, ``where="host"``):
 - NumPy arrays or tensors (a dict, list or tuple of them, such as ``(x, y)``): the
   arrays themselves (already in memory), the floatx copy Keras makes of float arrays of
   another dtype (``convert_to_sliceable`` casts float64 to float32 at each epoch's
-  start: one whole copy), and one batch sliced per step;
+  start: one whole copy), on TensorFlow the copy ``tf.data.Dataset.from_tensors``
+  makes of them, and one batch sliced per step;
 - a ``tf.data.Dataset``: its shuffle buffers, in-memory caches, prefetch depths,
   parallel calls and batches (``backends/tensorflow/input_pipeline.py``);
 - a ``keras.utils.PyDataset``: the queue of ``max_queue_size`` batches its workers fill
@@ -31,55 +32,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from keras_memguard.backends.pipeline import (
+    Buffer,
+    dtype_bytes,
+    leaf_bytes,
+    pipeline_buffers,
+    structure_bytes,
+)
+from keras_memguard.backends.pipeline import leaves as _leaves
 from keras_memguard.estimate.parts import EstimatePart, Method
-from keras_memguard.estimate.static import dtype_bytes
 from keras_memguard.sizes import format_bytes
 
-__all__ = ["INPUT_ARRAYS", "input_parts", "input_signature", "structure_bytes"]
+__all__ = ["INPUT_ARRAYS", "input_parts", "input_signature"]
 
 INPUT_ARRAYS = "input arrays"
 DEFAULT_BATCH_SIZE = 32  # fit's default for arrays
-
-
-def _leaves(structure: Any) -> list[Any]:
-    if structure is None:
-        return []
-    if isinstance(structure, dict):
-        return [leaf for value in structure.values() for leaf in _leaves(value)]
-    if isinstance(structure, (list, tuple)) and not hasattr(structure, "shape"):
-        return [leaf for value in structure for leaf in _leaves(value)]
-    return [structure]
-
-
-def _leaf_bytes(leaf: Any) -> int | None:
-    nbytes = getattr(leaf, "nbytes", None)
-    if isinstance(nbytes, int) and not isinstance(nbytes, bool):
-        return nbytes
-    shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
-    if shape is None or dtype is None:
-        return None
-    try:
-        values = math.prod(int(d) for d in shape)
-    except (TypeError, ValueError):  # a dimension known only at run time
-        return None
-    size = dtype_bytes(dtype)
-    return None if size is None else values * size
-
-
-def structure_bytes(structure: Any) -> int | None:
-    """Bytes of every array in a dict/list/tuple structure; ``None`` if one has no size.
-
-    Example:
-        >>> structure_bytes((numpy.zeros((32, 10), "float32"), numpy.zeros(32, "int64")))
-        1536
-    """
-    total = 0
-    for leaf in _leaves(structure):
-        size = _leaf_bytes(leaf)
-        if size is None:
-            return None
-        total += size
-    return total
 
 
 def _is_array(leaf: Any) -> bool:
@@ -95,10 +62,10 @@ def _array_parts(x: Any, batch_size: int | None) -> tuple[EstimatePart, ...]:
 
     leaves = _leaves(x)
     floatx = backend.floatx()
-    total = copy = sample = 0
+    total = copy = converted = sample = 0
     cast: set[str] = set()
     for leaf in leaves:
-        size = _leaf_bytes(leaf) or 0
+        size = leaf_bytes(leaf) or 0
         dtype = str(backend.standardize_dtype(leaf.dtype))
         values = math.prod(int(d) for d in leaf.shape)
         total += size
@@ -107,6 +74,7 @@ def _array_parts(x: Any, batch_size: int | None) -> tuple[EstimatePart, ...]:
             cast.add(dtype)
             per_value = dtype_bytes(floatx) or 4
             copy += values * per_value
+        converted += values * per_value
         sample += per_value * (values // max(int(leaf.shape[0]), 1))
     batch = batch_size or DEFAULT_BATCH_SIZE
     rows = min(int(leaves[0].shape[0]), batch)
@@ -122,6 +90,11 @@ def _array_parts(x: Any, batch_size: int | None) -> tuple[EstimatePart, ...]:
     if copy:
         detail = f"{', '.join(sorted(cast))} arrays cast to {floatx} by Keras (a whole copy)"
         parts.append(EstimatePart("floatx copy", copy, Method.EXACT, detail, "input"))
+    if backend.backend() == "tensorflow":
+        # ArrayDataAdapter.get_tf_dataset: Dataset.from_tensors(arrays) copies them into
+        # TensorFlow's memory (measured: a fit on 256 MiB of float32 grows by ~360 MiB).
+        detail = "Keras on TensorFlow wraps the arrays in tf.data (from_tensors): a copy"
+        parts.append(EstimatePart("tf.data copy", converted, Method.EXACT, detail, "input"))
     detail = f"{rows} samples of {format_bytes(sample)}"
     parts.append(EstimatePart("input batch", rows * sample, Method.EXACT, detail, "input"))
     return tuple(parts)
@@ -154,6 +127,10 @@ def _pydataset_parts(dataset: Any) -> tuple[EstimatePart, ...]:
     )
 
 
+def _part(buffer: Buffer) -> EstimatePart:
+    return EstimatePart(buffer.name, buffer.bytes, Method(buffer.method), buffer.detail, "input")
+
+
 def _is_pydataset(x: Any) -> bool:
     return any(cls.__name__ == "PyDataset" for cls in type(x).__mro__)
 
@@ -170,25 +147,9 @@ def input_parts(x: Any, *, batch_size: int | None) -> tuple[EstimatePart, ...]:
     """
     if x is None:
         return _unknown("input pipeline", "no input was given")
-    module = type(x).__module__
-    if module.startswith("tensorflow"):
-        from keras_memguard.backends.tensorflow import input_pipeline as tf_pipeline
-
-        parts = tf_pipeline.pipeline_parts(x)
-        if parts is not None:
-            return parts
-    if module.startswith("torch"):
-        from keras_memguard.backends.torch import input_pipeline as torch_pipeline
-
-        parts = torch_pipeline.pipeline_parts(x)
-        if parts is not None:
-            return parts
-    if module.startswith("grain"):
-        from keras_memguard.backends.jax import input_pipeline as jax_pipeline
-
-        parts = jax_pipeline.pipeline_parts(x)
-        if parts is not None:
-            return parts
+    buffers = pipeline_buffers(x)  # tf.data, a torch DataLoader, Grain
+    if buffers is not None:
+        return tuple(_part(buffer) for buffer in buffers)
     if _is_pydataset(x):
         return _pydataset_parts(x)
     leaves = _leaves(x)

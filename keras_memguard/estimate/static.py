@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
+from keras_memguard.backends.pipeline import dtype_bytes
 from keras_memguard.estimate.parts import EstimatePart, Method
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "OPTIMIZER_STATE",
     "RUNTIME_OVERHEAD",
     "VARIABLES",
-    "dtype_bytes",
     "model_parts",
     "optimizer_slots",
     "variables_bytes",
@@ -67,22 +67,6 @@ _SLOTS = {
 _cache: weakref.WeakKeyDictionary[Any, tuple[Any, tuple[EstimatePart, ...]]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-def dtype_bytes(dtype: Any) -> int | None:
-    """Bytes per value of a dtype (``"float32"``, ``"bfloat16"``, ``tf.int8``, ...).
-
-    Example:
-        >>> dtype_bytes("bfloat16"), dtype_bytes("bool"), dtype_bytes("string")
-        (2, 1, None)
-    """
-    name = str(getattr(dtype, "name", dtype)).rsplit(".", 1)[-1].lower()
-    if name == "bool":
-        return 1
-    found = re.search(r"(\d+)", name)
-    if found is None or not re.match(r"^(u?int|float|bfloat|complex)", name):
-        return None
-    return max(1, int(found.group(1)) // 8)
 
 
 def variables_bytes(variables: Iterable[Any]) -> tuple[int, int]:

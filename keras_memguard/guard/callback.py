@@ -36,6 +36,7 @@ from keras_memguard.errors import (
     positive_int,
     warn_once,
 )
+from keras_memguard.guard import preflight as _preflight  # issue #25
 from keras_memguard.guard.arguments import (
     ON_EXCEED,
     check_choice,
@@ -70,7 +71,7 @@ from keras_memguard.guard.policy import (
 )
 from keras_memguard.guard.release import release_memory
 from keras_memguard.guard.tensorboard import MemoryRunWriter, memory_layout
-from keras_memguard.memory_snapshot import MemorySnapshot
+from keras_memguard.memory_snapshot import MIB, MemorySnapshot
 from keras_memguard.sizes import format_bytes, parse_size
 
 __all__ = ["LOG_KEYS", "Halt", "MemGuardCallback", "MemGuardSummary", "memory_layout"]
@@ -161,8 +162,16 @@ class MemGuardCallback(keras.callbacks.Callback):
         verbose: `1` prints the summary at train end. Quiet by default, like Keras's
             own callbacks (`EarlyStopping`, `ModelCheckpoint`); a halt is always printed,
             as `TerminateOnNaN` prints its stop. Defaults to `0`.
+        preflight: before the first step, estimate the memory the fit will add and warn
+            when it already crosses a bound or exceeds what is available
+            (docs/callback.md). `"cheap"`: variables, optimizer state, gradients and
+            the input pipeline's buffers (about a millisecond, once per model and
+            input); `"full"`: also the compiled step's temporaries (seconds, once per
+            model and input); `False`: none. Defaults to `"cheap"`.
 
     Attributes:
+        estimate: the pre-flight's `MemoryEstimate` of the last fit (`None` before one,
+            or with `preflight=False`).
         summary: the last run's `MemGuardSummary` (an attribute, like `History.history`
             and `EarlyStopping.stopped_epoch`, reset at each `fit`); `print(guard.summary)`
             shows it, and `guard.summary()` prints it too, as `model.summary()` does.
@@ -197,6 +206,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         emergency_available_memory: int | float | str | None = "auto",
         release_on_train_end: bool = True,
         verbose: int = 0,
+        preflight: str | bool = "cheap",
     ) -> None:
         super().__init__()
         on_exceed = check_choice(
@@ -236,6 +246,9 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.add_to_logs = None if add_to_logs is None else bool(add_to_logs)
         self.release_on_train_end = bool(release_on_train_end)
         self.verbose = verbose
+        self.preflight = _preflight.check_preflight_mode(preflight)  # issue #25
+        self.estimate: Any = None
+        self._predicted_peak: int | None = None
         self.bounds = Bounds(
             max_process_memory=self.max_process_memory,
             min_available_memory=self.min_available_memory,
@@ -307,6 +320,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         snap = self._sample()
         self.summary.start_process_tree = snap.process_tree
         self._warn_unbounded_gpus(snap)
+        self._run_preflight(snap)  # issue #25: before the first step
         run = "memory" if self._workers.is_chief else f"memory_worker{self._workers.index}"
         self._run.open(self.log_dir, run, [gpu.index for gpu in snap.gpus])
         if self.add_to_logs is None:
@@ -448,6 +462,8 @@ class MemGuardCallback(keras.callbacks.Callback):
         metrics = snap.metrics()
         metrics.update(self._sampler.peaks.metrics())
         metrics.update(bounds_mib(self.bounds, snap))
+        if self._predicted_peak is not None:  # issue #25
+            metrics["predicted_peak_mib"] = self._predicted_peak / MIB
         slope = self._leaks.epoch_end(epoch, snap, self.summary, self._run.text)
         if slope is not None:
             metrics["leak_slope_mib_per_epoch"] = slope
@@ -497,6 +513,25 @@ class MemGuardCallback(keras.callbacks.Callback):
                 MemGuardWarning,
                 stacklevel=3,
             )
+
+    # ------------------------------------------------------ pre-flight (issue #25)
+    def _run_preflight(self, snap: MemorySnapshot) -> None:
+        """Estimates what this fit will add (guard/preflight.py) and warns if it won't fit."""
+        self._predicted_peak = None
+        if self.preflight is False:
+            return
+        try:
+            data = _preflight.fit_input(self.model)
+            self.estimate = _preflight.preflight_estimate(self.model, data, str(self.preflight))
+            resident = _preflight.resident_parts(self.model)
+            parts = self.estimate.parts
+            self._predicted_peak = _preflight.predicted_peak(parts, snap, resident)
+            message = _preflight.preflight_message(parts, snap, self.bounds, resident)
+        except Exception as err:  # an estimate must never stop training
+            warn_once("preflight", f"keras-memguard's pre-flight failed: {err!r}")
+            return
+        if message is not None:
+            warnings.warn(message, MemGuardWarning, stacklevel=3)
 
     # ---------------------------------------------------------------- thresholds
     def _check(self, snap: MemorySnapshot, batch: int | None) -> None:

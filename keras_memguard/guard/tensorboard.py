@@ -324,6 +324,10 @@ def memory_layout(gpu_indices: list[int]) -> Any:
                         r"memory/(process_tree_mib|process_tree_peak_mib|"
                         r"container_usage_mib|bound_process_mib)",
                     ),
+                    chart(  # issue #25
+                        "Predicted peak against the measured peak (MiB)",
+                        r"memory/(predicted_peak_mib|process_tree_peak_mib)",
+                    ),
                     chart(
                         "Available memory against its floor (MiB)",
                         r"memory/(effective_available_mib|effective_available_min_mib|"

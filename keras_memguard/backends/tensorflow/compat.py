@@ -41,4 +41,42 @@ RESOURCE_VARIABLE = PrivateSymbol(
     "leak reports do not see TensorFlow's variables",
 )
 
-SYMBOLS = (CONTEXT, CONTEXT_CLASS, EAGER_TENSOR, RESOURCE_VARIABLE)
+# tf.data's Python objects, walked by input_pipeline.py (issue #25): each
+# transformation's inputs and the parameters of those that buffer elements.
+_DATA = "tensorflow.python.data.ops"
+_NO_BUFFERS = "the pre-flight cannot read this tf.data pipeline's buffers"
+DATASET = PrivateSymbol(f"{_DATA}.dataset_ops", "DatasetV2", CHECKED, _NO_BUFFERS, "_inputs")
+SHUFFLE = PrivateSymbol(
+    f"{_DATA}.shuffle_op", "_ShuffleDataset", CHECKED, _NO_BUFFERS, "_buffer_size"
+)
+BATCH = PrivateSymbol(f"{_DATA}.batch_op", "_BatchDataset", CHECKED, _NO_BUFFERS, "_batch_size")
+PARALLEL_MAP = PrivateSymbol(
+    f"{_DATA}.map_op", "_ParallelMapDataset", CHECKED, _NO_BUFFERS, "_num_parallel_calls"
+)
+CACHE = PrivateSymbol(f"{_DATA}.cache_op", "CacheDataset", CHECKED, _NO_BUFFERS, "_filename")
+TENSOR_SLICES = PrivateSymbol(
+    f"{_DATA}.from_tensor_slices_op", "_TensorSliceDataset", CHECKED, _NO_BUFFERS, "_tensors"
+)
+DATASET_INPUTS = "_inputs"
+"""``dataset._inputs()``: the datasets a transformation reads."""
+DATASET_PARAMETERS = {
+    "buffer_size": "_buffer_size",
+    "batch_size": "_batch_size",
+    "num_parallel_calls": "_num_parallel_calls",
+    "filename": "_filename",
+    "tensors": "_tensors",
+}
+"""A transformation's parameters, by the name ``tf.data.Dataset``'s methods give them."""
+
+SYMBOLS = (
+    CONTEXT,
+    CONTEXT_CLASS,
+    EAGER_TENSOR,
+    RESOURCE_VARIABLE,
+    DATASET,
+    SHUFFLE,
+    BATCH,
+    PARALLEL_MAP,
+    CACHE,
+    TENSOR_SLICES,
+)

@@ -1,7 +1,7 @@
 """The buffers of a ``tf.data`` pipeline, read from its Python objects without running it.
 
-``pipeline_parts(dataset)`` walks a ``tf.data.Dataset`` from its last transformation to
-its sources and returns one ``EstimatePart`` per buffer that holds elements:
+``pipeline_buffers(dataset)`` walks a ``tf.data.Dataset`` from its last transformation to
+its sources and returns one ``Buffer`` per buffer that holds elements:
 
 ======================  ==================================================  ============
 part                    bytes                                               method
@@ -25,13 +25,13 @@ Why the Python objects and not the pipeline's GraphDef (``DatasetToGraphV2``): t
 GraphDef serialises every constant, so ``from_tensor_slices`` of a 100 MB array costs
 a 100 MB copy and about a second, where the Python walk costs well under a millisecond.
 The walk reads private attributes (``_inputs()``, ``_buffer_size``, ...), stable since
-TF 2.0 but private: they are read in ``_node_params`` only, and any failure makes the
-whole pipeline one unknown part with one warning.
+TF 2.0 but private: ``compat.py`` names them, ``_node_params`` alone reads them, and any
+failure makes the whole pipeline one unknown part with one warning.
 
 Example:
     >>> dataset = tf.data.Dataset.from_tensor_slices(images).shuffle(12_000).batch(32)
-    >>> [str(p) for p in pipeline_parts(dataset)][:1]
-    ['shuffle buffer: 6.7 GiB [exact] (12,000 x 588.0 KiB)']
+    >>> pipeline_buffers(dataset)[1]
+    Buffer(name='shuffle buffer', bytes=7225344000, method='exact', detail='12,000 x 588.0 KiB')
 """
 
 from __future__ import annotations
@@ -41,11 +41,12 @@ import os
 import re
 from typing import Any
 
+from keras_memguard.backends.pipeline import Buffer
+from keras_memguard.backends.tensorflow import compat
 from keras_memguard.errors import warn_once
-from keras_memguard.estimate.parts import EstimatePart, Method
 from keras_memguard.sizes import format_bytes
 
-__all__ = ["AUTOTUNE", "is_dataset", "pipeline_parts"]
+__all__ = ["AUTOTUNE", "is_dataset", "pipeline_buffers"]
 
 AUTOTUNE = -1
 _INFINITE, _UNKNOWN = -1, -2  # tf.data's cardinality codes
@@ -75,12 +76,12 @@ def _int(value: Any) -> int | None:
 
 
 def _node_params(node: Any) -> tuple[list[Any], dict[str, Any]]:
-    """A node's input datasets and its parameters: the only place private names are read."""
-    inputs = list(node._inputs())
+    """A node's input datasets and its parameters (private names: ``compat.py``)."""
+    inputs = list(getattr(node, compat.DATASET_INPUTS)())
     params = {
-        name: getattr(node, f"_{name}")
-        for name in ("buffer_size", "batch_size", "num_parallel_calls", "filename", "tensors")
-        if hasattr(node, f"_{name}")
+        name: getattr(node, attribute)
+        for name, attribute in compat.DATASET_PARAMETERS.items()
+        if hasattr(node, attribute)
     }
     return inputs, params
 
@@ -105,7 +106,7 @@ class _Walk:
     """One pass over a pipeline: element sizes are worked out once per node."""
 
     def __init__(self) -> None:
-        self.parts: list[EstimatePart] = []
+        self.parts: list[Buffer] = []
         self._bytes: dict[int, tuple[int | None, str]] = {}
         self._names: dict[str, int] = {}
 
@@ -128,16 +129,16 @@ class _Walk:
         self._bytes[id(node)] = (size, why)
         return size, why
 
-    def add(self, name: str, count: int | None, node: Any, method: Method, note: str) -> None:
+    def add(self, name: str, count: int | None, node: Any, method: str, note: str) -> None:
         self._names[name] = self._names.get(name, 0) + 1
         label = name if self._names[name] == 1 else f"{name} ({self._names[name]})"
         size, why = self.element(node)
         if count is None or size is None:
             reason = note if count is None and note else why
-            self.parts.append(EstimatePart(label, None, Method.UNKNOWN, reason, "input"))
+            self.parts.append(Buffer.unknown(label, reason))
             return
         detail = f"{count:,} x {format_bytes(size)}" + (f"; {note}" if note else "")
-        self.parts.append(EstimatePart(label, count * size, method, detail, "input"))
+        self.parts.append(Buffer(label, count * size, method, detail))
 
     def visit(self, node: Any) -> list[Any]:
         inputs, params = _node_params(node)
@@ -149,13 +150,13 @@ class _Walk:
             cardinality = _int(source.cardinality())
             if buffer is not None and cardinality is not None and 0 <= cardinality < buffer:
                 count, note = cardinality, f"the whole dataset: fewer than buffer_size={buffer:,}"
-            self.add("shuffle buffer", count, source, Method.EXACT, note)
+            self.add("shuffle buffer", count, source, "exact", note)
         elif kind == "cache":
             filename: Any = params.get("filename")
             name = filename.numpy().decode() if hasattr(filename, "numpy") else filename
             if name:
                 detail = f"cache file {name!r}: on disk, not in memory"
-                self.parts.append(EstimatePart("cache", 0, Method.EXACT, detail, "input"))
+                self.parts.append(Buffer("cache", 0, "exact", detail))
             else:
                 cardinality = _int(source.cardinality())
                 count, note = cardinality, "in memory once the first epoch is done"
@@ -165,27 +166,27 @@ class _Walk:
                 elif cardinality is None or cardinality < 0:
                     note = "tf.data cannot count the elements it caches (filter, generator?)"
                     count = None
-                self.add("cache", count, source, Method.EXACT, note)
+                self.add("cache", count, source, "exact", note)
         elif kind == "prefetch":
             depth = _int(params.get("buffer_size"))
             if depth == AUTOTUNE:
                 size, _ = self.element(node)
                 least = f" (at least 1 x {format_bytes(size)})" if size is not None else ""
                 why = f"prefetch(AUTOTUNE): tf.data picks the depth at run time{least}"
-                self.parts.append(EstimatePart("prefetch", None, Method.UNKNOWN, why, "input"))
+                self.parts.append(Buffer.unknown("prefetch", why))
             else:
-                self.add("prefetch", depth, node, Method.UPPER_BOUND, "")
+                self.add("prefetch", depth, node, "upper bound", "")
         elif kind in ("parallelmap", "parallelbatch"):
             calls = _int(params.get("num_parallel_calls"))
             note = ""
             if calls == AUTOTUNE:
                 calls = os.cpu_count() or 1
                 note = "AUTOTUNE: at most one call per core"
-            self.add(f"parallel {kind[8:]}", calls, node, Method.UPPER_BOUND, note)
+            self.add(f"parallel {kind[8:]}", calls, node, "upper bound", note)
             if kind == "parallelbatch":
-                self.add("batch", 1, node, Method.EXACT, "the batch in assembly")
+                self.add("batch", 1, node, "exact", "the batch in assembly")
         elif kind in ("batch", "paddedbatch"):
-            self.add("batch", 1, node, Method.EXACT, "the batch in assembly")
+            self.add("batch", 1, node, "exact", "the batch in assembly")
         elif kind in ("tensorslice", "tensor") and "tensors" in params:
             self._add_tensors(params["tensors"])
         return inputs
@@ -203,10 +204,10 @@ class _Walk:
         if total < _TENSORS_SHOWN:
             return  # a range's bounds, a generator's arguments: not data
         detail = "the source's tensors, in memory since the dataset was made"
-        self.parts.append(EstimatePart("dataset tensors", total, Method.EXACT, detail, "input"))
+        self.parts.append(Buffer("dataset tensors", total, "exact", detail))
 
 
-def pipeline_parts(dataset: Any) -> tuple[EstimatePart, ...] | None:
+def pipeline_buffers(dataset: Any) -> tuple[Buffer, ...] | None:
     """The buffers of a ``tf.data.Dataset``, last transformation first; ``None`` if not one.
 
     Never raises: a pipeline it cannot read is one unknown part, with one warning.
@@ -230,8 +231,8 @@ def pipeline_parts(dataset: Any) -> tuple[EstimatePart, ...] | None:
             "its memory is left out of the pre-flight estimate.",
         )
         reason = f"the pipeline could not be read on this TensorFlow: {type(err).__name__}"
-        return (EstimatePart("input pipeline", None, Method.UNKNOWN, reason, "input"),)
+        return (Buffer.unknown("input pipeline", reason),)
     if not walk.parts:
         detail = "no buffering transformation (shuffle, cache, prefetch, parallel map, batch)"
-        return (EstimatePart("input pipeline", 0, Method.EXACT, detail, "input"),)
+        return (Buffer("input pipeline", 0, "exact", detail),)
     return tuple(walk.parts)

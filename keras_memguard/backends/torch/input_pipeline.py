@@ -1,6 +1,6 @@
 """The buffers of a ``torch.utils.data.DataLoader``, read from its settings without iterating.
 
-``pipeline_parts(loader)`` returns the batches its worker processes keep in flight
+``pipeline_buffers(loader)`` returns the batches its worker processes keep in flight
 (``num_workers x prefetch_factor``, each in shared memory until the training loop takes
 it) and the batch being used, sized from the dataset's first sample x ``batch_size``.
 With ``num_workers=0`` nothing is prefetched. ``pin_memory=True`` adds a pinned copy of
@@ -13,20 +13,18 @@ pipeline and returns ``None`` for anything else.
 
 Example:
     >>> loader = DataLoader(dataset, batch_size=64, num_workers=4)
-    >>> [str(p) for p in pipeline_parts(loader)]
-    ['loader queue: 24.0 MiB [upper bound] (4 workers x prefetch_factor 2 = 8 batches of 3.0 MiB)',
-     'input batch: 3.0 MiB [exact] (64 samples of 48.0 KiB)']
+    >>> [(b.name, b.bytes) for b in pipeline_buffers(loader)]
+    [('loader queue', 25165824), ('input batch', 3145728)]
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from keras_memguard.estimate.inputs import structure_bytes
-from keras_memguard.estimate.parts import EstimatePart, Method
+from keras_memguard.backends.pipeline import Buffer, structure_bytes
 from keras_memguard.sizes import format_bytes
 
-__all__ = ["is_dataloader", "pipeline_parts"]
+__all__ = ["is_dataloader", "pipeline_buffers"]
 
 
 def is_dataloader(x: Any) -> bool:
@@ -36,11 +34,11 @@ def is_dataloader(x: Any) -> bool:
     )
 
 
-def _unknown(why: str) -> tuple[EstimatePart, ...]:
-    return (EstimatePart("loader queue", None, Method.UNKNOWN, why, "input"),)
+def _unknown(why: str) -> tuple[Buffer, ...]:
+    return (Buffer.unknown("loader queue", why),)
 
 
-def pipeline_parts(loader: Any) -> tuple[EstimatePart, ...] | None:
+def pipeline_buffers(loader: Any) -> tuple[Buffer, ...] | None:
     """The queue and batch parts of a ``DataLoader``; ``None`` for anything else."""
     if not is_dataloader(loader):
         return None
@@ -59,14 +57,14 @@ def pipeline_parts(loader: Any) -> tuple[EstimatePart, ...] | None:
     detail = f"{batch_size} samples of {format_bytes(sample)}"
     if loader.pin_memory:
         detail += "; pin_memory=True pins a copy of it"
-    one = EstimatePart("input batch", batch, Method.EXACT, detail, "input")
+    one = Buffer("input batch", batch, "exact", detail)
     workers = int(loader.num_workers or 0)
     if workers == 0:
         why = "num_workers=0: batches are loaded in the training loop, one at a time"
-        return (EstimatePart("loader queue", 0, Method.EXACT, why, "input"), one)
+        return (Buffer("loader queue", 0, "exact", why), one)
     prefetch = int(loader.prefetch_factor or 2)
     count = workers * prefetch
     detail = (
         f"{workers} workers x prefetch_factor {prefetch} = {count} batches of {format_bytes(batch)}"
     )
-    return (EstimatePart("loader queue", count * batch, Method.UPPER_BOUND, detail, "input"), one)
+    return (Buffer("loader queue", count * batch, "upper bound", detail), one)
