@@ -34,6 +34,7 @@ BASE_TAGS = {
     "memory/effective_available_min_mib",
     "memory/bound_process_mib",
     "memory/bound_available_mib",
+    "memory/predicted_peak_mib",
 }
 
 
@@ -344,8 +345,11 @@ def test_custom_scalars_layout_is_written(tmp_path):
     charts = {chart.title: chart.multiline.tag[0] for chart in layout.category[0].chart}
     assert set(charts) == {
         "Process memory against its bound (MiB)",
+        "Predicted peak against the measured peak (MiB)",  # issue #25
         "Available memory against its floor (MiB)",
     }  # no GPU, no GPU chart
+    predicted = charts["Predicted peak against the measured peak (MiB)"]
+    assert "predicted_peak_mib" in predicted and "process_tree_peak_mib" in predicted
     # The bound shares the usage chart; the machine's total would flatten it, so stays out.
     assert "bound_process_mib" in charts["Process memory against its bound (MiB)"]
     assert "effective_limit" not in charts["Process memory against its bound (MiB)"]

@@ -40,6 +40,7 @@ from keras_memguard.errors import (
     warn_once,
 )
 from keras_memguard.guard import fits
+from keras_memguard.guard import preflight as _preflight  # issue #25
 from keras_memguard.guard.distributed import WorkerContext, worker_context
 from keras_memguard.guard.leaks import LeakReport, LeakTracer
 from keras_memguard.guard.policy import (
@@ -183,8 +184,16 @@ class MemGuardCallback(keras.callbacks.Callback):
         verbose: `1` prints the summary at train end. Quiet by default, like Keras's
             own callbacks (`EarlyStopping`, `ModelCheckpoint`); a halt is always printed,
             as `TerminateOnNaN` prints its stop. Defaults to `0`.
+        preflight: before the first step, estimate the memory the fit will add and warn
+            when it already crosses a bound or exceeds what is available
+            (docs/callback.md). `"cheap"`: variables, optimizer state, gradients and
+            the input pipeline's buffers (about a millisecond, once per model and
+            input); `"full"`: also the compiled step's temporaries (seconds, once per
+            model and input); `False`: none. Defaults to `"cheap"`.
 
     Attributes:
+        estimate: the pre-flight's `MemoryEstimate` of the last fit (`None` before one,
+            or with `preflight=False`).
         summary: the last run's `MemGuardSummary` (an attribute, like `History.history`
             and `EarlyStopping.stopped_epoch`, reset at each `fit`); `print(guard.summary)`
             shows it, and `guard.summary()` prints it too, as `model.summary()` does.
@@ -219,6 +228,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         emergency_available_memory: int | float | str | None = "2%",
         release_on_train_end: bool = True,
         verbose: int = 0,
+        preflight: str | bool = "cheap",
     ) -> None:
         super().__init__()
         if on_exceed not in ON_EXCEED:
@@ -266,6 +276,9 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.add_to_logs = None if add_to_logs is None else bool(add_to_logs)
         self.release_on_train_end = bool(release_on_train_end)
         self.verbose = verbose
+        self.preflight = _preflight.check_preflight_mode(preflight)  # issue #25
+        self.estimate: Any = None
+        self._predicted_peak: int | None = None
         self.bounds = Bounds(
             max_process_memory=self.max_process_memory,
             min_available_memory=self.min_available_memory,
@@ -337,6 +350,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         snap = self._sample()
         self.summary.start_process_tree = snap.process_tree
         self._warn_unbounded_gpus(snap)
+        self._run_preflight(snap)  # issue #25: before the first step
         self._open_writer([gpu.index for gpu in snap.gpus])
         if self.add_to_logs is None:
             self._adding_to_logs = self._writer is None
@@ -495,6 +509,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         for index, peak in self._epoch_gpu_peaks.items():
             metrics[f"gpu{index}_allocated_peak_mib"] = mib(peak)
         metrics.update(bounds_mib(self.bounds, snap))
+        metrics["predicted_peak_mib"] = mib(self._predicted_peak)  # issue #25
         slope = self._update_leak(epoch, snap)
         if slope is not None:
             metrics["leak_slope_mib_per_epoch"] = slope
@@ -573,6 +588,25 @@ class MemGuardCallback(keras.callbacks.Callback):
                 MemGuardWarning,
                 stacklevel=3,
             )
+
+    # ------------------------------------------------------ pre-flight (issue #25)
+    def _run_preflight(self, snap: MemorySnapshot) -> None:
+        """Estimates what this fit will add (guard/preflight.py) and warns if it won't fit."""
+        self._predicted_peak = None
+        if self.preflight is False:
+            return
+        try:
+            data = _preflight.fit_input(self.model)
+            self.estimate = _preflight.preflight_estimate(self.model, data, str(self.preflight))
+            resident = _preflight.resident_parts(self.model)
+            parts = self.estimate.parts
+            self._predicted_peak = _preflight.predicted_peak(parts, snap, resident)
+            message = _preflight.preflight_message(parts, snap, self.bounds, resident)
+        except Exception as err:  # an estimate must never stop training
+            warn_once("preflight", f"keras-memguard's pre-flight failed: {err!r}")
+            return
+        if message is not None:
+            warnings.warn(message, MemGuardWarning, stacklevel=3)
 
     # ---------------------------------------------------------------- thresholds
     def _check(self, snap: MemorySnapshot, batch: int | None) -> None:
@@ -874,6 +908,10 @@ def memory_layout(gpu_indices: list[int]) -> Any:
                         "Process memory against its bound (MiB)",
                         r"memory/(process_tree_mib|process_tree_peak_mib|"
                         r"container_usage_mib|bound_process_mib)",
+                    ),
+                    chart(  # issue #25
+                        "Predicted peak against the measured peak (MiB)",
+                        r"memory/(predicted_peak_mib|process_tree_peak_mib)",
                     ),
                     chart(
                         "Available memory against its floor (MiB)",
