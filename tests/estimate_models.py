@@ -70,6 +70,12 @@ def measure(name: str, batch_size: int, steps: int = 3) -> dict:
     }
 
 
+def conv_fit_256() -> tuple[keras.Model, tuple[np.ndarray, np.ndarray], int]:
+    """``(model, (x, y), batch_size)`` of the conv case at batch 256, for calibration."""
+    model, x, y = build("conv", 256 * 3)
+    return model, (x, y), 256
+
+
 if __name__ == "__main__":
     result = measure(sys.argv[1], int(sys.argv[2]))
     with open(sys.argv[3], "w") as f:

@@ -183,8 +183,10 @@ def calibrate_estimate(
         calibration_batch_size: the batch size of the real small fit, for in-memory
             arrays and shapes (a pipeline runs at its own). Defaults to `8`.
         steps: how many real steps the small fit runs. Defaults to `2`.
-        timeout, max_memory, env: passed to ``run_isolated``. Defaults to `600`,
-            `None`, `None`.
+        timeout: seconds before the child is stopped (``run_isolated``). Defaults to
+            `600`.
+        max_memory: bound on the child's memory (``run_isolated``). Defaults to `None`.
+        env: environment variables for the child only. Defaults to `None`.
 
     Returns:
         The raw ``MemoryEstimate`` with ``calibrated_bytes`` set: its ``known_bytes``
