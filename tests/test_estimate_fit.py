@@ -173,15 +173,15 @@ def test_bad_input_is_a_value_error_naming_the_parameter(kwargs, name):
 def test_memguard_estimate_prints_the_parts(tmp_path):
     (tmp_path / "train_target.py").write_text(
         textwrap.dedent(
-            """
+            f"""
             import sys
-            sys.path.insert(0, {!r})
+            sys.path.insert(0, {HERE!r})
             from estimate_models import build
 
             def make():
                 model, x, y = build("wide", 64)
                 return model, (x, y), 32
-            """.format(HERE)
+            """
         )
     )
     command = [sys.executable, "-m", "keras_memguard", "estimate", "train_target:make"]
