@@ -203,3 +203,37 @@ def test_memguard_estimate_prints_the_parts(tmp_path):
         [*command[:-1], "train_target:nothing"], cwd=tmp_path, capture_output=True, text=True
     )
     assert wrong.returncode == 1 and "no function 'nothing'" in wrong.stderr
+
+
+class Batches(keras.utils.PyDataset):
+    def __init__(self, x, y, batch_size):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self):
+        return len(self.x) // self.batch_size
+
+    def __getitem__(self, index):
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.x[rows], self.y[rows]
+
+
+def test_a_pydataset_gives_its_batch_size_and_the_same_step_as_arrays():
+    model, x, y = _model_and_data()
+    from_arrays = estimate_fit_memory(model, x, y, batch_size=16)
+    estimate = estimate_fit_memory(model, Batches(x, y, 16))
+    assert estimate.batch_size == 16
+    assert estimate.part(STEP_PART).bytes == from_arrays.part(STEP_PART).bytes
+
+
+@pytest.mark.tensorflow
+def test_a_tf_data_pipeline_gives_its_batch_size_and_its_buffers():
+    import tensorflow as tf
+
+    model, x, y = _model_and_data()
+    from_arrays = estimate_fit_memory(model, x, y, batch_size=16)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(64).batch(16).prefetch(2)
+    estimate = estimate_fit_memory(model, dataset)
+    assert estimate.batch_size == 16
+    assert estimate.part(STEP_PART).bytes == from_arrays.part(STEP_PART).bytes
+    assert estimate.part("shuffle buffer").bytes == 64 * (32 * 32 * 3 * 4 + 4)

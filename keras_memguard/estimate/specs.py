@@ -182,7 +182,10 @@ def fit_spec(x: Any, y: Any, batch_size: int | None, model: Any = None) -> tuple
     except (TypeError, ValueError) as err:
         raise invalid_argument("y", y, "the same forms as x", str(err)) from None
     if y_spec is None and model is not None:
-        y_spec = _target_from_model(model, x_spec)
+        try:
+            y_spec = _target_from_model(model, x_spec)
+        except Exception:  # the step estimate then says why it cannot run without y
+            y_spec = None
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise invalid_argument("batch_size", batch_size, "a positive int or None")
     return ((x_spec,) if y_spec is None else (x_spec, y_spec)), batch_size
