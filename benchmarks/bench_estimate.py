@@ -9,7 +9,8 @@ Three models (``wide``: 1024-2048-2048-10 dense; ``conv``: 2 convs on 32x32x3; `
   memory is unknown in the raw figure);
 - ``calibrated``: raw plus the gap ``calibrate_estimate`` measured with 2 real steps at
   batch 8 in a child process (one per model);
-- ``seconds``: time of one full ``estimate_fit_memory`` (the step compiled or traced).
+- ``seconds``: time of one full ``estimate_fit_memory`` (the step compiled or traced;
+  on JAX with the compile cache cleared first).
 Then the spread of raw/measured and calibrated/measured per model.
 Goals (issue #25): calibrated within +-15% of measured, raw within +-30% (TF without
 XLA: an upper bound), <= 5 s per estimate. ``--quick`` runs one model at two batch sizes.
@@ -76,6 +77,10 @@ def measure(name: str, batch_size: int) -> dict[str, Any]:
     model, (x, y), _ = build(name, batch_size)
     build_for_fit(model, fit_spec(x, y, batch_size)[0])
     measured = measure_fit_peak(model, x, y, batch_size=batch_size, epochs=1)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.clear_caches()  # time a cold compile, not the one fit left in the cache
     start = time.perf_counter()
     estimate = estimate_fit_memory(model, x, y, batch_size=batch_size)
     seconds = time.perf_counter() - start
