@@ -237,3 +237,35 @@ def test_a_tf_data_pipeline_gives_its_batch_size_and_its_buffers():
     assert estimate.batch_size == 16
     assert estimate.part(STEP_PART).bytes == from_arrays.part(STEP_PART).bytes
     assert estimate.part("shuffle buffer").bytes == 64 * (32 * 32 * 3 * 4 + 4)
+
+
+def _break_private_api(monkeypatch) -> str:
+    """Makes this backend's private/unstable API fail as a newer framework might."""
+    name = keras.backend.backend()
+    if name == "jax":
+        import jax
+
+        def gone(self):
+            raise AttributeError("memory_analysis")
+
+        monkeypatch.setattr(jax.stages.Compiled, "memory_analysis", gone)
+        return "memory_analysis"
+    if name == "tensorflow":
+        monkeypatch.setitem(sys.modules, "tensorflow.compiler.xla.service.hlo_pb2", None)
+        return "hlo_pb2"
+    monkeypatch.setitem(sys.modules, "torch.distributed._tools.mem_tracker", None)
+    return "MemTracker"
+
+
+def test_a_missing_private_api_is_unknown_with_one_warning(monkeypatch):
+    from keras_memguard.errors import MemGuardWarning
+
+    what = _break_private_api(monkeypatch)
+    model, x, y = _model_and_data()
+    with pytest.warns(MemGuardWarning, match=what) as caught:
+        first = estimate_fit_memory(model, x, y, batch_size=16)
+        second = estimate_fit_memory(model, x, y, batch_size=32)
+    assert len([w for w in caught if issubclass(w.category, MemGuardWarning)]) == 1
+    for estimate in (first, second):
+        assert estimate.part(STEP_PART).method is Method.UNKNOWN
+        assert estimate.part("variables").method is Method.EXACT

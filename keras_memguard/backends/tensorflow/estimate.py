@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from keras_memguard.backends.step import StepEstimator, StepMemory, batch_structure
@@ -35,8 +36,7 @@ CHECKED = "tensorflow 2.21.0"
 def hlo_proto_class() -> Any:
     """TensorFlow's private ``hlo_pb2.HloProto`` (checked: TF 2.21.0), or ``None``."""
     try:
-        from tensorflow.compiler.xla.service import hlo_pb2
-
+        hlo_pb2 = importlib.import_module("tensorflow.compiler.xla.service.hlo_pb2")
         return hlo_pb2.HloProto
     except Exception as err:
         warn_once(
