@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from keras_memguard.backends.configure import GpuConfigError, GpuConfigReport, configure_gpus
 from keras_memguard.data import tfds_registration as _tfds_registration
 from keras_memguard.errors import MemGuardError, MemGuardWarning, MemoryLimitExceededError
+from keras_memguard.estimate.parts import MemoryEstimate
 from keras_memguard.guard.release import ReleaseResult, release_memory
 from keras_memguard.isolation.batch_size import (
     BatchSizeResult,
@@ -46,7 +47,9 @@ if TYPE_CHECKING:
         PipelinePlan,
         dataset_from_tfds,
     )
+    from keras_memguard.estimate.fit import estimate_fit_memory
     from keras_memguard.guard.callback import Halt, MemGuardCallback, MemGuardSummary
+    from keras_memguard.isolation.calibrate import calibrate_estimate
 
 __version__ = "0.1.0"
 
@@ -55,6 +58,8 @@ _LAZY = {
     "MemGuardSummary": "keras_memguard.guard.callback",
     "Halt": "keras_memguard.guard.callback",
     "dataset_from_tfds": "keras_memguard.data.pipeline",
+    "estimate_fit_memory": "keras_memguard.estimate.fit",
+    "calibrate_estimate": "keras_memguard.isolation.calibrate",
     "PipelinePlan": "keras_memguard.data.pipeline",
     "DatasetUnavailableError": "keras_memguard.data.pipeline",
     "ReportError": "keras_memguard.cli.report",
@@ -79,6 +84,7 @@ __all__ = [
     "MemGuardError",
     "MemGuardSummary",
     "MemGuardWarning",
+    "MemoryEstimate",
     "MemoryLimitExceededError",
     "MemorySnapshot",
     "PipelinePlan",
@@ -86,8 +92,10 @@ __all__ = [
     "ReportError",
     "Size",
     "__version__",
+    "calibrate_estimate",
     "configure_gpus",
     "dataset_from_tfds",
+    "estimate_fit_memory",
     "find_batch_size",
     "format_bytes",
     "isolate_trials",

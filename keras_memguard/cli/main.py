@@ -1,9 +1,10 @@
-"""The ``memguard`` command line: ``memguard doctor`` and ``memguard report LOGDIR``.
+"""The ``memguard`` command line: ``doctor``, ``report LOGDIR``, ``estimate MODULE:FUNCTION``.
 
 Example:
     $ memguard doctor
     $ memguard doctor --json
     $ memguard report logs/ --plot memory.png
+    $ memguard estimate train:build --batch-size 256 --json
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("logdir", help="the log_dir given to MemGuardCallback")
     report.add_argument("--plot", metavar="FILE.png", help="also draw memory over epochs")
     report.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    estimate = commands.add_parser(
+        "estimate", help="predict a fit's peak memory, in parts, without training"
+    )
+    estimate.add_argument(
+        "target", help="MODULE:FUNCTION returning (model, data) or (model, data, batch_size)"
+    )
+    estimate.add_argument("--batch-size", type=int, help="the batch size to estimate for")
+    estimate.add_argument(
+        "--calibrate", action="store_true", help="also run 2 small real steps in a child process"
+    )
+    estimate.add_argument("--json", action="store_true", help="print machine-readable JSON")
     return parser
 
 
@@ -40,7 +52,27 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "report":
         return _report(args)
+    if args.command == "estimate":
+        return _estimate(args)
     return 2
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from keras_memguard.cli.estimate import EstimateError, run_estimate
+
+    try:
+        print(
+            run_estimate(
+                args.target,
+                batch_size=args.batch_size,
+                as_json=args.json,
+                calibrate=args.calibrate,
+            )
+        )
+    except (EstimateError, ValueError) as err:
+        print(f"memguard estimate: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
