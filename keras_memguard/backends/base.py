@@ -64,7 +64,16 @@ __all__ = [
 
 BACKENDS = ("tensorflow", "jax", "torch")
 """The frameworks with a folder here; each is also the name of its Python package."""
-MODULES = ("compat", "configure", "distributed", "input_pipeline", "introspect", "memory", "oom")
+MODULES = (
+    "compat",
+    "configure",
+    "distributed",
+    "estimate",
+    "input_pipeline",
+    "introspect",
+    "memory",
+    "oom",
+)
 """The modules every framework folder has, with the same functions inside."""
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from keras_memguard.backends.step import BatchSpec
+from keras_memguard.backends.tensorflow.compat import DATASET_PARAMETERS
 from keras_memguard.errors import invalid_argument
 
 __all__ = ["ACCEPTED_INPUTS", "fit_spec", "is_shape_spec"]
@@ -96,7 +97,7 @@ def _dataset_batch_size(dataset: Any) -> int | None:
     """The ``batch()`` size of a ``tf.data`` pipeline, from its Python objects."""
     node = dataset
     for _ in range(100):
-        size = getattr(node, "_batch_size", None)
+        size = getattr(node, DATASET_PARAMETERS["batch_size"], None)
         if size is not None:
             try:
                 return int(size)

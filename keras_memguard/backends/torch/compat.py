@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from keras_memguard.compat import PrivateSymbol
 
-__all__ = ["DYNAMO_RESET", "HAS_PRIMARY_CONTEXT", "SYMBOLS"]
+__all__ = ["DYNAMO_RESET", "FAKE_TENSOR_MODE", "HAS_PRIMARY_CONTEXT", "MEM_TRACKER", "SYMBOLS"]
 
 CHECKED = "torch 2.1-2.14.1"
 
@@ -28,4 +28,20 @@ DYNAMO_RESET = PrivateSymbol(
 )
 """Resets ``torch.compile``'s caches (documented, but in a private module)."""
 
-SYMBOLS = (HAS_PRIMARY_CONTEXT, DYNAMO_RESET)
+FAKE_TENSOR_MODE = PrivateSymbol(
+    "torch._subclasses.fake_tensor",
+    "FakeTensorMode",
+    CHECKED,
+    "the pre-flight reports the step's temporaries as unknown under PyTorch",
+)
+"""Tensors without storage: the step is traced without allocating (issue #25)."""
+
+MEM_TRACKER = PrivateSymbol(
+    "torch.distributed._tools.mem_tracker",
+    "MemTracker",
+    CHECKED,
+    "the pre-flight reports the step's temporaries as unknown under PyTorch",
+)
+"""Counts a traced step's activations and temporaries by category (issue #25)."""
+
+SYMBOLS = (HAS_PRIMARY_CONTEXT, DYNAMO_RESET, FAKE_TENSOR_MODE, MEM_TRACKER)

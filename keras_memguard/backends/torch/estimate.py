@@ -23,6 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 from keras_memguard.backends.step import StepEstimator, StepMemory, batch_structure
+from keras_memguard.backends.torch.compat import FAKE_TENSOR_MODE, MEM_TRACKER
+from keras_memguard.compat import resolve
 from keras_memguard.errors import warn_once
 
 __all__ = ["CHECKED", "fake_tensor_mode", "mem_tracker", "step_estimator"]
@@ -43,9 +45,8 @@ def _unavailable(cause: str, what: str, err: Exception) -> None:
 def fake_tensor_mode() -> Any:
     """A new ``FakeTensorMode(allow_non_fake_inputs=True)`` (private), or ``None``."""
     try:
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
-        return FakeTensorMode(allow_non_fake_inputs=True)
+        mode = resolve(FAKE_TENSOR_MODE)
+        return None if mode is None else mode(allow_non_fake_inputs=True)
     except Exception as err:
         _unavailable("torch-fake-tensor-mode", "FakeTensorMode", err)
         return None
@@ -54,9 +55,8 @@ def fake_tensor_mode() -> Any:
 def mem_tracker() -> Any:
     """A new ``torch.distributed._tools.mem_tracker.MemTracker`` (private), or ``None``."""
     try:
-        from torch.distributed._tools.mem_tracker import MemTracker
-
-        return MemTracker()
+        tracker = resolve(MEM_TRACKER)
+        return None if tracker is None else tracker()
     except Exception as err:
         _unavailable("torch-mem-tracker", "MemTracker", err)
         return None
@@ -79,10 +79,10 @@ def _peak_transient(tracker: Any) -> tuple[int, str]:
 def step_estimator(model: Any, spec: Any) -> StepEstimator:
     """``f(batch_size) -> StepMemory`` for a built, compiled ``model`` (see ``backends.step``)."""
     import torch
-    from keras.src.backend.torch.core import get_device
 
-    device = get_device()
     weights = list(model.trainable_variables)
+    # where Keras put the model (its get_device() is private): its first variable's device
+    device = weights[0].value.device if weights else torch.device("cpu")
 
     def empty(shape: tuple[int, ...], dtype: str) -> Any:
         return torch.empty(shape, dtype=getattr(torch, dtype), device=device)
