@@ -182,3 +182,12 @@ def oom_killed_like(events_path):
         f.write("low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n")
     os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(10)
+
+
+def watchdog_exit_above(batch_size, limit):
+    """Ends as the guard's watchdog ends a process (its exit code) above ``limit``."""
+    from keras_memguard.errors import WATCHDOG_EXIT_CODE
+
+    if batch_size > limit:
+        os._exit(WATCHDOG_EXIT_CODE)
+    return batch_size

@@ -58,6 +58,7 @@ from keras_memguard.guard.policy import (
 )
 from keras_memguard.guard.release import release_memory
 from keras_memguard.guard.tensorboard import EventWriter
+from keras_memguard.guard.watchdog import ON_STUCK, Watchdog, start_watchdog
 from keras_memguard.memory_snapshot import MIB, MemorySnapshot, reset_gpu_peaks, snapshot
 from keras_memguard.probes import nvml
 from keras_memguard.sizes import Size, format_bytes, parse_size
@@ -180,6 +181,13 @@ class MemGuardCallback(keras.callbacks.Callback):
             max(64 MiB, 5%), or available memory is low), else a young-generation
             collection and `malloc_trim`, so a loop of short fits does not pay ~0.2 s
             each (see `policy.train_end_release`). Defaults to `True`.
+        on_stuck: what the watchdog does when memory is about to run out while the
+            training thread cannot reach a check (an input pipeline filling a shuffle
+            buffer before the first batch): `"exit"` prints why, flushes TensorBoard and
+            the heartbeat file, and ends the process with exit code
+            `keras_memguard.errors.WATCHDOG_EXIT_CODE` (86) before the kernel's OOM
+            killer does; `"warn"` only prints. With several workers it only warns.
+            See docs/callback.md. Defaults to `"exit"`.
         verbose: `1` prints the summary at train end. Quiet by default, like Keras's
             own callbacks (`EarlyStopping`, `ModelCheckpoint`); a halt is always printed,
             as `TerminateOnNaN` prints its stop. Defaults to `0`.
@@ -218,9 +226,14 @@ class MemGuardCallback(keras.callbacks.Callback):
         trace_leaks: bool | None = None,
         emergency_available_memory: int | float | str | None = "2%",
         release_on_train_end: bool = True,
+        on_stuck: str = "exit",
         verbose: int = 0,
     ) -> None:
         super().__init__()
+        if on_stuck not in ON_STUCK:  # issue #24
+            raise invalid_argument("on_stuck", on_stuck, "'exit' or 'warn'")
+        self.on_stuck = on_stuck
+        self._watchdog: Watchdog | None = None
         if on_exceed not in ON_EXCEED:
             raise invalid_argument(
                 "on_exceed", on_exceed, f"one of {', '.join(map(repr, ON_EXCEED))}"
@@ -340,6 +353,15 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._open_writer([gpu.index for gpu in snap.gpus])
         if self.add_to_logs is None:
             self._adding_to_logs = self._writer is None
+        # issue #24: the watchdog thread and its heartbeat file (guard/watchdog.py)
+        self._watchdog = start_watchdog(
+            snap,
+            self.bounds,
+            self.on_stuck,
+            multi_worker=self._workers.multi_worker,
+            writer=self._writer,
+            where=lambda: (self._phase, self._epoch, self._global_batch),
+        )
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
@@ -422,6 +444,7 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     def _end_stale_fit(self) -> None:
         """Closes what a fit that raised left open: its writer, its run, its tracer."""
+        self._stop_watchdog("raised")  # issue #24
         self._in_fit = False
         tracer = getattr(self, "_tracer", None)
         if tracer is not None:
@@ -513,6 +536,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._check(snap, None)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._stop_watchdog("ended")  # issue #24
         self._in_fit = False
         if self._tracer is not None:
             self._tracer.close()  # issue #16
@@ -531,6 +555,12 @@ class MemGuardCallback(keras.callbacks.Callback):
         if self.verbose:
             print(self.summary, file=sys.stderr)
 
+    def _stop_watchdog(self, state: str) -> None:
+        """Issue #24: ends the fit's watchdog thread; ``state`` goes to the heartbeat."""
+        watchdog, self._watchdog = getattr(self, "_watchdog", None), None
+        if watchdog is not None:
+            watchdog.stop(state)
+
     # ------------------------------------------------------------------ sampling
     def _sample(self) -> MemorySnapshot:
         snap = snapshot()
@@ -540,6 +570,8 @@ class MemGuardCallback(keras.callbacks.Callback):
         snap = replace(snap, gpus=gpus)
         self.last_snapshot = snap
         self._last_check = time.monotonic()
+        if self._watchdog is not None:
+            self._watchdog.checked(snap)  # issue #24: the training thread is not stuck
         summary = self.summary
         tree, available = snap.process_tree, snap.effective_available
         if tree is not None:
@@ -681,6 +713,7 @@ class MemGuardCallback(keras.callbacks.Callback):
                 # JAX's evaluate() and predict() put the model's state back only when their
                 # loop ends; reading self.model does it now, so the model stays usable.
                 _ = self.model
+            self._stop_watchdog("raised")  # issue #24
             self._close_writer()
             self._in_fit = False  # fit ends here: on_train_end will not run
             raise MemoryLimitExceededError(
