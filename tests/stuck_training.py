@@ -10,6 +10,9 @@ Usage: python stuck_training.py MODE WORKDIR [ON_STUCK]
   is returned, as a generator building a huge buffer would;
 - ``slow``: a healthy run with slow batches (the test kills it from outside).
 
+``train_with_batch`` is find_batch_size's training function (through
+isolated_tasks.fill_input_with_batch, which keeps the driver free of Keras).
+
 The guard writes under WORKDIR/logs; ``ON_STUCK`` is ``exit`` (default) or ``warn``.
 The process prints ``TRAINING DONE`` if training ever ends.
 """
@@ -34,9 +37,10 @@ FILL_CAP_MIB = 4096  # never more than this, even outside a cgroup
 class FillingDataset(keras.utils.PyDataset):
     """Batches of 8 features; the third call fills memory before it returns."""
 
-    def __init__(self, fill: bool, pause_s: float = 0.0) -> None:
+    def __init__(self, fill: bool, pause_s: float = 0.0, fill_mib: int = FILL_CAP_MIB) -> None:
         super().__init__()
         self.fill, self.pause_s, self.calls, self.held = fill, pause_s, 0, []
+        self.fill_mib = min(fill_mib, FILL_CAP_MIB)
 
     def __len__(self) -> int:
         return 50
@@ -44,7 +48,7 @@ class FillingDataset(keras.utils.PyDataset):
     def __getitem__(self, index):
         self.calls += 1
         if self.fill and self.calls == 3:
-            while len(self.held) * FILL_CHUNK_MIB < FILL_CAP_MIB:
+            while len(self.held) * FILL_CHUNK_MIB < self.fill_mib:
                 self.held.append(np.ones(FILL_CHUNK_MIB * MIB // 8))  # touched pages
                 time.sleep(FILL_PAUSE_S)
         time.sleep(self.pause_s)
@@ -69,6 +73,13 @@ def model(shape):
     )
     built.compile("adam", "sparse_categorical_crossentropy")
     return built
+
+
+def train_with_batch(batch_size: int, mib_per_example: int = 24) -> int:
+    """For find_batch_size: the input holds ``mib_per_example`` MiB per example at once."""
+    data = FillingDataset(fill=True, fill_mib=batch_size * mib_per_example)
+    history = model((8,)).fit(data, epochs=1, verbose=0, callbacks=[MemGuardCallback()])
+    return len(history.history["loss"])
 
 
 def main(mode: str, workdir: str, on_stuck: str = "exit") -> None:

@@ -92,7 +92,9 @@ _INPUT_PATHS = (
     "/keras/src/trainers/epoch_iterator",
     "/torch/utils/data/",
 )
-_GUARD_PATH = os.sep + "keras_memguard" + os.sep
+# The guard's own modules (not the rest of the package: run_isolated's child is on the
+# stack of every isolated fit).
+_GUARD_PATH = "/keras_memguard/guard/"
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,7 @@ def waiting_for(files: Sequence[str]) -> str:
         normalized = path.replace(os.sep, "/")
         if any(part in normalized for part in _INPUT_PATHS):
             return "input"
-        if _GUARD_PATH in path:
+        if _GUARD_PATH in normalized:
             return "guard"
     return "unknown"
 
