@@ -21,7 +21,7 @@ from training import tiny_data, tiny_model
 
 from keras_memguard import ChildKilledError, MemGuardCallback, find_batch_size, run_isolated
 from keras_memguard.cli.report import post_mortem, read_run
-from keras_memguard.errors import WATCHDOG_EXIT_CODE
+from keras_memguard.errors import WATCHDOG_EXIT_CODE, MemGuardWarning
 from keras_memguard.guard import watchdog as watchdog_module
 from keras_memguard.guard.heartbeat import HEARTBEAT_FILE, Heartbeat, read_heartbeat
 from keras_memguard.guard.policy import Bounds
@@ -335,3 +335,25 @@ def test_exit_code_is_documented():
     docs = os.path.join(os.path.dirname(__file__), "..", "docs", "callback.md")
     with open(docs) as f:
         assert f"exit code {WATCHDOG_EXIT_CODE}" in f.read()
+
+
+def test_heartbeat_of_a_removed_log_dir_stops_quietly(tmp_path, recwarn):
+    run = tmp_path / "logs" / "memory"
+    run.mkdir(parents=True)
+    beat = Heartbeat(str(run), {"pid": 1})
+    assert beat.write({"epoch": 0}, force=True)
+    os.remove(run / HEARTBEAT_FILE)
+    run.rmdir()
+    assert not beat.write({"epoch": 1}, force=True)
+    assert not run.exists()  # not recreated behind the user's back
+    assert not [w for w in recwarn if "heartbeat" in str(w.message)]
+
+
+def test_heartbeat_that_cannot_be_written_warns_once(tmp_path):
+    beat = Heartbeat(str(tmp_path), {"pid": 1})
+    (tmp_path / HEARTBEAT_FILE).mkdir()  # os.replace onto a directory fails
+    with pytest.warns(MemGuardWarning, match="cannot write its heartbeat file") as record:
+        assert not beat.write({"epoch": 0}, force=True)
+        assert not beat.write({"epoch": 1}, force=True)
+    assert len(record) == 1
+    assert os.listdir(tmp_path) == [HEARTBEAT_FILE]  # no temporary file left behind

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import threading
@@ -44,9 +45,14 @@ _open: weakref.WeakSet[Heartbeat] = weakref.WeakSet()
 def write_json(path: str, data: dict[str, Any]) -> None:
     """Writes ``data`` as JSON to ``path`` atomically (temporary file, then rename)."""
     temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(temporary, "w") as f:
-        json.dump(data, f, separators=(",", ":"))
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w") as f:
+            json.dump(data, f, separators=(",", ":"))
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
 
 
 def read_heartbeat(run_dir: str) -> dict[str, Any] | None:
@@ -73,6 +79,7 @@ class Heartbeat:
         self.state = "running"
         self._latest: dict[str, Any] = {}
         self._written_at = float("-inf")
+        self._gone = False
         self._lock = threading.Lock()
         _open.add(self)
 
@@ -89,9 +96,16 @@ class Heartbeat:
                 return False
             self._written_at = now
             data = {**self.fixed, **self._latest, "state": self.state, "updated": time.time()}
+            if self._gone:
+                return False
             try:
                 write_json(self.path, data)
             except (OSError, TypeError, ValueError) as err:
+                if not os.path.isdir(os.path.dirname(self.path)):
+                    # The log directory was removed: like the event file, no warning and
+                    # no directory recreated behind the user's back; no more heartbeats.
+                    self._gone = True
+                    return False
                 warn_once(
                     f"heartbeat:{self.path}",
                     f"keras-memguard cannot write its heartbeat file {self.path}: {err}. "
