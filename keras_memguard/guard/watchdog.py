@@ -1,11 +1,9 @@
 """The watchdog: memory while the training thread cannot reach a check (issue #24).
 
-The guard's checks run in Keras's batch hooks, on the training thread. While that
-thread waits (a ``tf.data`` shuffle buffer or cache filling before the first batch, a
-Python generator or ``PyDataset`` building a huge batch, a long load), no hook runs, and
-the kernel's OOM killer can end the process with nothing said: the event file holds its
-header and no more. Nothing public interrupts a blocked ``tf.data`` ``GetNext`` from
-another thread; ``os._exit`` works.
+The guard checks in batch hooks, on the training thread. While that thread waits (a
+``tf.data`` shuffle buffer filling before the first batch, a generator building a huge
+batch) no hook runs, and nothing public interrupts a blocked ``tf.data`` ``GetNext``
+from another thread (``os._exit`` works).
 
 So a daemon thread watches the time since the training thread's last check:
 
@@ -30,11 +28,9 @@ rate memory is growing while the training thread waits:
   tree to grow (by ``NOISE`` at least), so another process filling the machine, or a
   stable reading below the floor, never ends this one.
 
-On ``"exit"`` (with ``on_stuck="exit"``, one worker, and the training thread not inside
-the guard itself, saving a checkpoint), the watchdog prints one line, writes the figures
-and that line to TensorBoard and the heartbeat, flushes them, and calls
-``os._exit(WATCHDOG_EXIT_CODE)``. With ``on_stuck="warn"`` or several workers (ending one
-worker would hang the others in their next collective) it prints the line and goes on.
+On ``"exit"`` (``on_stuck="exit"``, one worker, the training thread not inside the
+guard itself) it prints one line, flushes the figures and that line to TensorBoard and
+the heartbeat, and calls ``os._exit(WATCHDOG_EXIT_CODE)``; otherwise it only prints.
 
 Example:
     >>> dog = Watchdog(bounds, on_stuck="exit", writer=writer, heartbeat=beat,
