@@ -6,6 +6,7 @@ Run: python benchmarks/bench_callback_overhead.py [--rounds 12] [--part all] [--
      KERAS_BACKEND=jax python benchmarks/bench_callback_overhead.py
      KERAS_BACKEND=torch python benchmarks/bench_callback_overhead.py
      python benchmarks/bench_callback_overhead.py --part per-fit --fits 15
+     python benchmarks/bench_callback_overhead.py --part watchdog --rounds 12
 
 Per fit: a 64-step, one-epoch ``fit`` of a small dense model, timed whole, for no
 callback, ``keras.callbacks.TensorBoard(log_dir)`` (TensorFlow only: it needs TF),
@@ -24,6 +25,12 @@ and PyTorch as NumPy arrays (no TensorFlow needed).
 0.5 ms on the CPU machine, where a callback that made Keras wait for every step's logs
 (JAX, PyTorch: a batch-end hook that is not ``async_safe``) shows at once.
 
+``--part watchdog`` (issue #24): the same interleaved epochs for
+``MemGuardCallback(log_dir=...)`` with its watchdog thread and heartbeat file, and with
+the watchdog left out; the paired ratio (goal: within noise, >= 0.99), how many times the
+watchdog read memory (goal: 0 in a healthy run once the model is compiled) and what the
+training thread's part (``Watchdog.checked``) costs per check.
+
 The device read is ``current_backend().device_memory()`` (JAX: ``memory_stats()`` of
 each GPU; torch: the caching allocator's counters; TensorFlow: ``get_memory_info``).
 Without a GPU it returns ``None`` at once, and the figure printed is that no-op's cost.
@@ -32,6 +39,7 @@ Without a GPU it returns ``None`` at once, and the figure printed is that no-op'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -191,12 +199,61 @@ def main(rounds: int = 12, epochs: int = 2, kind: str = "conv") -> None:
     print(f"one device-memory read: {cost:.1f} us ({what})")
 
 
+def watchdog(rounds: int = 12, epochs: int = 2, kind: str = "conv") -> None:
+    """The watchdog's cost in a healthy run: the guard with it against without it."""
+    from unittest import mock
+
+    from keras_memguard.guard import callback, watchdog
+    from keras_memguard.memory_snapshot import snapshot
+
+    model, data = make(kind)
+    model.fit(**data, epochs=1, verbose=0)  # trace and warm the cache
+    log_root = tempfile.mkdtemp(prefix="memguard_bench_")
+    guards = {
+        "with watchdog": MemGuardCallback(log_dir=os.path.join(log_root, "on")),
+        "without": MemGuardCallback(log_dir=os.path.join(log_root, "off")),
+    }
+    timers = {name: EpochTimer() for name in guards}
+    reads = []
+    real_snapshot = watchdog.snapshot
+    counting = mock.patch.object(
+        watchdog, "snapshot", lambda **k: reads.append(1) or real_snapshot(**k)
+    )
+    left_out = mock.patch.object(callback, "start_watchdog", lambda *a, **k: None)
+    with counting:
+        for index in range(rounds):
+            names = list(guards) if index % 2 == 0 else list(guards)[::-1]
+            for name in names:
+                with left_out if name == "without" else contextlib.nullcontext():
+                    model.fit(
+                        **data, epochs=epochs, verbose=0, callbacks=[guards[name], timers[name]]
+                    )
+    shutil.rmtree(log_root, ignore_errors=True)
+    on, off = ([STEPS * BATCH / t for t in timers[name].seconds] for name in guards)
+    paired = statistics.median(a / b for a, b in zip(on, off, strict=True))
+    print(f"{rounds * epochs} epochs of {STEPS} steps each way, interleaved ({kind} model)")
+    print(f"  guard with watchdog: median {statistics.median(on):.0f} samples/s")
+    print(f"  guard without:       median {statistics.median(off):.0f} samples/s")
+    verdict = "met" if paired >= 0.99 else "NOT met"
+    print(f"  ratio with/without: median of paired epochs {paired:.3f} (goal >= 0.99: {verdict})")
+    print(f"  memory reads by the watchdog in these healthy fits: {len(reads)} (goal 0)")
+    dog = watchdog.Watchdog(guards["without"].bounds, "exit")
+    snap, calls = snapshot(gpus=False), 100_000
+    start = time.perf_counter()
+    for _ in range(calls):
+        dog.checked(snap)
+    each = (time.perf_counter() - start) / calls * 1e9
+    print(f"  Watchdog.checked on the training thread: {each:.0f} ns a check")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--fits", type=int, default=15, help="fits per side (per-fit part)")
-    parser.add_argument("--part", choices=["all", "throughput", "per-fit"], default="all")
+    parser.add_argument(
+        "--part", choices=["all", "throughput", "per-fit", "watchdog"], default="all"
+    )
     parser.add_argument("--model", choices=["conv", "dense"], default="conv")
     args = parser.parse_args()
     print(f"backend {keras.config.backend()}, Keras {keras.__version__}")
@@ -204,3 +261,5 @@ if __name__ == "__main__":
         main(args.rounds, args.epochs, args.model)
     if args.part in ("all", "per-fit"):
         per_fit(args.fits)
+    if args.part in ("all", "watchdog"):
+        watchdog(args.rounds, args.epochs, args.model)

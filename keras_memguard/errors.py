@@ -20,6 +20,7 @@ import warnings
 from typing import Any
 
 __all__ = [
+    "WATCHDOG_EXIT_CODE",
     "MemGuardError",
     "MemGuardWarning",
     "MemoryLimitExceededError",
@@ -28,6 +29,12 @@ __all__ = [
     "reset_warnings",
     "warn_once",
 ]
+
+
+# The exit status of a process that MemGuardCallback's watchdog ended because memory was
+# about to run out while the training thread could not be reached (docs/callback.md).
+# Outside sysexits.h's 64-78 and the shell's 126-165, so no other cause reads the same.
+WATCHDOG_EXIT_CODE = 86
 
 
 class MemGuardError(Exception):

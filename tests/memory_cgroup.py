@@ -14,12 +14,18 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
+GIB = 2**30
 ROOT = "/sys/fs/cgroup"
 
 
@@ -118,8 +124,23 @@ class MemoryCgroup:
                 return int(value)
         return 0
 
+    def popen(self, args: list[str], **kwargs: Any) -> subprocess.Popen:
+        """Starts ``args`` inside this cgroup (the shell joins it, then execs ``args``)."""
+        procs = os.path.join(self.path, "cgroup.procs")
+        shell = 'echo $$ > "$0" && exec "$@"'
+        return subprocess.Popen(["/bin/sh", "-c", shell, procs, *args], **kwargs)
+
+    def pids(self) -> list[int]:
+        """The processes in this cgroup now."""
+        return [int(line) for line in self._read("cgroup.procs").split()]
+
     def remove(self) -> None:
+        """Kills what is left in the cgroup, then removes it (retrying while it empties)."""
         for _ in range(50):  # a just-killed process may take a moment to leave
+            with contextlib.suppress(OSError):
+                for pid in self.pids():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             try:
                 os.rmdir(self.path)
                 return
@@ -133,6 +154,22 @@ class MemoryCgroup:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+@contextlib.contextmanager
+def memory_cgroup(limit: int) -> Iterator[MemoryCgroup]:
+    """A fresh memory cgroup with a hard ``limit`` (bytes), removed afterwards; the test
+    is skipped with the reason where none can be created.
+
+    Example:
+        >>> with memory_cgroup(1 * GIB) as group:
+        ...     proc = group.popen([sys.executable, "fill.py"])
+    """
+    box = MemoryCgroup.create(limit)
+    if box is None:
+        pytest.skip(MemoryCgroup.why_not)
+    with box:
+        yield box
 
 
 class PeakSampler:

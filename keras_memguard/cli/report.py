@@ -3,6 +3,10 @@
 It reads the ``memory/...`` scalars that ``MemGuardCallback`` wrote (every run under
 LOGDIR that has them), and summarizes each: peaks, final values, leak slope, halts, and
 the allocation sites of a leak (the ``memory/leak_sites`` text).
+A run killed before its train end (the OOM killer, a scheduler) may have written no
+scalars at all; its heartbeat file (guard/heartbeat.py) still says where it was, and
+:func:`post_mortem` says what can be told from it: how the run ended and why, as far as
+the container's OOM-kill count and the last figures show.
 ``--plot FILE.png`` draws memory over epochs with the bounds as dashed lines (needs the
 ``plot`` extra), ``--json`` prints the same data for machines.
 
@@ -16,11 +20,16 @@ from __future__ import annotations
 import glob
 import json
 import os
+import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from keras_memguard.errors import MemGuardError
+from keras_memguard.errors import WATCHDOG_EXIT_CODE, MemGuardError
+from keras_memguard.guard.heartbeat import read_heartbeat
 from keras_memguard.guard.tensorboard import event_files, read_events, tensor_value
+from keras_memguard.probes.cgroup import read_oom_kills
+from keras_memguard.sizes import format_bytes
 
 __all__ = [
     "ReportError",
@@ -29,11 +38,15 @@ __all__ = [
     "format_report",
     "load_report",
     "plot_report",
+    "post_mortem",
     "read_run",
     "report_json",
 ]
 
-PREFIXES = ("memory/", "memory_batch/", "fits/")
+PREFIXES = ("memory/", "memory_batch/", "memory_watchdog/", "fits/")
+MIB = 2**20
+# Available memory below this fraction of the limit at the last heartbeat: "nearly out".
+NEARLY_OUT = 0.05
 
 
 class ReportError(MemGuardError):
@@ -50,6 +63,8 @@ class RunReport:
     halts: list[str] = field(default_factory=list)
     fit_runs: dict[int, str] = field(default_factory=dict)  # the summary run: step -> run
     leak_sites: list[str] = field(default_factory=list)  # issue #16: one line per site
+    watchdog: list[str] = field(default_factory=list)  # issue #24: the watchdog's lines
+    heartbeat: dict[str, Any] | None = None  # issue #24: the run's last heartbeat
 
     def fits(self) -> list[dict[str, Any]]:
         """The summary run's fits: index, run, start, end and peak MiB, by index."""
@@ -86,6 +101,11 @@ class RunReport:
         }
         if self.fits():
             summary["fits"] = self.fits()
+        if self.watchdog:
+            summary["watchdog"] = self.watchdog
+        if self.heartbeat is not None:
+            summary["heartbeat"] = self.heartbeat
+            summary["post_mortem"] = post_mortem(self.heartbeat)
         return summary
 
 
@@ -117,6 +137,9 @@ def read_run(run_dir: str, name: str | None = None) -> RunReport:
                     report.fit_runs[event.step] = content
                 elif isinstance(content, str) and value.tag == "memory/leak_sites":
                     report.leak_sites = _leak_site_lines(content)  # the latest report wins
+                elif isinstance(content, str) and value.tag == "memory/watchdog":
+                    report.watchdog.append(content)
+    report.heartbeat = read_heartbeat(run_dir)
     for points in report.scalars.values():
         points.sort()
     return report
@@ -133,7 +156,7 @@ def load_report(log_dir: str) -> list[RunReport]:
     for run_dir in find_runs(log_dir):
         name = os.path.relpath(run_dir, log_dir)
         run = read_run(run_dir, "." if name == "." else name)
-        if run.scalars or run.halts:
+        if run.scalars or run.halts or run.heartbeat is not None:
             runs.append(run)
     if not runs:
         raise ReportError(
@@ -141,6 +164,116 @@ def load_report(log_dir: str) -> list[RunReport]:
             "MemGuardCallback(log_dir=...) and pass that same directory."
         )
     return runs
+
+
+def _process_alive(heartbeat: dict[str, Any]) -> bool:
+    """Whether the heartbeat's process still runs (on this host; elsewhere: unknown, no)."""
+    pid = heartbeat.get("pid")
+    if not isinstance(pid, int) or heartbeat.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _where(heartbeat: dict[str, Any]) -> str:
+    epoch, batches, phase = heartbeat.get("epoch"), heartbeat.get("batches"), heartbeat.get("phase")
+    if epoch is None:
+        return f"in {phase or 'an unknown phase'}"
+    if phase == "validation":
+        return f"in the validation pass of epoch {epoch}"
+    if phase in ("evaluate", "predict"):
+        return f"in a {phase}() inside epoch {epoch}"
+    if not batches:
+        return f"in epoch {epoch} before its first batch"
+    return f"in epoch {epoch}, {batches:,} training batch(es) into the fit"
+
+
+def _at(heartbeat: dict[str, Any]) -> tuple[str, float | None]:
+    """'at 2.9 of 3.0 GiB (container limit)' and the fraction still available."""
+    figures = heartbeat.get("figures") or {}
+    limit, available = figures.get("effective_limit_mib"), figures.get("effective_available_mib")
+    source = (heartbeat.get("limit") or {}).get("source", "limit")
+    if limit is None or available is None:
+        tree = figures.get("process_tree_mib")
+        return ("" if tree is None else f"with a process tree of {_bytes(tree)}"), None
+    return (
+        f"at {_bytes(limit - available)} of {_bytes(limit)} ({source})",
+        available / limit if limit else None,
+    )
+
+
+def _bytes(mib_value: float) -> str:
+    return format_bytes(int(mib_value * MIB))
+
+
+def post_mortem(
+    heartbeat: dict[str, Any],
+    oom_kills_now: int | str | None = "read",
+    alive: bool | None = None,
+) -> str:
+    """What a run's last heartbeat tells of how it ended.
+
+    Args:
+        heartbeat: the heartbeat file's content.
+        oom_kills_now: the cgroup's OOM-kill count now; `"read"` reads it from the cgroup
+            the heartbeat names. Defaults to `"read"`.
+        alive: whether the process still runs; `None` finds out (same host only).
+            Defaults to `None`.
+
+    Example:
+        >>> post_mortem({"state": "running", "pid": 1, "epoch": 0, "batches": 0, ...}, 1)
+        'the run ended without reaching train end, at 3.0 of 3.0 GiB (container limit) ...'
+    """
+    state = heartbeat.get("state")
+    where = _where(heartbeat)
+    at, fraction_left = _at(heartbeat)
+    at_where = f"{at} {where}".strip()
+    if state == "ended":
+        return "the run reached train end"
+    if state == "watchdog":
+        return (
+            f"the guard's watchdog ended the process (exit code {WATCHDOG_EXIT_CODE}) {at_where}, "
+            "before the kernel's OOM killer would have: memory was growing while the training "
+            "thread could not reach a check"
+        )
+    if state in ("raised", "exited"):
+        return (
+            f"the run ended without reaching train end, {at_where}: fit raised an exception "
+            "(or the script stopped); the process itself exited normally"
+        )
+    if alive is None:
+        alive = _process_alive(heartbeat)
+    if alive:
+        age = time.time() - float(heartbeat.get("updated") or 0)
+        return (
+            f"the run is still running (pid {heartbeat.get('pid')}, last heartbeat {age:.0f} s ago)"
+        )
+    cgroup = heartbeat.get("cgroup") or {}
+    before = cgroup.get("oom_kills_at_start")
+    if oom_kills_now == "read":
+        path, version = cgroup.get("path"), cgroup.get("version")
+        oom_kills_now = read_oom_kills(path, version) if path and version else None
+    now = oom_kills_now if isinstance(oom_kills_now, int) else None
+    text = f"the run ended without reaching train end, {at_where}: "
+    if before is not None and now is not None and now > before:
+        return text + (
+            f"most likely killed by the OOM killer (the cgroup's OOM-kill count rose from "
+            f"{before} to {now})"
+        )
+    nearly_out = fraction_left is not None and fraction_left < NEARLY_OUT
+    if nearly_out:
+        counted = "" if now is None else f"; the cgroup's OOM-kill count stayed at {now}"
+        return text + f"memory was nearly exhausted: possibly killed by the OOM killer{counted}"
+    known = "" if now is None else f"; the cgroup's OOM-kill count did not rise ({now})"
+    return text + (
+        "cause unknown (killed from outside: SIGKILL, a job scheduler, a crash); memory was "
+        f"not near its limit{known}"
+    )
 
 
 def _fmt(value: float | None, unit: str = " MiB") -> str:
@@ -155,6 +288,10 @@ def format_report(runs: list[RunReport]) -> str:
             lines.extend(_format_fits(run))
             continue
         figures = run.summary()["figures"]
+        if not figures and (run.heartbeat is not None or run.watchdog):
+            lines.append(f"run {run.name} (no epoch ended)")  # issue #24: killed early
+            lines += _format_heartbeat(run)
+            continue
 
         def get(key: str, which: str, figures: dict[str, Any] = figures) -> float | None:
             entry = figures.get(key)
@@ -199,7 +336,29 @@ def format_report(runs: list[RunReport]) -> str:
         if run.leak_sites:  # issue #16
             lines.append("  leak sites (growth per epoch):")
             lines += [f"    {site}" for site in run.leak_sites]
+        lines += _format_heartbeat(run)  # issue #24
     return "\n".join(lines)
+
+
+def _format_heartbeat(run: RunReport) -> list[str]:
+    """The watchdog's lines and, for a run that did not reach train end, its post-mortem."""
+    lines = [f"  watchdog: {line}" for line in run.watchdog]
+    beat = run.heartbeat
+    if beat is None or beat.get("state") == "ended":
+        return lines
+    lines.append(f"  how it ended: {post_mortem(beat)}")
+    figures = beat.get("figures") or {}
+    updated = beat.get("updated")
+    when = (
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(updated)))
+        if isinstance(updated, (int, float))
+        else "?"
+    )
+    lines.append(
+        f"  last heartbeat {when}: process tree {_fmt(figures.get('process_tree_mib'))}, "
+        f"available {_fmt(figures.get('effective_available_mib'))}"
+    )
+    return lines
 
 
 def _format_fits(run: RunReport) -> list[str]:

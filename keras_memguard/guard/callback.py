@@ -71,6 +71,7 @@ from keras_memguard.guard.policy import (
 )
 from keras_memguard.guard.release import release_memory
 from keras_memguard.guard.tensorboard import MemoryRunWriter, memory_layout
+from keras_memguard.guard.watchdog import ON_STUCK, Watchdog, start_watchdog
 from keras_memguard.memory_snapshot import MIB, MemorySnapshot
 from keras_memguard.sizes import format_bytes, parse_size
 
@@ -159,6 +160,13 @@ class MemGuardCallback(keras.callbacks.Callback):
             max(64 MiB, 5%), or available memory is low), else a young-generation
             collection and `malloc_trim`, so a loop of short fits does not pay ~0.2 s
             each (see `policy.train_end_release`). Defaults to `True`.
+        on_stuck: what the watchdog does when memory is about to run out while the
+            training thread cannot reach a check (an input pipeline filling a shuffle
+            buffer before the first batch): `"exit"` prints why, flushes TensorBoard and
+            the heartbeat file, and ends the process with exit code
+            `keras_memguard.errors.WATCHDOG_EXIT_CODE` (86) before the kernel's OOM
+            killer does; `"warn"` only prints. With several workers it only warns.
+            See docs/callback.md. Defaults to `"exit"`.
         verbose: `1` prints the summary at train end. Quiet by default, like Keras's
             own callbacks (`EarlyStopping`, `ModelCheckpoint`); a halt is always printed,
             as `TerminateOnNaN` prints its stop. Defaults to `0`.
@@ -205,6 +213,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         trace_leaks: bool | None = None,
         emergency_available_memory: int | float | str | None = "auto",
         release_on_train_end: bool = True,
+        on_stuck: str = "exit",
         verbose: int = 0,
         preflight: str | bool = "cheap",
     ) -> None:
@@ -214,6 +223,9 @@ class MemGuardCallback(keras.callbacks.Callback):
         )
         self.check_interval = check_seconds(check_interval, "check_interval")
         leak_warmup_epochs = check_non_negative_int(leak_warmup_epochs, "leak_warmup_epochs")
+        on_stuck = check_choice(on_stuck, "on_stuck", ON_STUCK, "'exit' or 'warn'")  # issue #24
+        self.on_stuck = on_stuck
+        self._watchdog: Watchdog | None = None
         self.log_dir = os.fspath(log_dir) if log_dir is not None else None
         self.max_process_memory = optional_size(max_process_memory, "max_process_memory")
         self.min_available_memory = optional_size(min_available_memory, "min_available_memory")
@@ -325,6 +337,15 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._run.open(self.log_dir, run, [gpu.index for gpu in snap.gpus])
         if self.add_to_logs is None:
             self._adding_to_logs = self._writer is None
+        # issue #24: the watchdog thread and its heartbeat file (guard/watchdog.py)
+        self._watchdog = start_watchdog(
+            snap,
+            self.bounds,
+            self.on_stuck,
+            multi_worker=self._workers.multi_worker,
+            writer=self._writer,
+            where=lambda: (self._state.phase, self._state.epoch, self._global_batch),
+        )
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         last_check = self._last_check
@@ -396,6 +417,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         if leaks is not None:
             leaks.close()
         self._run.drop()
+        self._stop_watchdog("raised")  # issue #24
 
     def _still_in_fit(self) -> bool:
         """Whether a fit is running now; if the one marked running raised, ends it.
@@ -482,6 +504,7 @@ class MemGuardCallback(keras.callbacks.Callback):
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._state.end_fit()
         self._leaks.close()  # issue #16
+        self._stop_watchdog("ended")  # issue #24
         if self.release_on_train_end:
             # A full release only where it can matter (see train_end_release). The cheap
             # one also keeps PyTorch's cached GPU blocks: a next fit would take them back.
@@ -494,11 +517,19 @@ class MemGuardCallback(keras.callbacks.Callback):
         if self.verbose:
             print(self.summary, file=sys.stderr)
 
+    def _stop_watchdog(self, state: str) -> None:
+        """Issue #24: ends the fit's watchdog thread; ``state`` goes to the heartbeat."""
+        watchdog, self._watchdog = getattr(self, "_watchdog", None), None
+        if watchdog is not None:
+            watchdog.stop(state)
+
     # ------------------------------------------------------------------ sampling
     def _sample(self) -> MemorySnapshot:
         snap = self._sampler.sample(self.summary)
         self.last_snapshot = snap
         self._last_check = time.monotonic()
+        if self._watchdog is not None:
+            self._watchdog.checked(snap)  # issue #24: the training thread is not stuck
         return snap
 
     def _warn_unbounded_gpus(self, snap: MemorySnapshot) -> None:
@@ -637,6 +668,7 @@ class MemGuardCallback(keras.callbacks.Callback):
                 # loop ends; reading self.model does it now, so the model stays usable.
                 _ = self.model
             self._run.close()
+            self._stop_watchdog("raised")  # issue #24
             raise MemoryLimitExceededError(
                 line,
                 snapshot=snap,

@@ -6,8 +6,9 @@ failed attempt leaves nothing behind: no half-grown allocator pool, no traced gr
 An attempt counts as "out of memory" when it raises an error the Keras backend's adapter
 recognises as an OOM (``tf.errors.ResourceExhaustedError``, JAX's and PyTorch's
 out-of-memory errors, ``MemoryError``) or the guard's ``MemoryLimitExceededError``,
-crosses ``max_memory``, or is killed by SIGKILL (the OOM killer). Any other failure is
-re-raised at once.
+crosses ``max_memory``, is killed by SIGKILL (the OOM killer), or is ended by the guard's
+watchdog (exit code ``WATCHDOG_EXIT_CODE``: memory about to run out while training
+waited). Any other failure is re-raised at once.
 
 Example:
     >>> def train(batch_size):           # at module level
@@ -82,7 +83,10 @@ def is_out_of_memory(err: BaseException, backend: str | None = None) -> bool:
     if isinstance(err, ChildSystemExit):
         return False
     if isinstance(err, ChildKilledError):
-        return err.exit is not None and (err.exit.oom_killed or err.exit.signal == "SIGKILL")
+        ended = err.exit
+        return ended is not None and (
+            ended.oom_killed or ended.signal == "SIGKILL" or ended.ended_by_watchdog
+        )
     if isinstance(err, ChildFailedError):
         type_name, error = err.type_name, None
     else:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keras_memguard.backends.base import BACKENDS, backend_name
-from keras_memguard.errors import MemGuardError, invalid_argument
+from keras_memguard.errors import WATCHDOG_EXIT_CODE, MemGuardError, invalid_argument
 from keras_memguard.isolation import _transfer
 from keras_memguard.isolation._process import (
     TERMINATE_GRACE_S,
@@ -97,6 +97,11 @@ class ChildExit:
     duration_s: float
     ended_pids: tuple[int, ...] = field(default=())
 
+    @property
+    def ended_by_watchdog(self) -> bool:
+        """The guard's watchdog ended it: memory was about to run out (issue #24)."""
+        return self.exitcode == WATCHDOG_EXIT_CODE
+
     def describe(self) -> str:
         if self.memory_exceeded:
             how = "stopped by run_isolated for exceeding max_memory"
@@ -104,6 +109,11 @@ class ChildExit:
             how = "stopped by run_isolated at its timeout"
         elif self.oom_killed:
             how = "killed by the kernel's OOM killer (the container's OOM-kill count rose)"
+        elif self.ended_by_watchdog:
+            how = (
+                f"ended by keras-memguard's watchdog (exit code {WATCHDOG_EXIT_CODE}): memory "
+                "was about to run out while training waited"
+            )
         elif self.signal == "SIGKILL":
             how = "killed by SIGKILL (often the OOM killer, or a job scheduler)"
         elif self.signal:

@@ -47,6 +47,7 @@ __all__ = [
     "ContainerMemory",
     "read_container_memory",
     "read_error",
+    "read_oom_kills",
 ]
 
 # Limits and OOM-kill counts change rarely; they are read again after this many seconds.
@@ -163,6 +164,16 @@ def _read_oom_kills(version: int, directory: str) -> int | None:
         return find_key(read_text(os.path.join(directory, name)), "oom_kill")
     except (OSError, ValueError):
         return None
+
+
+def read_oom_kills(path: str, version: int) -> int | None:
+    """The OOM-kill count of the cgroup at ``path`` now, ``None`` when it cannot be read.
+
+    Example:
+        >>> read_oom_kills("/sys/fs/cgroup/memory/docker/abc", 1)
+        0
+    """
+    return _read_oom_kills(version, path)
 
 
 class _ReadError(Exception):
