@@ -2,7 +2,8 @@
 
 It reads the ``memory/...`` scalars that ``MemGuardCallback`` wrote (every run under
 LOGDIR that has them), and summarizes each: peaks, final values, leak slope, halts, and
-the allocation sites of a leak (the ``memory/leak_sites`` text).
+the allocation sites of a leak (the ``memory/leak_sites`` text) and the kinds of growth
+(the ``memory/growth`` text).
 ``--plot FILE.png`` draws memory over epochs with the bounds as dashed lines (needs the
 ``plot`` extra), ``--json`` prints the same data for machines.
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keras_memguard.errors import MemGuardError
+from keras_memguard.guard.growth import growth_lines
 from keras_memguard.guard.tensorboard import event_files, read_events, tensor_value
 
 __all__ = [
@@ -50,6 +52,7 @@ class RunReport:
     halts: list[str] = field(default_factory=list)
     fit_runs: dict[int, str] = field(default_factory=dict)  # the summary run: step -> run
     leak_sites: list[str] = field(default_factory=list)  # issue #16: one line per site
+    growth: list[str] = field(default_factory=list)  # issue #27: one line per kind
 
     def fits(self) -> list[dict[str, Any]]:
         """The summary run's fits: index, run, start, end and peak MiB, by index."""
@@ -83,6 +86,7 @@ class RunReport:
             "figures": figures,
             "halts": self.halts,
             "leak_sites": self.leak_sites,
+            "growth": self.growth,
         }
         if self.fits():
             summary["fits"] = self.fits()
@@ -117,6 +121,8 @@ def read_run(run_dir: str, name: str | None = None) -> RunReport:
                     report.fit_runs[event.step] = content
                 elif isinstance(content, str) and value.tag == "memory/leak_sites":
                     report.leak_sites = _leak_site_lines(content)  # the latest report wins
+                elif isinstance(content, str) and value.tag == "memory/growth":
+                    report.growth = growth_lines(content)  # issue #27, the latest wins
     for points in report.scalars.values():
         points.sort()
     return report
@@ -199,6 +205,9 @@ def format_report(runs: list[RunReport]) -> str:
         if run.leak_sites:  # issue #16
             lines.append("  leak sites (growth per epoch):")
             lines += [f"    {site}" for site in run.leak_sites]
+        if run.growth:  # issue #27
+            lines.append("  kinds of growth (per epoch, share of the growth):")
+            lines += [f"    {kind}" for kind in run.growth]
     return "\n".join(lines)
 
 

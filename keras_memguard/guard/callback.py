@@ -41,6 +41,8 @@ from keras_memguard.errors import (
 )
 from keras_memguard.guard import fits
 from keras_memguard.guard.distributed import WorkerContext, worker_context
+from keras_memguard.guard.growth import GrowthReport
+from keras_memguard.guard.growth_probe import GrowthProbe
 from keras_memguard.guard.leaks import LeakReport, LeakTracer
 from keras_memguard.guard.policy import (
     Bounds,
@@ -291,6 +293,8 @@ class MemGuardCallback(keras.callbacks.Callback):
         if previous is not None:
             previous.close()
         self._tracer = LeakTracer(self.trace_leaks, warmup_epochs=self.leak_warmup_epochs)
+        self._close_growth_probe()  # issue #27: evidence of the kind of growth, per fit
+        self._growth_probe = GrowthProbe(floor=max((self.leak_threshold.bytes or 0) / 2, 2**18))
         self._halted = False
         self._halted_epoch: int | None = None
         self._save_again = False
@@ -426,6 +430,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         tracer = getattr(self, "_tracer", None)
         if tracer is not None:
             tracer.close()
+        self._close_growth_probe()  # issue #27
         self.__dict__.pop("_fit", None)
         self._close_writer()
 
@@ -516,6 +521,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._in_fit = False
         if self._tracer is not None:
             self._tracer.close()  # issue #16
+        self._close_growth_probe()  # issue #27
         if self.release_on_train_end:
             # A full release only where it can matter (see train_end_release). The cheap
             # one also keeps PyTorch's cached GPU blocks: a next fit would take them back.
@@ -753,6 +759,8 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.summary.leak_slope_mib_per_epoch = slope
         if warn:
             message = self._leak_message(epoch, slope, snap)
+            if self.summary.growth is not None:  # issue #27: the kinds of growth
+                message += f" Kinds of growth: {self.summary.growth.headline()}."
             if self._tracer is not None:
                 message += self._tracer.warning_suffix()  # issue #16: the top site
             warnings.warn(message, MemGuardWarning, stacklevel=3)
@@ -762,13 +770,39 @@ class MemGuardCallback(keras.callbacks.Callback):
         """Issue #16: one tracer step; a finished report goes to the summary and TensorBoard."""
         if self._tracer is None:
             return
+        self._growth_probe.before_sample(epoch)  # issue #27: before the tracer samples
         report: LeakReport | None = self._tracer.epoch_end(epoch, suspected=self._leak.streak > 0)
-        if report is None or not report.sites:
+        growth = self._classify_growth(epoch, report)  # issue #27
+        if report is None or not (report.sites or growth):
             return
-        self.summary.leak_sites = list(report.sites)
-        self._write_text("memory/leak_sites", report.markdown(), epoch)
+        if report.sites:
+            self.summary.leak_sites = list(report.sites)
+            self._write_text("memory/leak_sites", report.markdown(), epoch)
         if not warned:  # the growth warning, when it comes now, names the top site itself
-            warnings.warn(f"keras-memguard: {report}", MemGuardWarning, stacklevel=4)
+            found = "\n".join(
+                str(part) for part in (report if report.sites else None, growth) if part
+            )
+            warnings.warn(f"keras-memguard: {found}", MemGuardWarning, stacklevel=4)
+
+    # ------------------------------------------------ issue #27: kind of growth
+    def _classify_growth(self, epoch: int, report: LeakReport | None) -> GrowthReport | None:
+        """The probe's step at a traced epoch end; a report naming kinds is kept and written."""
+        probe = self._growth_probe
+        if report is None:
+            if self._tracer is not None and self._tracer.tracing:
+                probe.after_sample(epoch)
+            return None
+        growth = probe.finish(epoch, report)
+        if growth is None or not growth.kinds:
+            return None
+        self.summary.growth = growth
+        self._write_text("memory/growth", growth.markdown(), epoch)
+        return growth
+
+    def _close_growth_probe(self) -> None:
+        probe: GrowthProbe | None = getattr(self, "_growth_probe", None)
+        if probe is not None:
+            probe.close()
 
     def _leak_message(self, epoch: int, slope: float, snap: MemorySnapshot) -> str:
         size = self.max_process_memory

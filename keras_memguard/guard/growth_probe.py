@@ -1,0 +1,299 @@
+"""The evidence :func:`~keras_memguard.guard.growth.classify` needs, gathered off the hot path.
+
+:class:`GrowthProbe` runs only while the leak tracer traces (once growth is suspected,
+or with ``trace_leaks=True``), at those epochs' ends, never per batch:
+
+- before each traced sample, a *measured* full collection: ``gc.DEBUG_SAVEALL`` keeps
+  what it finds unreachable for a moment, so the probe can say what it was and where it
+  was created, then a second collection frees it (``tracemalloc`` says how many bytes);
+- the process's RSS before that collection and after the sample (so the probe's and
+  the tracer's own allocations stay out of the growth), less ``tracemalloc``'s own, each
+  read after ``malloc_trim(0)``: free pages glibc keeps (the tracer's snapshots, a
+  step's temporaries) would otherwise be reused and hide growth, or be counted as it;
+  the first trim says how much glibc held since the fit began;
+- the framework's compilations (``backends/<framework>/introspect.py``) and device pools.
+
+Example:
+    >>> probe = GrowthProbe(floor=2 * MIB)
+    >>> probe.after_sample(3)      # the tracer started at epoch 3
+    >>> probe.before_sample(4); probe.after_sample(4)
+    >>> probe.before_sample(5)
+    >>> report = probe.finish(5, leak_report)
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import importlib
+import os
+import time
+import tracemalloc
+from typing import Any
+
+from keras_memguard.backends.base import backend_name, current_backend
+from keras_memguard.backends.compiles import CompileLog
+from keras_memguard.errors import warn_once
+from keras_memguard.guard import leaks
+from keras_memguard.guard.growth import Compilations, Cycles, GrowthEvidence, GrowthReport, classify
+from keras_memguard.guard.release import _malloc_trim
+from keras_memguard.probes import process
+
+__all__ = ["CycleSample", "GrowthProbe", "collect_cycles", "compile_counter"]
+
+
+class CycleSample:
+    """What one measured full collection freed: bytes, by creation site, by type."""
+
+    def __init__(self) -> None:
+        self.freed = 0
+        self.sites: collections.Counter[str] = collections.Counter()
+        self.what: collections.Counter[str] = collections.Counter()
+        self.what_bytes: collections.Counter[str] = collections.Counter()
+
+
+def _garbage_size(
+    obj: Any, tensors: tuple[type, ...], cache: dict[type, bool]
+) -> tuple[str, int, bool]:
+    """``(description, bytes, is_tensor)`` of a freed tensor or owning array, else 0 bytes."""
+    if tensors and leaks._is_kind(type(obj), tensors, cache):
+        return (*leaks._describe_tensor(obj), True)
+    base, nbytes = getattr(obj, "base", 0), getattr(obj, "nbytes", None)
+    if base is None and isinstance(nbytes, int) and hasattr(obj, "dtype"):  # an owning ndarray
+        dims = ",".join(str(d) for d in getattr(obj, "shape", ()))
+        return f"{type(obj).__name__} {obj.dtype}[{dims}]", nbytes, False
+    return "", 0, False
+
+
+def collect_cycles(
+    tensors: tuple[type, ...] = (), cache: dict[type, bool] | None = None
+) -> CycleSample:
+    """A full ``gc.collect()`` that says what it freed (see the module docstring).
+
+    Example:
+        >>> a = []; a.append(a); del a
+        >>> collect_cycles().freed >= 0
+        True
+    """
+    cache = {} if cache is None else cache
+    sample = CycleSample()
+    tracing = tracemalloc.is_tracing()
+    before = tracemalloc.get_traced_memory()[0] if tracing else 0
+    kept = len(gc.garbage)  # the user's own uncollectable garbage stays where it is
+    flags = gc.get_debug()
+    gc.set_debug(flags | gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+    finally:
+        gc.set_debug(flags)
+    garbage = gc.garbage[kept:]
+    del gc.garbage[kept:]
+    counted = 0
+    for obj in garbage:
+        what, size, is_tensor = _garbage_size(obj, tensors, cache)
+        if not size:
+            continue
+        if is_tensor or not tracing:  # tracemalloc counts the arrays' buffers itself
+            counted += size
+        sample.what[what] += 1
+        sample.what_bytes[what] += size
+        raw = leaks._raw_object_traceback(obj) if tracing else None
+        found = leaks._raw_site(raw) if raw else None
+        if found is not None and found[1]:
+            sample.sites[f"{found[0][0]}:{found[0][1]}"] += size
+    if garbage:
+        del garbage
+        gc.collect()  # now frees what the first collection kept
+    host = before - tracemalloc.get_traced_memory()[0] if tracing else 0
+    sample.freed = max(host, 0) + counted
+    return sample
+
+
+def compile_counter() -> CompileLog | None:
+    """The current framework's compile counter, or ``None`` where it exposes none."""
+    try:
+        module = importlib.import_module(f"keras_memguard.backends.{backend_name()}.introspect")
+    except ImportError:
+        return None
+    counter: CompileLog | None = module.compile_counter()
+    return counter
+
+
+def _rss() -> int | None:
+    """This process's RSS (its children's memory is not this process's growth)."""
+    try:
+        return process._rss(os.getpid())
+    except Exception:
+        return None
+
+
+def _trimmed_rss() -> tuple[int | None, int | None]:
+    """RSS, then RSS after ``malloc_trim(0)``: pages glibc keeps free are not growth."""
+    before = _rss()
+    trim = _malloc_trim()
+    if trim is None:
+        return before, before
+    trim(0)
+    return before, _rss()
+
+
+def _device() -> tuple[int, int | None] | None:
+    """The framework pools' live and reserved bytes over all devices, if reported."""
+    figures = current_backend().device_memory()
+    if not figures:
+        return None
+    reserved = [d.reserved for d in figures]
+    held = None if any(r is None for r in reserved) else sum(r or 0 for r in reserved)
+    return sum(d.allocated for d in figures), held
+
+
+def _per_epoch(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+class GrowthProbe:
+    """Gathers :class:`GrowthEvidence` over the traced epochs; see the module docstring.
+
+    Args:
+        floor: the smallest growth per epoch worth naming (half the leak threshold in
+            the guard).
+
+    Attributes:
+        seconds: time spent in the probe since it was created (for benchmarks).
+    """
+
+    def __init__(self, floor: float) -> None:
+        self.floor = floor
+        self.seconds = 0.0
+        self.active = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._counter: CompileLog | None = None
+        self._compiled: list[int] = []
+        self._growth: list[float] = []
+        self._cycles: list[CycleSample] = []
+        self._after: tuple[int | None, int] = (None, 0)  # RSS and tracemalloc's own bytes
+        self._device_start: tuple[int, int | None] | None = None
+        self._device_end: tuple[int, int | None] | None = None
+        self._tensors: tuple[type, ...] = ()
+        self._trimmed: int | None = None
+        self._is_tensor: dict[type, bool] = {}
+
+    def _overhead(self) -> int:
+        return tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0
+
+    def before_sample(self, epoch: int) -> None:
+        """At a traced epoch's end, before the tracer samples: RSS, then a measured collection."""
+        if not self.active:
+            return
+        start = time.perf_counter()
+        try:
+            rss, overhead = _trimmed_rss()[1], self._overhead()
+            last_rss, last_overhead = self._after
+            if rss is not None and last_rss is not None:
+                self._growth.append(rss - last_rss - (overhead - last_overhead))
+            self._cycles.append(collect_cycles(self._tensors, self._is_tensor))
+            if self._counter is not None:
+                self._counter.poll()
+                self._compiled.append(self._counter.count - sum(self._compiled))
+            self._device_end = _device()
+        except Exception as err:  # evidence is optional: training goes on
+            self._fail(err)
+        self.seconds += time.perf_counter() - start
+
+    def after_sample(self, epoch: int) -> None:
+        """After the tracer sampled (or started): RSS; on the first call, start counting."""
+        start = time.perf_counter()
+        try:
+            if not self.active:
+                self._reset()
+                self.active = True
+                self._tensors = leaks._tensor_types()
+                collect_cycles()  # older garbage: freed now, never counted as this window's
+                raw, trimmed = _trimmed_rss()
+                if raw is not None and trimmed is not None:
+                    self._trimmed = raw - trimmed  # what glibc kept free since the fit began
+                self._counter = compile_counter()
+                if self._counter is not None:
+                    self._counter.start()
+                self._device_start = _device()
+            self._after = (_trimmed_rss()[1], self._overhead())
+        except Exception as err:
+            self._fail(err)
+        self.seconds += time.perf_counter() - start
+
+    def finish(self, epoch: int, report: leaks.LeakReport | None) -> GrowthReport | None:
+        """The tracer reported: classifies what was gathered; ``None`` if nothing was."""
+        if not self.active:
+            return None
+        start = time.perf_counter()
+        try:
+            return classify(self.evidence(report, epoch - len(self._cycles), epoch))
+        except Exception as err:
+            self._fail(err)
+            return None
+        finally:
+            self.close()
+            self.seconds += time.perf_counter() - start
+
+    def evidence(
+        self, report: leaks.LeakReport | None, first_epoch: int, last_epoch: int
+    ) -> GrowthEvidence:
+        """What was gathered, as :class:`GrowthEvidence` (and one measured ``malloc_trim``)."""
+        epochs = max(len(self._cycles), 1)
+        sites = report.sites if report is not None else ()
+        cycles = None
+        if self._cycles:
+            by_site: collections.Counter[str] = collections.Counter()
+            what: collections.Counter[str] = collections.Counter()
+            for sample in self._cycles:
+                by_site.update(sample.sites)
+                what.update(sample.what)
+            cycles = Cycles(
+                _per_epoch([s.freed for s in self._cycles]),
+                tuple((where, size / epochs) for where, size in by_site.most_common(3)),
+                tuple(f"{name} +{count / epochs:g}/epoch" for name, count in what.most_common(3)),
+            )
+        compilations = None
+        if self._counter is not None:
+            compilations = Compilations(
+                tuple(self._compiled),
+                tuple(self._counter.functions.most_common(3)),
+                tuple(self._counter.shapes),
+                self._counter.source,
+            )
+        rss_growth = _per_epoch(self._growth) if self._growth else None
+        allocated = reserved = None
+        on_device = False
+        if self._device_start is not None and self._device_end is not None:
+            on_device = True
+            allocated = (self._device_end[0] - self._device_start[0]) / epochs
+            if self._device_start[1] is not None and self._device_end[1] is not None:
+                reserved = (self._device_end[1] - self._device_start[1]) / epochs
+        return GrowthEvidence(
+            first_epoch=first_epoch,
+            last_epoch=last_epoch,
+            rss_growth=rss_growth,
+            sites=tuple(sites),
+            cycles=cycles,
+            compilations=compilations,
+            device_allocated_growth=allocated,
+            device_reserved_growth=reserved,
+            tensors_on_device=on_device,
+            trimmed=self._trimmed,
+            floor=self.floor,
+        )
+
+    def close(self) -> None:
+        """Stops counting compilations; the probe is idle until the next trace."""
+        if self._counter is not None:
+            try:
+                self._counter.stop()
+            except Exception as err:
+                self._fail(err)
+        self.active = False
+        self._reset()
+
+    def _fail(self, err: Exception) -> None:
+        warn_once("growth-probe", f"keras-memguard could not gather evidence of growth: {err}")
