@@ -139,6 +139,7 @@ def fit(callbacks, trace_leaks=None):
                 "bytes_per_epoch": kind.bytes_per_epoch,
                 "share": kind.share,
                 "evidence": list(kind.evidence),
+                "compilations_per_epoch": kind.compilations_per_epoch,
             }
             for kind in (growth.kinds if growth is not None else ())
         ],

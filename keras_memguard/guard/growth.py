@@ -149,12 +149,21 @@ class GrowthEvidence:
 
 @dataclass(frozen=True)
 class GrowthKind:
-    """One kind of growth with its figure and the evidence for it."""
+    """One kind of growth with its figure and the evidence for it.
+
+    Attributes:
+        kind: one of ``KINDS``.
+        bytes_per_epoch: its growth per epoch.
+        share: its part of the growth (0 to 1).
+        evidence: what shows it, e.g. ``("created at train.py:12 +4.0 MiB/epoch",)``.
+        compilations_per_epoch: for ``recompilation``, the new compilations per epoch.
+    """
 
     kind: str
     bytes_per_epoch: float
     share: float
     evidence: tuple[str, ...] = ()
+    compilations_per_epoch: float | None = None
 
     @property
     def advice(self) -> str:
@@ -285,8 +294,15 @@ def classify(evidence: GrowthEvidence) -> GrowthReport:
     total = max(total, sum(size for size in sizes.values() if size > 0))
     floor = max(evidence.floor, MIN_SHARE * total)
     compiling = "recompilation" in sizes  # named by its count even when its bytes are few
+    compiled = evidence.compilations.mean if evidence.compilations is not None else None
     kinds = [
-        GrowthKind(kind, size, size / total if total else 0.0, found.get(kind, ()))
+        GrowthKind(
+            kind,
+            size,
+            size / total if total else 0.0,
+            found.get(kind, ()),
+            compiled if kind == "recompilation" else None,
+        )
         for kind, size in sizes.items()
         if size >= floor or (kind == "recompilation" and compiling and total >= evidence.floor)
     ]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import gc
 import importlib
+import itertools
 import os
 import time
 import tracemalloc
@@ -89,7 +90,12 @@ def collect_cycles(
     garbage = gc.garbage[kept:]
     del gc.garbage[kept:]
     counted = 0
-    for obj in garbage:
+    seen: set[int] = set()
+    # NumPy arrays are not tracked by gc: they are found as what the garbage refers to
+    for obj in itertools.chain(garbage, gc.get_referents(*garbage) if garbage else ()):
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
         what, size, is_tensor = _garbage_size(obj, tensors, cache)
         if not size:
             continue
@@ -210,7 +216,7 @@ class GrowthProbe:
                 self._reset()
                 self.active = True
                 self._tensors = leaks._tensor_types()
-                collect_cycles()  # older garbage: freed now, never counted as this window's
+                gc.collect()  # older garbage: freed now, never counted as this window's
                 raw, trimmed = _trimmed_rss()
                 if raw is not None and trimmed is not None:
                     self._trimmed = raw - trimmed  # what glibc kept free since the fit began
