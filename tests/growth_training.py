@@ -47,7 +47,8 @@ class KeepTensors(keras.callbacks.Callback):
         self.kept = []
 
     def on_train_batch_end(self, batch, logs=None):
-        self.kept.append(keras.ops.multiply(keras.ops.ones((128, CHUNK // 512)), batch))  # SITE: ops
+        ones = keras.ops.ones((128, CHUNK // 512))
+        self.kept.append(keras.ops.multiply(ones, batch))  # SITE: ops
 
 
 class Node:
