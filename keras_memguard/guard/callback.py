@@ -786,7 +786,10 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     # ------------------------------------------------ issue #27: kind of growth
     def _classify_growth(self, epoch: int, report: LeakReport | None) -> GrowthReport | None:
-        """The probe's step at a traced epoch end; a report naming kinds is kept and written."""
+        """The probe's step at a traced epoch end; a report naming kinds is kept and written.
+
+        Returns the report the first time one names kinds in this fit, else ``None``.
+        """
         probe = self._growth_probe
         if report is None:
             if self._tracer is not None and self._tracer.tracing:
@@ -795,9 +798,10 @@ class MemGuardCallback(keras.callbacks.Callback):
         growth = probe.finish(epoch, report)
         if growth is None or not growth.kinds:
             return None
-        self.summary.growth = growth
+        first = self.summary.growth is None
+        self.summary.growth = growth  # a retried trace's report replaces it, warned once
         self._write_text("memory/growth", growth.markdown(), epoch)
-        return growth
+        return growth if first else None
 
     def _close_growth_probe(self) -> None:
         probe: GrowthProbe | None = getattr(self, "_growth_probe", None)
