@@ -28,6 +28,7 @@ import gc
 import importlib
 import itertools
 import os
+import sys
 import time
 import tracemalloc
 from typing import Any
@@ -59,10 +60,10 @@ def _garbage_size(
     """``(description, bytes, is_tensor)`` of a freed tensor or owning array, else 0 bytes."""
     if tensors and leaks._is_kind(type(obj), tensors, cache):
         return (*leaks._describe_tensor(obj), True)
-    base, nbytes = getattr(obj, "base", 0), getattr(obj, "nbytes", None)
-    if base is None and isinstance(nbytes, int) and hasattr(obj, "dtype"):  # an owning ndarray
-        dims = ",".join(str(d) for d in getattr(obj, "shape", ()))
-        return f"{type(obj).__name__} {obj.dtype}[{dims}]", nbytes, False
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(obj, numpy.ndarray) and obj.base is None:  # owns its data
+        dims = ",".join(str(d) for d in obj.shape)
+        return f"{type(obj).__name__} {obj.dtype}[{dims}]", int(obj.nbytes), False
     return "", 0, False
 
 
@@ -89,10 +90,31 @@ def collect_cycles(
         gc.set_debug(flags)
     garbage = gc.garbage[kept:]
     del gc.garbage[kept:]
+    counted = _describe_garbage(sample, garbage, tensors, cache, tracing) if garbage else 0
+    if garbage:
+        garbage.clear()
+        gc.collect()  # now frees what the first collection kept
+    host = before - tracemalloc.get_traced_memory()[0] if tracing else 0
+    sample.freed = max(host, 0) + counted
+    return sample
+
+
+def _describe_garbage(
+    sample: CycleSample,
+    garbage: list[Any],
+    tensors: tuple[type, ...],
+    cache: dict[type, bool],
+    tracing: bool,
+) -> int:
+    """Adds the garbage's tensors and arrays to ``sample`` by type and creation site.
+
+    Returns the bytes ``tracemalloc`` does not count (tensors; arrays when not tracing).
+    A function of its own, so that no local keeps an object alive after it returns.
+    """
     counted = 0
     seen: set[int] = set()
     # NumPy arrays are not tracked by gc: they are found as what the garbage refers to
-    for obj in itertools.chain(garbage, gc.get_referents(*garbage) if garbage else ()):
+    for obj in itertools.chain(garbage, gc.get_referents(*garbage)):
         if id(obj) in seen:
             continue
         seen.add(id(obj))
@@ -107,12 +129,7 @@ def collect_cycles(
         found = leaks._raw_site(raw) if raw else None
         if found is not None and found[1]:
             sample.sites[f"{found[0][0]}:{found[0][1]}"] += size
-    if garbage:
-        del garbage
-        gc.collect()  # now frees what the first collection kept
-    host = before - tracemalloc.get_traced_memory()[0] if tracing else 0
-    sample.freed = max(host, 0) + counted
-    return sample
+    return counted
 
 
 def compile_counter() -> CompileLog | None:
