@@ -269,3 +269,49 @@ def test_memguard_report_prints_the_kinds_and_json_carries_them(tmp_path, capsys
     assert memguard(["report", str(tmp_path), "--json"]) == 0
     (data,) = json.loads(capsys.readouterr().out)
     assert data["growth"] == [report.kinds[0].describe()]
+
+
+# ------------------------------------------------------------- compile counters
+@pytest.mark.tensorflow
+def test_tensorflow_traces_are_counted_with_their_input_shapes():
+    import tensorflow as tf
+
+    from keras_memguard.backends.tensorflow.introspect import compile_counter
+
+    @tf.function
+    def double(x):
+        return x * 2
+
+    double(tf.ones((2, 3)))  # traced before counting starts: not counted
+    counter = compile_counter()
+    assert counter is not None
+    counter.start()
+    for rows in (4, 5, 6, 6):  # the second (6, 3) reuses its trace
+        double(tf.ones((rows, 3)))
+    counter.poll()
+    counter.stop()
+    assert counter.count == 3
+    assert counter.functions == {"double": 3}
+    assert counter.shapes == [f"double: float32[{rows},3]" for rows in (4, 5, 6)]
+
+
+def test_jax_compilations_are_counted_by_function_with_their_input_shapes():
+    jax = pytest.importorskip("jax")
+    import numpy as np
+
+    from keras_memguard.backends.jax.introspect import compile_counter
+
+    @jax.jit
+    def triple(x):
+        return x * 3
+
+    triple(jax.numpy.ones((2, 3)))
+    counter = compile_counter()
+    assert counter is not None
+    counter.start()
+    for rows in (4, 5, 5):  # NumPy inputs: no jitted jnp.ones compiled beside
+        triple(np.ones((rows, 3), "float32")).block_until_ready()
+    counter.stop()
+    triple(jax.numpy.ones((9, 3)))  # after stop(): not counted
+    assert counter.functions == {"jit(triple)": 2}
+    assert counter.shapes == ["triple: float32[4,3]", "triple: float32[5,3]"]
