@@ -294,7 +294,8 @@ class MemGuardCallback(keras.callbacks.Callback):
             previous.close()
         self._tracer = LeakTracer(self.trace_leaks, warmup_epochs=self.leak_warmup_epochs)
         self._close_growth_probe()  # issue #27: evidence of the kind of growth, per fit
-        self._growth_probe = GrowthProbe(floor=max((self.leak_threshold.bytes or 0) / 2, 2**18))
+        floor = max((self.leak_threshold.bytes or 0) / 2, 2**18)
+        self._growth_probe = GrowthProbe(floor, epochs=self._tracer.epochs)
         self._halted = False
         self._halted_epoch: int | None = None
         self._save_again = False

@@ -3,9 +3,10 @@
 :class:`GrowthProbe` runs only while the leak tracer traces (once growth is suspected,
 or with ``trace_leaks=True``), at those epochs' ends, never per batch:
 
-- before each traced sample, a *measured* full collection: ``gc.DEBUG_SAVEALL`` keeps
-  what it finds unreachable for a moment, so the probe can say what it was and where it
-  was created, then a second collection frees it (``tracemalloc`` says how many bytes);
+- a full collection at the baseline, and before the tracer's last sample a *measured*
+  one: ``gc.DEBUG_SAVEALL`` keeps what it finds unreachable for a moment, so the probe
+  can say what it was and where it was created, then a second collection frees it
+  (``tracemalloc`` says how many bytes); what it freed accumulated over the traced epochs;
 - the process's RSS before that collection and after the sample (so the probe's and
   the tracer's own allocations stay out of the growth), less ``tracemalloc``'s own, each
   read after ``malloc_trim(0)``: free pages glibc keeps (the tracer's snapshots, a
@@ -180,13 +181,16 @@ class GrowthProbe:
     Args:
         floor: the smallest growth per epoch worth naming (half the leak threshold in
             the guard).
+        epochs: the epochs the tracer samples after its baseline; the measured
+            collection runs before the last of them only. Defaults to `2`.
 
     Attributes:
         seconds: time spent in the probe since it was created (for benchmarks).
     """
 
-    def __init__(self, floor: float) -> None:
+    def __init__(self, floor: float, epochs: int = 2) -> None:
         self.floor = floor
+        self.epochs = epochs
         self.seconds = 0.0
         self.active = False
         self._reset()
@@ -195,7 +199,8 @@ class GrowthProbe:
         self._counter: CompileLog | None = None
         self._compiled: list[int] = []
         self._growth: list[float] = []
-        self._cycles: list[CycleSample] = []
+        self._samples = 0  # traced epoch ends since the baseline
+        self._cycles: CycleSample | None = None
         self._after: tuple[int | None, int] = (None, 0)  # RSS and tracemalloc's own bytes
         self._device_start: tuple[int, int | None] | None = None
         self._device_end: tuple[int, int | None] | None = None
@@ -207,7 +212,9 @@ class GrowthProbe:
         return tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0
 
     def before_sample(self, epoch: int) -> None:
-        """At a traced epoch's end, before the tracer samples: RSS, then a measured collection."""
+        """At a traced epoch's end, before the tracer samples: RSS, compilations and, before
+        its last sample, the measured collection (cycle garbage made since the baseline is
+        then gone from that sample, so it is never blamed on a site as well)."""
         if not self.active:
             return
         start = time.perf_counter()
@@ -216,7 +223,9 @@ class GrowthProbe:
             last_rss, last_overhead = self._after
             if rss is not None and last_rss is not None:
                 self._growth.append(rss - last_rss - (overhead - last_overhead))
-            self._cycles.append(collect_cycles(self._tensors, self._is_tensor))
+            self._samples += 1
+            if self._samples >= self.epochs:
+                self._cycles = collect_cycles(self._tensors, self._is_tensor)
             if self._counter is not None:
                 self._counter.poll()
                 self._compiled.append(self._counter.count - sum(self._compiled))
@@ -252,7 +261,7 @@ class GrowthProbe:
             return None
         start = time.perf_counter()
         try:
-            return classify(self.evidence(report, epoch - len(self._cycles), epoch))
+            return classify(self.evidence(report, epoch - self._samples, epoch))
         except Exception as err:
             self._fail(err)
             return None
@@ -264,19 +273,15 @@ class GrowthProbe:
         self, report: leaks.LeakReport | None, first_epoch: int, last_epoch: int
     ) -> GrowthEvidence:
         """What was gathered, as :class:`GrowthEvidence` (and one measured ``malloc_trim``)."""
-        epochs = max(len(self._cycles), 1)
+        epochs = max(self._samples, 1)
         sites = report.sites if report is not None else ()
         cycles = None
-        if self._cycles:
-            by_site: collections.Counter[str] = collections.Counter()
-            what: collections.Counter[str] = collections.Counter()
-            for sample in self._cycles:
-                by_site.update(sample.sites)
-                what.update(sample.what)
+        sample = self._cycles
+        if sample is not None:  # what accumulated since the baseline's collection
             cycles = Cycles(
-                _per_epoch([s.freed for s in self._cycles]),
-                tuple((where, size / epochs) for where, size in by_site.most_common(3)),
-                tuple(f"{name} +{count / epochs:g}/epoch" for name, count in what.most_common(3)),
+                sample.freed / epochs,
+                tuple((where, size / epochs) for where, size in sample.sites.most_common(3)),
+                tuple(f"{name} +{n / epochs:g}/epoch" for name, n in sample.what.most_common(3)),
             )
         compilations = None
         if self._counter is not None:
