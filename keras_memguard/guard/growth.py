@@ -293,7 +293,6 @@ def classify(evidence: GrowthEvidence) -> GrowthReport:
     total = max(host, 0.0) + max(device, 0.0)
     total = max(total, sum(size for size in sizes.values() if size > 0))
     floor = max(evidence.floor, MIN_SHARE * total)
-    compiling = "recompilation" in sizes  # named by its count even when its bytes are few
     compiled = evidence.compilations.mean if evidence.compilations is not None else None
     kinds = [
         GrowthKind(
@@ -304,7 +303,8 @@ def classify(evidence: GrowthEvidence) -> GrowthReport:
             compiled if kind == "recompilation" else None,
         )
         for kind, size in sizes.items()
-        if size >= floor or (kind == "recompilation" and compiling and total >= evidence.floor)
+        # recompilation is named by its count, even where its bytes are few
+        if size >= floor or kind == "recompilation"
     ]
     if total < evidence.floor:
         kinds = []
