@@ -314,3 +314,30 @@ def test_other_keras_backends_have_no_device_figures():
     adapter = current_backend("numpy")
     assert adapter.device_memory() is None and adapter.reset_peaks() is False
     assert adapter.is_out_of_memory(MemoryError(), "MemoryError", "")
+
+
+def test_the_leak_code_sees_this_backends_tensors_and_their_sizes():
+    import keras
+
+    from keras_memguard.backends.base import describe_tensor, tensor_types
+
+    tensor = keras.ops.zeros((32, 8), dtype="float32")
+    assert isinstance(tensor, tensor_types())
+    text, nbytes = describe_tensor(tensor)
+    assert nbytes == 32 * 8 * 4
+    assert "float32[32,8] on " in text
+
+
+def test_every_framework_folder_answers_the_same_calls():
+    from keras_memguard.backends.base import BACKENDS, backend_module
+
+    votes = {name: backend_module(name, "distributed").supports_vote() for name in BACKENDS}
+    assert votes == {"tensorflow": True, "jax": False, "torch": False}
+    for name in BACKENDS:
+        oom = backend_module(name, "oom").is_out_of_memory
+        assert oom(MemoryError(), "MemoryError", "") and not oom(None, "ValueError", "x")
+        context = backend_module(name, "distributed").worker_context(object())
+        assert not context.multi_worker and context.any_worker(True) is True
+        assert backend_module(name, "introspect").cannot_travel(object()) is None
+    with pytest.raises(ValueError, match="module='estimate'"):
+        backend_module("jax", "estimate")

@@ -105,9 +105,9 @@ def test_jax_after_its_gpu_backend_exists(fake_nvml, clean_env, monkeypatch):
 
 
 def test_jax_on_a_cpu_machine_configures_nothing(no_nvml, clean_env, jax_not_started):
-    from keras_memguard.backends import configure
+    from keras_memguard.backends.jax import configure
 
-    if configure._jax_has_gpu_plugin():
+    if configure.has_gpu_plugin():
         pytest.skip("a JAX GPU plugin is installed here")
     report = configure_gpus(memory_limit="4GiB", memory_growth=True, backend="jax")
     assert not report.changed and "nothing to configure" in report.message

@@ -24,9 +24,10 @@ def project():
 
 
 def extra(project, name):
+    """The requirements of an extra by name; ``None``: the core dependencies."""
+    listed = project["project"]["optional-dependencies"][name] if name else None
     return {
-        Requirement(r).name: Requirement(r)
-        for r in project["project"]["optional-dependencies"][name]
+        Requirement(r).name: Requirement(r) for r in listed or project["project"]["dependencies"]
     }
 
 
@@ -48,10 +49,18 @@ def test_license_file_matches(project):
         assert "Apache License" in f.read(200)
 
 
-@pytest.mark.parametrize(
-    ("distribution", "extra_name"),
-    [("tensorflow", "tensorflow"), ("tf-keras", "legacy"), ("jax", "jax"), ("torch", "torch")],
-)
+# Keras, the frameworks and keras-tuner, with the extra that declares each (None: core).
+BOUNDED = [
+    ("keras", None),
+    ("tensorflow", "tensorflow"),
+    ("tf-keras", "legacy"),
+    ("jax", "jax"),
+    ("torch", "torch"),
+    ("keras-tuner", "tuner"),
+]
+
+
+@pytest.mark.parametrize(("distribution", "extra_name"), BOUNDED)
 def test_installed_framework_is_in_the_declared_range(project, distribution, extra_name):
     try:
         installed = metadata.version(distribution)
@@ -60,6 +69,15 @@ def test_installed_framework_is_in_the_declared_range(project, distribution, ext
     requirement = extra(project, extra_name)[distribution]
     assert requirement.specifier.contains(installed, prereleases=True), (
         f"{distribution} {installed} is tested here but outside {requirement}"
+    )
+
+
+@pytest.mark.parametrize(("distribution", "extra_name"), [*BOUNDED, ("keras-tuner", "test")])
+def test_projects_whose_internals_we_use_have_an_upper_bound(project, distribution, extra_name):
+    """A release CI has not run may move a private name (keras_memguard/compat/)."""
+    requirement = extra(project, extra_name)[distribution]
+    assert any(spec.operator == "<" for spec in requirement.specifier), (
+        f"{requirement} has no upper bound"
     )
 
 

@@ -91,3 +91,32 @@ def test_every_error_the_package_raises_is_a_memguard_error():
     assert [n for n, c in own.items() if not issubclass(c, keras_memguard.MemGuardError)] == []
     assert keras_memguard.ReportError is own["ReportError"]
     assert callable(keras_memguard.shutdown_spares)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("keras_memguard.backends.tensorflow.TensorFlowDevices", "tensorflow.configure"),
+        ("keras_memguard.backends.tensorflow.is_initialized", "tensorflow.memory"),
+        ("keras_memguard.backends.jax.gpu_backend", "jax.memory"),
+        ("keras_memguard.backends.torch.TorchDevices", "torch.configure"),
+    ],
+)
+def test_the_old_adapter_paths_still_work_and_warn(old, new):
+    import importlib
+
+    package, name = old.rsplit(".", 1)
+    module = importlib.import_module(package)
+    with pytest.warns(DeprecationWarning, match=rf"moved to keras_memguard\.backends\.{new}"):
+        found = getattr(module, name)
+    assert found is getattr(importlib.import_module(f"keras_memguard.backends.{new}"), name)
+    with pytest.raises(AttributeError):
+        module.no_such_name  # noqa: B018
+
+
+def test_configure_keeps_its_public_names():
+    from keras_memguard.backends import configure
+
+    for name in configure.__all__:
+        assert getattr(configure, name) is not None
+    assert set(configure.__all__) >= {"GpuSetting", "configure_gpus", "current_gpu_configuration"}

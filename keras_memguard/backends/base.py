@@ -1,4 +1,21 @@
-"""The one small interface every framework adapter implements, and how one is picked.
+"""The one small interface the rest of the package calls, and how a framework is picked.
+
+Each framework has a folder, ``backends/<framework>/``, with modules of the same names
+and the same functions inside (the way Keras lays out ``keras/src/backend/``):
+
+- ``memory``: ``ADAPTER``, the :class:`Backend` (device figures, peaks, release, the wait
+  for dispatched steps), and ``is_initialized()``.
+- ``configure``: ``configure(request, devices)`` and ``current_configuration(devices)``,
+  its part of ``configure_gpus``.
+- ``oom``: ``is_out_of_memory(error, type_name, message)``.
+- ``distributed``: ``supports_vote()`` and ``worker_context(model)``, the workers' vote.
+- ``introspect``: ``tensor_types()``, ``describe(obj)`` and ``cannot_travel(value)``.
+- ``compat``: its private names (``SYMBOLS``, see :mod:`keras_memguard.compat`).
+- planned: ``estimate`` (the pre-flight's figures) and ``evidence`` (what a halt keeps).
+
+Where a framework lacks a feature, its module says so (``supports_vote()`` is
+``False``). Nothing outside ``backends/`` imports a framework (``data/`` for tf.data and
+``guard/legacy.py`` for tf_keras excepted); it calls the functions here.
 
 An adapter reads its framework's device memory, resets peaks, releases memory and
 recognises the framework's out-of-memory errors. Reading must never take memory: an
@@ -19,22 +36,36 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from keras_memguard.compat import keras as keras_compat
+from keras_memguard.compat import resolve
+
 __all__ = [
     "BACKENDS",
+    "MODULES",
     "Backend",
     "DeviceMemory",
     "NullBackend",
+    "WorkerContext",
+    "backend_module",
     "backend_name",
+    "cannot_travel",
     "current_backend",
+    "describe_tensor",
+    "tensor_types",
     "tensorflow_kept_out",
+    "worker_context",
 ]
 
 BACKENDS = ("tensorflow", "jax", "torch")
+"""The frameworks with a folder here; each is also the name of its Python package."""
+MODULES = ("compat", "configure", "distributed", "introspect", "memory", "oom")
+"""The modules every framework folder has, with the same functions inside."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +122,15 @@ class Backend(Protocol):
         """Drops the framework's compilation caches (the next call recompiles)."""
         ...
 
+    def wait_for_steps(self, model: Any, marker: Any, all_of_them: bool) -> Any:
+        """Waits for training steps dispatched but not run yet; returns the next marker.
+
+        ``marker`` is what the previous call returned (``None`` at first): waiting for it
+        waits for the steps dispatched up to that call; ``all_of_them`` waits for every
+        step. Frameworks that run each step before returning return ``marker`` as is.
+        """
+        ...
+
 
 def backend_name() -> str:
     """The Keras backend in use or configured, without importing Keras or a framework.
@@ -137,6 +177,9 @@ class NullBackend:
     def clear_caches(self) -> bool:
         return False
 
+    def wait_for_steps(self, model: Any, marker: Any, all_of_them: bool) -> Any:
+        return marker
+
 
 _adapters: dict[str, Backend] = {}
 
@@ -159,6 +202,140 @@ def current_backend(name: str | None = None) -> Backend:
     return adapter
 
 
+def backend_module(name: str, module: str) -> Any:
+    """``keras_memguard.backends.<name>.<module>`` (one of :data:`MODULES`), imported.
+
+    Importing it imports no framework. Example:
+        >>> backend_module("jax", "distributed").supports_vote()
+        False
+    """
+    if name not in BACKENDS or module not in MODULES:
+        raise ValueError(
+            f"Invalid backend module. Received: name={name!r}, module={module!r}. "
+            f"Expected a name in {BACKENDS} and a module in {MODULES}."
+        )
+    return importlib.import_module(f"keras_memguard.backends.{name}.{module}")
+
+
+def moved_name(package: str, name: str) -> Any:
+    """A name of an old module ``backends/<framework>.py``, now in the folder's modules.
+
+    For the module ``__getattr__`` of ``backends/<framework>/__init__.py``: the old paths
+    (``keras_memguard.backends.tensorflow.TensorFlowDevices``) keep working and warn.
+    """
+    for module in ("memory", "configure"):
+        found = importlib.import_module(f"{package}.{module}")
+        if name in getattr(found, "__all__", ()):
+            warnings.warn(
+                f"{package}.{name} moved to {package}.{module}.{name}; the old path "
+                "will be removed in a future release.",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            return getattr(found, name)
+    raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """This process's place in a distributed run (one worker unless a framework says).
+
+    Attributes:
+        strategy: the model's ``tf.distribute`` strategy, if any.
+        num_workers: worker processes in the cluster (1 without multi-worker).
+        index: this worker's index (the chief is 0).
+        is_chief: whether this worker writes the checkpoint and the main TensorBoard run.
+
+    Example:
+        >>> WorkerContext().any_worker(True)
+        True
+    """
+
+    strategy: Any = None
+    num_workers: int = 1
+    index: int = 0
+    is_chief: bool = True
+
+    @property
+    def multi_worker(self) -> bool:
+        return self.num_workers > 1
+
+    def any_worker(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any worker (here: this one; frameworks that vote
+        override it with a collective every worker must join)."""
+        return flag
+
+
+def single_worker(model: Any) -> WorkerContext:
+    """The context of a process that decides alone (frameworks without a vote)."""
+    return WorkerContext(strategy=getattr(model, "distribute_strategy", None))
+
+
+def worker_context(model: Any) -> WorkerContext:
+    """``model``'s place in a distributed run, from the Keras backend's ``distributed``.
+
+    Example:
+        >>> worker_context(model).multi_worker
+        False
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    # a tf.distribute strategy is TensorFlow's whatever the Keras backend (tf_keras too)
+    name = "tensorflow" if strategy is not None else backend_name()
+    if name not in BACKENDS:
+        return single_worker(model)
+    context: WorkerContext = backend_module(name, "distributed").worker_context(model)
+    return context
+
+
+def tensor_types() -> tuple[type, ...]:
+    """The tensor/array types of every loaded framework whose buffers live outside
+    ``tracemalloc`` (never imports a framework).
+
+    Example:
+        >>> tensor_types()      # with only TensorFlow loaded
+        (<class 'EagerTensor'>, <class '...BaseResourceVariable'>)
+    """
+    types: list[type] = []
+    for name in BACKENDS:
+        if name in sys.modules:
+            types += backend_module(name, "introspect").tensor_types()
+    return tuple(types)
+
+
+def describe_tensor(obj: Any) -> tuple[str, int]:
+    """``("EagerTensor float32[32,8] on cpu:0", nbytes)`` for a framework tensor.
+
+    ``(type name, 0)`` where its figures cannot be read.
+    """
+    name = type(obj).__name__
+    try:
+        if "torch" in type(obj).__module__ or hasattr(obj, "element_size"):
+            framework = "torch"
+        elif hasattr(obj, "nbytes") and hasattr(obj, "devices"):  # jax.Array
+            framework = "jax"
+        else:
+            framework = "tensorflow"
+        shape, dtype, nbytes, device = backend_module(framework, "introspect").describe(obj)
+    except Exception:
+        return name, 0
+    dims = ",".join(str(d) for d in shape)
+    return f"{name} {dtype}[{dims}] on {device}", nbytes
+
+
+def cannot_travel(value: Any) -> str | None:
+    """Why a framework object cannot be sent to another process (``None`` if it can).
+
+    Read from its type's names, so it imports no framework. Example:
+        >>> cannot_travel(tf.data.Dataset.range(3))
+        'a tf.data.Dataset cannot be sent to another process'
+    """
+    for name in BACKENDS:
+        why: str | None = backend_module(name, "introspect").cannot_travel(value)
+        if why:
+            return why
+    return None
+
+
 @contextmanager
 def tensorflow_kept_out() -> Iterator[None]:
     """Keeps Keras from importing TensorFlow just to look for its types (non-TF backends).
@@ -174,14 +351,14 @@ def tensorflow_kept_out() -> Iterator[None]:
         ...     model.save("guard.keras")
     """
     lazy: Any = None
+    available = keras_compat.LAZY_AVAILABLE_ATTRIBUTE
     if backend_name() != "tensorflow" and "tensorflow" not in sys.modules:
-        utils = sys.modules.get("keras.src.utils.module_utils")
-        candidate = getattr(utils, "tensorflow", None)
-        if getattr(candidate, "_available", True) is None:
+        candidate = resolve(keras_compat.LAZY_TENSORFLOW, loaded_only=True)
+        if getattr(candidate, available, True) is None:
             lazy = candidate
-            lazy._available = False
+            setattr(lazy, available, False)
     try:
         yield
     finally:
         if lazy is not None and "tensorflow" not in sys.modules:
-            lazy._available = None
+            setattr(lazy, available, None)

@@ -7,6 +7,9 @@ is an explicit bootstrap, to be called first thing in a script: never at import 
 safe to call twice, and it reports what it did. It configures the Keras backend in use
 (``KERAS_BACKEND``); see docs/backends.md for what it does on each.
 
+This module holds what every framework shares: the public names, the validation of the
+arguments, and the dispatch to ``backends/<framework>/configure.py``, which applies them.
+
 Users who cannot run code early can set the environment instead before Python starts
 (``TF_FORCE_GPU_ALLOW_GROWTH=true``, ``XLA_PYTHON_CLIENT_PREALLOCATE=false``, ...).
 
@@ -18,21 +21,15 @@ Example:
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import logging
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from keras_memguard.backends.jax import memory as jax_devices
-from keras_memguard.backends.torch import memory as torch_devices
-from keras_memguard.backends.base import backend_name, current_backend
-from keras_memguard.backends.tensorflow.memory import TensorFlowDevices
+from keras_memguard.backends.base import BACKENDS, backend_module, backend_name, current_backend
 from keras_memguard.errors import MemGuardError, invalid_argument, positive_int
-from keras_memguard.probes import nvml
 from keras_memguard.sizes import Size, format_bytes, parse_size
 
 __all__ = [
@@ -47,20 +44,7 @@ log = logging.getLogger("keras_memguard")
 
 MIB = 2**20
 SizeLike = int | float | str
-_ALLOCATORS = ("cuda_malloc_async",)
-_JAX_ALLOCATORS = {
-    "cuda_malloc_async": "cuda_async",
-    "cuda_async": "cuda_async",
-    "platform": "platform",
-    "bfc": "bfc",
-    "vmm": "vmm",
-    "default": "default",
-}
-_TORCH_ALLOCATORS = {
-    "cuda_malloc_async": "cudaMallocAsync",
-    "cudaMallocAsync": "cudaMallocAsync",
-    "native": "native",
-}
+Limits = Size | dict[int, Size] | None
 
 # The environment variables that govern each backend's GPU memory (shown in reports).
 ENVIRONMENT = {
@@ -154,7 +138,7 @@ class GpuConfigReport:
         return "\n".join(lines)
 
 
-_LIMIT_FORMS = (
+LIMIT_FORMS = (
     "bytes as a positive int, a size string ('5GiB', '512MB'), a fraction of each GPU's "
     "total in (0, 1] (0.5 or '50%'), or a mapping from GPU index to any of those"
 )
@@ -170,97 +154,12 @@ def _parse_limits(memory_limit: Any) -> Size | dict[int, Size] | None:
                 raise invalid_argument(
                     "memory_limit",
                     memory_limit,
-                    _LIMIT_FORMS,
+                    LIMIT_FORMS,
                     f"GPU index {key!r} is not a non-negative int",
                 )
             limits[key] = parse_size(value, name=f"memory_limit[{key}]")
         return limits
-    return parse_size(memory_limit, name="memory_limit", forms=_LIMIT_FORMS)
-
-
-def _needs_totals(limits: Size | dict[int, Size] | None) -> bool:
-    if limits is None:
-        return False
-    values = limits.values() if isinstance(limits, dict) else [limits]
-    return any(v.fraction is not None for v in values)
-
-
-def _nvml_totals(memory_limit: Any) -> list[int]:
-    try:
-        import pynvml  # noqa: F401  (only to tell "not installed" from "no driver")
-    except ImportError:
-        raise ValueError(
-            f"Invalid value for argument `memory_limit`. Received: memory_limit="
-            f"{memory_limit!r}. A fraction of each GPU's memory needs NVML to read the totals: "
-            f"{nvml.INSTALL_HINT}; or give the limit in bytes ('5GiB')."
-        ) from None
-    devices = nvml.visible_devices()
-    if devices is None:
-        raise ValueError(
-            f"Invalid value for argument `memory_limit`. Received: memory_limit="
-            f"{memory_limit!r}. NVML cannot read the GPUs' totals here (see the warning above); "
-            "give the limit in bytes ('5GiB')."
-        )
-    return [d.total for d in devices]
-
-
-def _requested(
-    gpu_count: int,
-    names: list[str],
-    totals: list[int | None],
-    limits: Size | dict[int, Size] | None,
-    memory_growth: bool | None,
-    logical_devices: int,
-) -> list[GpuSetting]:
-    settings = []
-    for index in range(gpu_count):
-        size = limits.get(index) if isinstance(limits, dict) else limits
-        limit = size.resolve(totals[index]) if size is not None else None
-        if size is not None and limit is None:
-            raise invalid_argument(
-                "memory_limit", str(size), _LIMIT_FORMS, f"the total of GPU {index} is unknown"
-            )
-        if (
-            limit is not None
-            and totals[index] is not None
-            and limit * logical_devices > (totals[index] or 0)
-        ):
-            raise invalid_argument(
-                "memory_limit",
-                format_bytes(limit),
-                _LIMIT_FORMS,
-                f"GPU {index} has only {format_bytes(totals[index])}",
-            )
-        settings.append(
-            GpuSetting(
-                index=index,
-                name=names[index],
-                total=totals[index],
-                memory_limit=limit,
-                memory_growth=bool(memory_growth) and limit is None,
-                logical_devices=logical_devices if limit is not None else 1,
-            )
-        )
-    return settings
-
-
-def _current(
-    devices: TensorFlowDevices, gpus: list[Any], names: list[str], totals: list[int | None]
-) -> list[GpuSetting]:
-    current = []
-    for index, device in enumerate(gpus):
-        limits = devices.get_memory_limits(device)
-        current.append(
-            GpuSetting(
-                index=index,
-                name=names[index],
-                total=totals[index],
-                memory_limit=limits[0] * MIB if limits and limits[0] >= 0 else None,
-                memory_growth=devices.get_memory_growth(device),
-                logical_devices=len(limits) if limits else 1,
-            )
-        )
-    return current
+    return parse_size(memory_limit, name="memory_limit", forms=LIMIT_FORMS)
 
 
 def configure_gpus(
@@ -320,201 +219,103 @@ def configure_gpus(
         >>> configure_gpus(memory_growth=True)
         >>> configure_gpus(memory_limit={0: "10GiB", 1: 0.5})
     """
-    if memory_growth not in (None, True, False):
-        raise invalid_argument("memory_growth", memory_growth, "True, False or None")
-    positive_int(logical_devices_per_gpu, "logical_devices_per_gpu")
-    limits = _parse_limits(memory_limit)
-    if logical_devices_per_gpu > 1 and limits is None:
-        raise invalid_argument(
-            "logical_devices_per_gpu",
-            logical_devices_per_gpu,
-            "1 unless memory_limit gives each logical GPU's size",
-        )
-    if visible_gpus is not None and (
-        not isinstance(visible_gpus, (list, tuple))
-        or any(isinstance(i, bool) or not isinstance(i, int) for i in visible_gpus)
-    ):
-        raise invalid_argument("visible_gpus", visible_gpus, "a list of GPU indices or None")
-
+    request = GpuRequest(
+        memory_limit=memory_limit,
+        memory_growth=memory_growth,
+        visible_gpus=visible_gpus,
+        logical_devices_per_gpu=logical_devices_per_gpu,
+        allocator=allocator,
+    )
     name = backend or backend_name()
-    if name == "jax":
-        return _configure_jax(
-            limits, memory_limit, memory_growth, visible_gpus, logical_devices_per_gpu, allocator
-        )
-    if name == "torch":
-        return _configure_torch(
-            limits,
-            memory_limit,
-            memory_growth,
-            visible_gpus,
-            logical_devices_per_gpu,
-            allocator,
-            devices,
-        )
-    if name != "tensorflow":
+    if name not in BACKENDS:
         message = f"configure_gpus: the {name!r} backend has no GPU memory settings."
         log.info(message)
-        return GpuConfigReport(message=message, backend=name, environment=_environment(name))
-    return _configure_tensorflow(
-        limits,
-        memory_limit,
-        memory_growth,
-        visible_gpus,
-        logical_devices_per_gpu,
-        allocator,
-        devices,
-    )
+        return GpuConfigReport(message=message, backend=name, environment=environment(name))
+    report: GpuConfigReport = backend_module(name, "configure").configure(request, devices)
+    return report
 
 
-def _configure_tensorflow(
-    limits: Size | dict[int, Size] | None,
-    memory_limit: Any,
-    memory_growth: bool | None,
-    visible_gpus: list[int] | None,
-    logical_devices_per_gpu: int,
-    allocator: str | None,
-    devices: TensorFlowDevices | None,
-) -> GpuConfigReport:
-    if allocator is not None and allocator not in _ALLOCATORS:
-        raise invalid_argument("allocator", allocator, f"None or one of {_ALLOCATORS}")
-    if limits is not None and memory_growth:
-        raise invalid_argument(
-            "memory_growth",
-            memory_growth,
-            "memory_growth=None/False when memory_limit is given",
-            "a hard limit and memory growth exclude each other",
-        )
-    devices = devices or TensorFlowDevices()
-    initialized = devices.is_initialized()
-    physical = devices.physical_gpus()
-    allocator_now = _apply_allocator(allocator, initialized)
+@dataclass(frozen=True)
+class GpuRequest:
+    """``configure_gpus``'s arguments, validated where no framework is needed.
 
-    if visible_gpus is not None:
-        bad = [i for i in visible_gpus if not 0 <= i < len(physical)]
-        if bad:
+    Attributes:
+        memory_limit: the argument as given (echoed in error messages).
+        memory_growth, visible_gpus, logical_devices_per_gpu, allocator: as given.
+        limits: ``memory_limit`` parsed (a :class:`~keras_memguard.sizes.Size` or one
+            per GPU index), ``None`` if not given.
+
+    Example:
+        >>> GpuRequest("4GiB", None, None, 1, None).limits
+        Size(bytes=4294967296, fraction=None)
+    """
+
+    memory_limit: Any
+    memory_growth: bool | None
+    visible_gpus: list[int] | None
+    logical_devices_per_gpu: int
+    allocator: str | None
+    limits: Limits = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.memory_growth not in (None, True, False):
+            raise invalid_argument("memory_growth", self.memory_growth, "True, False or None")
+        positive_int(self.logical_devices_per_gpu, "logical_devices_per_gpu")
+        object.__setattr__(self, "limits", _parse_limits(self.memory_limit))
+        if self.logical_devices_per_gpu > 1 and self.limits is None:
             raise invalid_argument(
-                "visible_gpus",
-                visible_gpus,
-                f"indices in 0..{len(physical) - 1}",
-                f"no GPU {bad[0]} among {len(physical)}",
+                "logical_devices_per_gpu",
+                self.logical_devices_per_gpu,
+                "1 unless memory_limit gives each logical GPU's size",
             )
-    if isinstance(limits, dict):
-        bad = [i for i in limits if not 0 <= i < len(physical)]
-        if bad:
-            raise invalid_argument(
-                "memory_limit",
-                memory_limit,
-                f"GPU indices in 0..{len(physical) - 1}"
-                if physical
-                else "no per-GPU mapping on a machine without GPUs",
-                f"there is no GPU {bad[0]}",
-            )
-
-    if not physical:
-        message = "configure_gpus: TensorFlow sees no GPU; nothing to configure."
-        log.info(message)
-        return GpuConfigReport(
-            initialized=initialized,
-            allocator=allocator_now,
-            message=message,
-            environment=_environment("tensorflow"),
-        )
-
-    totals: list[int | None] = [None] * len(physical)
-    if _needs_totals(limits):
-        nvml_totals = _nvml_totals(memory_limit)
-        totals = [nvml_totals[i] if i < len(nvml_totals) else None for i in range(len(physical))]
-    else:
-        found = nvml.visible_devices() or []
-        totals = [found[i].total if i < len(found) else None for i in range(len(physical))]
-    names = [devices.gpu_name(device) for device in physical]
-    wanted = _requested(
-        len(physical), names, totals, limits, memory_growth, logical_devices_per_gpu
-    )
-    hidden = tuple(
-        i for i in range(len(physical)) if visible_gpus is not None and i not in visible_gpus
-    )
-    current = _current(devices, physical, names, totals)
-    touches_growth = memory_growth is not None
-
-    def differs(want: GpuSetting, have: GpuSetting) -> bool:
-        if (
-            limits is not None
-            and want.memory_limit is not None
-            and (
-                want.memory_limit // MIB != (have.memory_limit or 0) // MIB
-                or want.logical_devices != have.logical_devices
-            )
+        visible = self.visible_gpus
+        if visible is not None and (
+            not isinstance(visible, (list, tuple))
+            or any(isinstance(i, bool) or not isinstance(i, int) for i in visible)
         ):
-            return True
-        return touches_growth and limits is None and want.memory_growth != have.memory_growth
+            raise invalid_argument("visible_gpus", visible, "a list of GPU indices or None")
 
-    changes = [w for w, h in zip(wanted, current, strict=True) if differs(w, h)]
-    visibility_changes = bool(hidden) and set(hidden) != _hidden_now(devices, physical)
+    def check_allocator(self, accepted: Mapping[str, str] | tuple[str, ...]) -> None:
+        """Refuses an ``allocator`` this framework does not know."""
+        if self.allocator is not None and self.allocator not in accepted:
+            raise invalid_argument("allocator", self.allocator, f"None or one of {tuple(accepted)}")
 
-    if not changes and not visibility_changes:
-        message = "configure_gpus: already in force; nothing changed."
-        log.info(message)
-        return GpuConfigReport(
-            tuple(current),
-            False,
-            initialized,
-            allocator_now,
-            message,
-            hidden,
-            environment=_environment("tensorflow"),
-        )
-    if initialized:
-        applied = "; ".join(f"GPU {h.index}: {h.describe()}" for h in current)
-        raise GpuConfigError(
-            "TensorFlow has already initialized its GPUs, so their memory settings can no "
-            f"longer change. In force: {applied}. Call keras_memguard.configure_gpus(...) "
-            "first in your program, before building models or running any TensorFlow op."
-        )
-    for want in changes:
-        device = physical[want.index]
-        if want.memory_limit is not None:
-            devices.set_memory_limits(device, [want.memory_limit // MIB] * want.logical_devices)
-        elif touches_growth:
-            devices.set_memory_growth(device, bool(memory_growth))
-    if visible_gpus is not None:
-        devices.set_visible_gpus([physical[i] for i in visible_gpus])
-    final = _current(devices, physical, names, totals) if changes else current
-    message = f"configure_gpus: configured {len(physical)} GPU(s)"
-    log.info("%s\n%s", message, "\n".join(f"  GPU {g.index}: {g.describe()}" for g in final))
-    return GpuConfigReport(
-        tuple(final),
-        True,
-        False,
-        allocator_now,
-        message,
-        hidden,
-        environment=_environment("tensorflow"),
-    )
+    def check_one_logical_device(self, framework: str) -> None:
+        """Refuses ``logical_devices_per_gpu > 1`` (logical GPUs are TensorFlow's)."""
+        if self.logical_devices_per_gpu != 1:
+            raise invalid_argument(
+                "logical_devices_per_gpu",
+                self.logical_devices_per_gpu,
+                f"1 under {framework} (logical GPUs are TensorFlow's)",
+            )
+
+    def check_indices(self, count: int | None, limits: bool = True) -> None:
+        """Refuses ``visible_gpus`` (and ``memory_limit`` keys) beyond ``count`` GPUs."""
+        if count is None:
+            return
+        if self.visible_gpus is not None:
+            bad = [i for i in self.visible_gpus if not 0 <= i < count]
+            if bad:
+                raise invalid_argument(
+                    "visible_gpus",
+                    self.visible_gpus,
+                    f"indices in 0..{count - 1}" if count else "None on a machine without GPUs",
+                    f"no GPU {bad[0]} among {count}",
+                )
+        if limits and isinstance(self.limits, dict):
+            bad = [i for i in self.limits if not 0 <= i < count]
+            if bad:
+                raise invalid_argument(
+                    "memory_limit",
+                    self.memory_limit,
+                    f"GPU indices in 0..{count - 1}"
+                    if count
+                    else "no per-GPU mapping on a machine without GPUs",
+                    f"there is no GPU {bad[0]}",
+                )
 
 
-def _hidden_now(devices: TensorFlowDevices, physical: list[Any]) -> set[int]:
-    visible = {d.name for d in devices.get_visible_gpus()}
-    return {i for i, d in enumerate(physical) if d.name not in visible}
-
-
-def _apply_allocator(allocator: str | None, initialized: bool) -> str | None:
-    now = os.environ.get("TF_GPU_ALLOCATOR")
-    if allocator is None or allocator == now:
-        return now
-    if initialized:
-        raise GpuConfigError(
-            f"TF_GPU_ALLOCATOR={allocator!r} takes effect only before TensorFlow initializes "
-            f"its GPUs, and it already has (TF_GPU_ALLOCATOR={now!r} was in force). Call "
-            "configure_gpus first in your program, or set the variable before starting Python."
-        )
-    os.environ["TF_GPU_ALLOCATOR"] = allocator
-    return allocator
-
-
-def current_gpu_configuration(
-    devices: TensorFlowDevices | None = None, backend: str | None = None
-) -> dict[str, Any]:
+def current_gpu_configuration(devices: Any = None, backend: str | None = None) -> dict[str, Any]:
     """The backend's GPU state as plain data, read without initializing anything.
 
     TensorFlow: before it is imported it reports nothing about devices (importing it
@@ -526,13 +327,19 @@ def current_gpu_configuration(
         False
     """
     name = backend or backend_name()
-    if name == "tensorflow":
-        return _tensorflow_configuration(devices)
+    if name not in BACKENDS:
+        return adapter_configuration(name)
+    state: dict[str, Any] = backend_module(name, "configure").current_configuration(devices)
+    return state
+
+
+def adapter_configuration(name: str) -> dict[str, Any]:
+    """The environment and each device's figures, from the backend's memory adapter."""
     adapter = current_backend(name)
     state: dict[str, Any] = {
         "backend": name,
         "initialized": adapter.is_gpu_initialized(),
-        "environment": _environment(name),
+        "environment": environment(name),
         "gpus": [],
     }
     for device in adapter.device_memory() or []:
@@ -550,42 +357,11 @@ def current_gpu_configuration(
     return state
 
 
-def _tensorflow_configuration(devices: TensorFlowDevices | None) -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "backend": "tensorflow",
-        "tensorflow_loaded": "tensorflow" in sys.modules,
-        "initialized": False,
-        "allow_growth_env": os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH"),
-        "allocator_env": os.environ.get("TF_GPU_ALLOCATOR"),
-        "gpus": [],
-    }
-    if not state["tensorflow_loaded"]:
-        return state
-    devices = devices or TensorFlowDevices()
-    state["initialized"] = devices.is_initialized()
-    try:
-        physical = devices.physical_gpus()
-        names = [d.name for d in physical]
-        for setting in _current(devices, physical, names, [None] * len(physical)):
-            state["gpus"].append(
-                {
-                    "device": names[setting.index],
-                    "setting": setting.describe(),
-                    "memory_limit": setting.memory_limit,
-                    "memory_growth": setting.memory_growth,
-                    "logical_devices": setting.logical_devices,
-                }
-            )
-    except (RuntimeError, ValueError) as err:
-        state["error"] = str(err)
-    return state
-
-
-def _environment(name: str) -> dict[str, str]:
+def environment(name: str) -> dict[str, str]:
     return {v: os.environ[v] for v in ENVIRONMENT.get(name, ()) if v in os.environ}
 
 
-def _package_reads(package: str, module_file: str, text: str) -> bool:
+def package_reads(package: str, module_file: str, text: str) -> bool:
     """Whether an installed package's source mentions ``text`` (without importing it)."""
     try:
         spec = importlib.util.find_spec(package)
@@ -603,47 +379,8 @@ def _package_reads(package: str, module_file: str, text: str) -> bool:
     return False
 
 
-def _jax_fraction_variable() -> str:
-    """The fraction variable to write: the one already set, else the one jaxlib reads.
-
-    JAX refuses both at once; ``XLA_CLIENT_MEM_FRACTION`` replaced
-    ``XLA_PYTHON_CLIENT_MEM_FRACTION`` (still read, deprecated) in recent jaxlib.
-    """
-    for name in ("XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_CLIENT_MEM_FRACTION"):
-        if os.environ.get(name):
-            return name
-    if _package_reads("jaxlib", "xla_client.py", "XLA_CLIENT_MEM_FRACTION"):
-        return "XLA_CLIENT_MEM_FRACTION"
-    return "XLA_PYTHON_CLIENT_MEM_FRACTION"
-
-
-def _torch_conf_variable() -> str:
-    """The allocator variable to write: the one already set, else torch's current name."""
-    for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
-        if os.environ.get(name):
-            return name
-    if _package_reads("torch", os.path.join("cuda", "memory.py"), "PYTORCH_ALLOC_CONF"):
-        return "PYTORCH_ALLOC_CONF"
-    return "PYTORCH_CUDA_ALLOC_CONF"
-
-
-def _with_alloc_backend(conf: str, backend: str) -> str:
-    """``conf`` (``key:value,...``) with its ``backend:`` entry set to ``backend``."""
-    entries = [e for e in conf.split(",") if e.strip() and not e.strip().startswith("backend:")]
-    return ",".join([*entries, f"backend:{backend}"])
-
-
-def _visible_devices(visible_gpus: list[int], count: int | None) -> str:
-    """``CUDA_VISIBLE_DEVICES`` for indices into the GPUs visible now."""
-    if count is not None:
-        bad = [i for i in visible_gpus if not 0 <= i < count]
-        if bad:
-            raise invalid_argument(
-                "visible_gpus",
-                visible_gpus,
-                f"indices in 0..{count - 1}" if count else "None on a machine without GPUs",
-                f"no GPU {bad[0]} among {count}",
-            )
+def visible_devices(visible_gpus: list[int]) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for indices into the GPUs visible now (checked before)."""
     current = os.environ.get("CUDA_VISIBLE_DEVICES")
     if current:
         ids = [x.strip() for x in current.split(",") if x.strip()]
@@ -659,7 +396,7 @@ def _visible_devices(visible_gpus: list[int], count: int | None) -> str:
     return ",".join(str(i) for i in visible_gpus)
 
 
-def _apply_environment(wanted: dict[str, str], initialized: bool, framework: str) -> dict[str, str]:
+def apply_environment(wanted: dict[str, str], initialized: bool, framework: str) -> dict[str, str]:
     """Sets ``wanted`` before the framework initializes; refuses a change after."""
     changes = {k: v for k, v in wanted.items() if os.environ.get(k) != v}
     if changes and initialized:
@@ -673,246 +410,3 @@ def _apply_environment(wanted: dict[str, str], initialized: bool, framework: str
         )
     os.environ.update(changes)
     return changes
-
-
-def _configure_jax(
-    limits: Size | dict[int, Size] | None,
-    memory_limit: Any,
-    memory_growth: bool | None,
-    visible_gpus: list[int] | None,
-    logical_devices_per_gpu: int,
-    allocator: str | None,
-) -> GpuConfigReport:
-    if logical_devices_per_gpu != 1:
-        raise invalid_argument(
-            "logical_devices_per_gpu",
-            logical_devices_per_gpu,
-            "1 under JAX (logical GPUs are TensorFlow's)",
-        )
-    if allocator is not None and allocator not in _JAX_ALLOCATORS:
-        raise invalid_argument("allocator", allocator, f"None or one of {tuple(_JAX_ALLOCATORS)}")
-    found = nvml.visible_devices()
-    count = len(found) if found is not None else None
-    totals = [d.total for d in found] if found else []
-    initialized = jax_devices.is_initialized()
-    no_gpu = ""
-    if initialized and jax_devices.gpu_backend() is None:
-        no_gpu = "JAX has already initialized its backends without a GPU"
-    elif not initialized and found == []:
-        no_gpu = "NVML sees no GPU here"
-    elif not initialized and found is None and not _jax_has_gpu_plugin():
-        no_gpu = "no JAX GPU plugin (jax[cuda12] or jax[cuda13]) is installed"
-    if no_gpu:
-        message = f"configure_gpus: {no_gpu}; JAX runs on the CPU, nothing to configure."
-        log.info(message)
-        return GpuConfigReport(
-            initialized=initialized, message=message, backend="jax", environment=_environment("jax")
-        )
-    wanted: dict[str, str] = {}
-    if limits is not None:
-        fraction = _jax_fraction(limits, memory_limit, count, totals)
-        wanted[_jax_fraction_variable()] = f"{fraction:.6g}"
-    if memory_growth is not None:
-        wanted["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false" if memory_growth else "true"
-    if allocator is not None:
-        wanted["XLA_PYTHON_CLIENT_ALLOCATOR"] = _JAX_ALLOCATORS[allocator]
-    if visible_gpus is not None:
-        wanted["CUDA_VISIBLE_DEVICES"] = _visible_devices(list(visible_gpus), count)
-    changes = _apply_environment(wanted, initialized, "JAX")
-    growth = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "").lower() in ("false", "0")
-    fraction_now = os.environ.get("XLA_CLIENT_MEM_FRACTION") or os.environ.get(
-        "XLA_PYTHON_CLIENT_MEM_FRACTION"
-    )
-    gpus = tuple(
-        GpuSetting(
-            index=d.index,
-            name=d.name,
-            total=d.total,
-            memory_limit=int(float(fraction_now) * d.total) if fraction_now else None,
-            memory_growth=growth,
-            framework="jax",
-        )
-        for d in found or []
-    )
-    if changes:
-        set_text = ", ".join(f"{k}={v}" for k, v in changes.items())
-        message = f"configure_gpus: JAX will read {set_text} when it creates its GPU backend"
-    else:
-        message = "configure_gpus: already in force; nothing changed."
-    log.info(message)
-    return GpuConfigReport(
-        gpus=gpus,
-        changed=bool(changes),
-        initialized=initialized,
-        allocator=os.environ.get("XLA_PYTHON_CLIENT_ALLOCATOR"),
-        message=message,
-        hidden=tuple(
-            i for i in range(count or 0) if visible_gpus is not None and i not in visible_gpus
-        ),
-        backend="jax",
-        environment=_environment("jax"),
-    )
-
-
-def _jax_has_gpu_plugin() -> bool:
-    """Whether a JAX CUDA or ROCm plugin is installed (read from package metadata)."""
-    for dist in importlib.metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
-        if name.startswith(("jax-cuda", "jax-rocm", "jaxlib-cuda")):
-            return True
-    return False
-
-
-def _jax_fraction(
-    limits: Size | dict[int, Size], memory_limit: Any, count: int | None, totals: list[int]
-) -> float:
-    """One fraction for every GPU (JAX has no per-GPU limit)."""
-    if isinstance(limits, dict):
-        if count is None or set(limits) != set(range(count)):
-            raise invalid_argument(
-                "memory_limit",
-                memory_limit,
-                "one limit for all GPUs under JAX",
-                "JAX applies one memory fraction to every GPU",
-            )
-        sizes = list(limits.values())
-    else:
-        sizes = [limits] * max(1, count or 1)
-    fractions = set()
-    for index, size in enumerate(sizes):
-        if size.fraction is not None:
-            fractions.add(round(size.fraction, 6))
-            continue
-        if not totals:
-            raise invalid_argument(
-                "memory_limit",
-                memory_limit,
-                "a fraction such as 0.5 or '50%' under JAX, or bytes with NVML installed",
-                "JAX takes a fraction of each GPU; converting bytes needs the GPUs' totals "
-                f"from NVML ({nvml.INSTALL_HINT})",
-            )
-        total = totals[index]
-        if size.bytes is None or size.bytes > total:
-            raise invalid_argument(
-                "memory_limit",
-                memory_limit,
-                _LIMIT_FORMS,
-                f"GPU {index} has only {format_bytes(total)}",
-            )
-        fractions.add(round(size.bytes / total, 6))
-    if len(fractions) != 1:
-        raise invalid_argument(
-            "memory_limit",
-            memory_limit,
-            "one fraction for all GPUs under JAX",
-            "these GPUs would need different fractions, and JAX has one for all",
-        )
-    return fractions.pop()
-
-
-def _configure_torch(
-    limits: Size | dict[int, Size] | None,
-    memory_limit: Any,
-    memory_growth: bool | None,
-    visible_gpus: list[int] | None,
-    logical_devices_per_gpu: int,
-    allocator: str | None,
-    devices: Any,
-) -> GpuConfigReport:
-    if logical_devices_per_gpu != 1:
-        raise invalid_argument(
-            "logical_devices_per_gpu",
-            logical_devices_per_gpu,
-            "1 under PyTorch (logical GPUs are TensorFlow's)",
-        )
-    if memory_growth is False:
-        raise invalid_argument(
-            "memory_growth",
-            memory_growth,
-            "True or None under PyTorch",
-            "PyTorch's caching allocator always grows on demand",
-        )
-    if allocator is not None and allocator not in _TORCH_ALLOCATORS:
-        raise invalid_argument("allocator", allocator, f"None or one of {tuple(_TORCH_ALLOCATORS)}")
-    devices = devices or torch_devices.TorchDevices()
-    initialized = devices.is_initialized()
-    count = devices.device_count()
-    if isinstance(limits, dict):
-        bad = [i for i in limits if not 0 <= i < count]
-        if bad:
-            raise invalid_argument(
-                "memory_limit",
-                memory_limit,
-                f"GPU indices in 0..{count - 1}" if count else "no per-GPU mapping without GPUs",
-                f"there is no GPU {bad[0]}",
-            )
-    wanted: dict[str, str] = {}
-    if allocator is not None:
-        variable = _torch_conf_variable()
-        wanted[variable] = _with_alloc_backend(
-            os.environ.get(variable, ""), _TORCH_ALLOCATORS[allocator]
-        )
-    if visible_gpus is not None:
-        wanted["CUDA_VISIBLE_DEVICES"] = _visible_devices(list(visible_gpus), count)
-    changes = _apply_environment(wanted, initialized, "PyTorch")
-    if count == 0:
-        message = "configure_gpus: PyTorch sees no GPU; nothing to configure."
-        if changes:
-            message += " Set " + ", ".join(f"{k}={v}" for k, v in changes.items()) + "."
-        log.info(message)
-        return GpuConfigReport(
-            changed=bool(changes),
-            initialized=initialized,
-            message=message,
-            backend="torch",
-            environment=_environment("torch"),
-        )
-    settings = []
-    limited = 0
-    hidden = tuple(i for i in range(count) if visible_gpus is not None and i not in visible_gpus)
-    if visible_gpus is not None and not initialized:
-        count = len(visible_gpus)  # the devices torch will see
-    for index in range(count):
-        size = limits.get(index) if isinstance(limits, dict) else limits
-        limit = None
-        if size is not None:
-            total = devices.total(index)  # creates this GPU's CUDA context
-            limit = size.resolve(total)
-            if limit is None or limit > total:
-                raise invalid_argument(
-                    "memory_limit",
-                    memory_limit,
-                    _LIMIT_FORMS,
-                    f"GPU {index} has only {format_bytes(total)}",
-                )
-            fraction = limit / total
-            if abs(devices.get_fraction(index) - fraction) > 1e-6:
-                devices.set_fraction(fraction, index)
-                limited += 1
-            settings.append(
-                GpuSetting(index, devices.gpu_name(index), total, limit, True, framework="torch")
-            )
-    changed = bool(changes) or limited > 0
-    parts = []
-    if limited:
-        parts.append(f"per-process memory fraction on {limited} GPU(s)")
-    if changes:
-        parts.append(", ".join(f"{k}={v}" for k, v in changes.items()))
-    if memory_growth:
-        parts.append("memory growth is PyTorch's default")
-    message = (
-        "configure_gpus: PyTorch: " + "; ".join(parts)
-        if changed
-        else "configure_gpus: already in force; nothing changed."
-    )
-    log.info(message)
-    return GpuConfigReport(
-        gpus=tuple(settings),
-        changed=changed,
-        initialized=initialized,
-        allocator=os.environ.get(_torch_conf_variable()),
-        message=message,
-        hidden=hidden,
-        backend="torch",
-        environment=_environment("torch"),
-    )

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from importlib import metadata
 from typing import Any
 
-from keras_memguard.backends.tensorflow import memory as tf_devices
+from keras_memguard.backends.base import backend_name, current_backend
 from keras_memguard.memory_snapshot import MemorySnapshot, snapshot
 from keras_memguard.probes import cgroup, nvml
 from keras_memguard.sizes import format_bytes
@@ -47,20 +47,6 @@ def _version(distribution: str) -> str | None:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _keras_backend() -> str:
-    backend = os.environ.get("KERAS_BACKEND")
-    if backend:
-        return backend
-    config = os.path.join(
-        os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "keras.json"
-    )
-    try:
-        with open(config) as f:
-            return str(json.load(f).get("backend", "tensorflow"))
-    except (OSError, ValueError):
-        return "tensorflow"
 
 
 def _gpu_configuration() -> dict[str, Any]:
@@ -177,7 +163,7 @@ def doctor_report() -> dict[str, Any]:
         "keras-memguard": _version("keras-memguard"),
         "tensorflow": _version("tensorflow") or _version("tensorflow-cpu"),
         "keras": _version("keras"),
-        "keras_backend": _keras_backend(),
+        "keras_backend": backend_name(),
         "tensorflow-datasets": _version("tensorflow-datasets"),
         "nvidia-ml-py": _version("nvidia-ml-py"),
         "nvidia_driver": nvml.driver_version(),
@@ -196,7 +182,7 @@ def doctor_report() -> dict[str, Any]:
         "warnings": diagnose(
             snap, env, versions, container_error, nvml.order_is_certain() if snap.gpus else True
         ),
-        "tensorflow_initialized": tf_devices.is_initialized(),
+        "tensorflow_initialized": current_backend("tensorflow").is_gpu_initialized(),
     }
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import keras
 
-from keras_memguard.backends.base import tensorflow_kept_out
+from keras_memguard.backends.base import current_backend, tensorflow_kept_out
 from keras_memguard.errors import (
     MemGuardWarning,
     MemoryLimitExceededError,
@@ -386,28 +386,8 @@ class MemGuardCallback(keras.callbacks.Callback):
         (one batch with ``check_every_n_batches=1``), and the pipeline never drains.
         ``all_of_them`` waits for every step (once per epoch, before validation).
         """
-        if keras.backend.backend() != "jax":
-            return
-        state = getattr(self._model, "_jax_state", None)
-        previous, self._step_marker = self._step_marker, None
-        try:
-            import jax
-
-            # Keras's tracked dict of lists of arrays: not a pytree JAX walks into. The
-            # next step takes these buffers over (donation), so the marker is a copy of
-            # the smallest: a tiny op that is done once the step it reads is done.
-            arrays = [a for group in dict(state or {}).values() for a in group]
-            if arrays:
-                self._step_marker = min(arrays, key=lambda a: a.size).copy()
-            wait_for = arrays if all_of_them else previous
-            if wait_for is not None:
-                jax.block_until_ready(wait_for)
-        except Exception as err:  # a failed wait must never stop training
-            warn_once(
-                "jax-wait",
-                f"keras-memguard: could not wait for JAX's dispatched steps ({err}); "
-                "checks may see memory a few steps early.",
-            )
+        backend = current_backend(keras.backend.backend())
+        self._step_marker = backend.wait_for_steps(self._model, self._step_marker, all_of_them)
 
     # ------------------------------------------- validation, evaluate(), predict()
     def _fit_is_running(self) -> bool:

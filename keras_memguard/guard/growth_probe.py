@@ -34,7 +34,12 @@ import time
 import tracemalloc
 from typing import Any
 
-from keras_memguard.backends.base import backend_name, current_backend
+from keras_memguard.backends.base import (
+    backend_name,
+    current_backend,
+    describe_tensor,
+    tensor_types,
+)
 from keras_memguard.backends.compiles import CompileLog
 from keras_memguard.errors import warn_once
 from keras_memguard.guard import leaks
@@ -60,7 +65,7 @@ def _garbage_size(
 ) -> tuple[str, int, bool]:
     """``(description, bytes, is_tensor)`` of a freed tensor or owning array, else 0 bytes."""
     if tensors and leaks._is_kind(type(obj), tensors, cache):
-        return (*leaks._describe_tensor(obj), True)
+        return (*describe_tensor(obj), True)
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(obj, numpy.ndarray) and obj.base is None:  # owns its data
         dims = ",".join(str(d) for d in obj.shape)
@@ -241,7 +246,7 @@ class GrowthProbe:
             if not self.active:
                 self._reset()
                 self.active = True
-                self._tensors = leaks._tensor_types()
+                self._tensors = tensor_types()
                 gc.collect()  # older garbage: freed now, never counted as this window's
                 raw, trimmed = _trimmed_rss()
                 if raw is not None and trimmed is not None:

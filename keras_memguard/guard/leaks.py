@@ -24,22 +24,25 @@ Example:
 
 from __future__ import annotations
 
-import ast
 import collections
-import ctypes
 import gc
-import importlib.util
 import itertools
 import linecache
 import os
 import sys
-import sysconfig
 import tracemalloc
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from keras_memguard.backends.base import describe_tensor, tensor_types
 from keras_memguard.errors import warn_once
+from keras_memguard.guard.frames import (
+    LIBRARY_PACKAGES,
+    function_at,
+    is_library_file,
+    object_traceback,
+    user_frame,
+)
 from keras_memguard.sizes import format_bytes
 
 __all__ = [
@@ -52,206 +55,11 @@ __all__ = [
     "user_frame",
 ]
 
-# Frames in these packages (and the standard library) are never named as a leak's site.
-LIBRARY_PACKAGES = (
-    "keras",
-    "tf_keras",
-    "tensorflow",
-    "tensorboard",
-    "jax",
-    "jaxlib",
-    "torch",
-    "numpy",
-    "optree",
-    "ml_dtypes",
-    "absl",
-    "keras_memguard",
-)
 TRACE_FRAMES = 64  # deep enough to reach a user frame below Keras's model building
 MIN_BYTES_PER_EPOCH = 256 * 1024
 TOP_SITES = 5
 _NUMPY_DOMAIN = 389047  # the tracemalloc domain NumPy reports its data buffers in
-_MANAGED_DICT = 1 << 4  # Py_TPFLAGS_MANAGED_DICT (CPython 3.11)
 _PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
-
-
-# ------------------------------------------------------------------------- frames
-def _library_roots() -> tuple[str, ...]:
-    roots = []
-    for name in LIBRARY_PACKAGES:
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            continue
-        for location in (spec.submodule_search_locations or []) if spec else []:
-            roots.append(os.path.join(os.path.realpath(location), ""))
-    return tuple(roots)
-
-
-def _stdlib_roots() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    return tuple(
-        {os.path.join(os.path.realpath(paths[key]), "") for key in ("stdlib", "platstdlib")}
-    )
-
-
-_ROOTS: tuple[tuple[str, ...], tuple[str, ...]] | None = None
-_IS_LIBRARY: dict[str, bool] = {}
-
-
-def is_library_file(filename: str) -> bool:
-    """Whether a frame in ``filename`` belongs to Python, a framework, NumPy or this package.
-
-    Example:
-        >>> is_library_file(keras.__file__), is_library_file("train.py")
-        (True, False)
-    """
-    known = _IS_LIBRARY.get(filename)
-    if known is not None:
-        return known
-    global _ROOTS
-    if _ROOTS is None:
-        _ROOTS = (_library_roots(), _stdlib_roots())
-    libraries, stdlib = _ROOTS
-    if filename.startswith("<"):
-        result = filename.startswith(("<frozen", "<__array_function__"))
-    else:
-        path = os.path.realpath(filename)
-        parts = path.split(os.sep)
-        result = path.startswith(libraries) or (
-            path.startswith(stdlib)
-            and "site-packages" not in parts
-            and "dist-packages" not in parts
-        )
-    _IS_LIBRARY[filename] = result
-    return result
-
-
-def user_frame(frames: Iterable[tracemalloc.Frame]) -> tuple[tracemalloc.Frame, bool] | None:
-    """The innermost frame outside the libraries, and ``True``; else the outermost, ``False``.
-
-    ``frames`` run from the oldest to the most recent, as in ``tracemalloc.Traceback``.
-    """
-    frames = list(frames)
-    for frame in reversed(frames):
-        if not is_library_file(frame.filename):
-            return frame, True
-    return (frames[0], False) if frames else None
-
-
-_FUNCTIONS: dict[str, list[tuple[int, int, str]]] = {}
-
-
-def function_at(filename: str, lineno: int) -> str:
-    """The qualified name of the innermost function around ``filename:lineno``."""
-    spans = _FUNCTIONS.get(filename)
-    if spans is None:
-        spans = []
-        try:
-            tree = ast.parse("".join(linecache.getlines(filename)))
-        except (SyntaxError, ValueError):
-            tree = None
-
-        def visit(node: ast.AST, prefix: str) -> None:
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                    name = prefix + child.name
-                    if isinstance(child, ast.ClassDef):
-                        visit(child, name + ".")
-                    else:  # named as __qualname__ names it
-                        spans.append((child.lineno, child.end_lineno or child.lineno, name))
-                        visit(child, name + ".<locals>.")
-                else:
-                    visit(child, prefix)
-
-        if tree is not None:
-            visit(tree, "")
-        _FUNCTIONS[filename] = spans
-    inside = [s for s in spans if s[0] <= lineno <= s[1]]
-    return max(inside)[2] if inside else "<module>"
-
-
-_GET_TRACEBACK: Any = None
-
-
-def object_traceback(obj: object) -> tracemalloc.Traceback | None:
-    """Where ``obj`` was allocated, if that happened while ``tracemalloc`` was tracing.
-
-    ``tracemalloc.get_object_traceback`` misses objects whose type keeps its ``__dict__``
-    before the object (every Python class on CPython 3.11, hence ``torch.Tensor`` and
-    TensorFlow's ``EagerTensor``); for those the block is looked up at its real start.
-    """
-    found = tracemalloc.get_object_traceback(obj)
-    if found is not None or sys.version_info >= (3, 12):
-        return found
-    if (
-        sys.version_info[:2] != (3, 11)
-        or sys.implementation.name != "cpython"
-        or not type(obj).__flags__ & _MANAGED_DICT
-    ):
-        return None
-    global _GET_TRACEBACK
-    if _GET_TRACEBACK is None:
-        function = ctypes.pythonapi._PyTraceMalloc_GetTraceback
-        function.restype = ctypes.py_object
-        function.argtypes = [ctypes.c_uint, ctypes.c_size_t]
-        _GET_TRACEBACK = function
-    # the block starts with the GC header (2 pointers) and the dict/weakref slots (2 more)
-    raw = _GET_TRACEBACK(0, id(obj) - 4 * ctypes.sizeof(ctypes.c_void_p))
-    return None if raw is None else tracemalloc.Traceback(raw)
-
-
-# ------------------------------------------------------------------------ tensors
-def _tensor_types() -> tuple[type, ...]:
-    """The framework tensor/array types whose buffers live outside ``tracemalloc``."""
-    types: list[type] = []
-    if "tensorflow" in sys.modules:
-        try:
-            from tensorflow.python.framework.ops import EagerTensor
-            from tensorflow.python.ops.resource_variable_ops import BaseResourceVariable
-
-            types += [EagerTensor, BaseResourceVariable]
-        except Exception:  # a TensorFlow without these internals: its tensors go unseen
-            pass
-    if "jax" in sys.modules:
-        try:
-            from jax._src.array import ArrayImpl  # concrete: `jax.Array` is an ABC
-
-            types.append(ArrayImpl)
-        except Exception:
-            pass
-    if "torch" in sys.modules:
-        try:
-            import torch
-
-            types.append(torch.Tensor)
-        except Exception:
-            pass
-    return tuple(types)
-
-
-def _describe_tensor(obj: Any) -> tuple[str, int]:
-    """``("EagerTensor float32[32,8] cpu", nbytes)`` for a framework tensor."""
-    name = type(obj).__name__
-    try:
-        if "torch" in type(obj).__module__ or hasattr(obj, "element_size"):
-            shape, dtype = tuple(obj.shape), str(obj.dtype).replace("torch.", "")
-            nbytes = int(obj.element_size() * obj.nelement())
-            device = str(obj.device)
-        elif hasattr(obj, "nbytes") and hasattr(obj, "devices"):  # jax.Array
-            shape, dtype, nbytes = tuple(obj.shape), str(obj.dtype), int(obj.nbytes)
-            if obj.is_deleted():  # donated or deleted: no buffer left
-                nbytes = 0
-            device = ",".join(sorted(str(d) for d in obj.devices()))
-        else:  # TensorFlow
-            shape = tuple(obj.shape.as_list())
-            dtype = obj.dtype.name
-            nbytes = int(obj.dtype.size * (obj.shape.num_elements() or 0))
-            device = obj.device.rsplit("/", 1)[-1].lower().replace("device:", "") or "?"
-    except Exception:
-        return name, 0
-    dims = ",".join(str(d) for d in shape)
-    return f"{name} {dtype}[{dims}] on {device}", nbytes
 
 
 # ------------------------------------------------------------------------- report
@@ -439,7 +247,7 @@ def sample_sites(
         raw = _raw_object_traceback(tensor)
         if raw is None:  # allocated before tracing began
             continue
-        what, nbytes = _describe_tensor(tensor)
+        what, nbytes = describe_tensor(tensor)
         entry = add(raw, _raw_site(raw), nbytes)
         if entry is not None:
             entry.tensor_bytes += nbytes
@@ -627,7 +435,7 @@ class LeakTracer:
     def _start(self, epoch: int) -> None:
         self._traces += 1
         self._first_epoch = epoch
-        self._tensor_types, self._is_tensor = _tensor_types(), {}
+        self._tensor_types, self._is_tensor = tensor_types(), {}
         self._baseline_types = type_counts()  # before tracing starts: it costs less
         if not tracemalloc.is_tracing():
             tracemalloc.start(self.frames)

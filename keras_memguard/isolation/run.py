@@ -43,7 +43,7 @@ from typing import Any
 
 import psutil
 
-from keras_memguard.backends.base import backend_name
+from keras_memguard.backends.base import BACKENDS, backend_name, cannot_travel
 from keras_memguard.errors import MemGuardError, invalid_argument
 from keras_memguard.memory_snapshot import snapshot
 from keras_memguard.probes.cgroup import CgroupReader
@@ -73,7 +73,6 @@ _running: set[_Child] = set()
 _running_lock = threading.Lock()
 # The configure_gpus report of this process when it is a run_isolated child.
 child_gpu_report: Any = None
-_FRAMEWORK_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
 @dataclass(frozen=True)
@@ -265,12 +264,9 @@ def _dumps(value: Any) -> bytes:
 
 def _cannot_travel(value: Any) -> str | None:
     """Why a value cannot be sent to another process, for the inputs people pass."""
-    kind = type(value)
-    names = {f"{c.__module__}.{c.__qualname__}" for c in kind.__mro__}
-    if any(n.startswith("tensorflow.") and n.endswith("DatasetV2") for n in names):
-        return "a tf.data.Dataset cannot be sent to another process"
-    if any(n.startswith("tensorflow.") and "Iterator" in n for n in names):
-        return "a tf.data iterator cannot be sent to another process"
+    why = cannot_travel(value)
+    if why:
+        return why
     if isinstance(value, (types.GeneratorType, types.AsyncGeneratorType)):
         return "an open generator cannot be sent to another process"
     return None
@@ -418,8 +414,8 @@ def default_preload() -> tuple[str, ...]:
         >>> default_preload()            # with KERAS_BACKEND=jax
         ('jax',)
     """
-    module = _FRAMEWORK_MODULES.get(backend_name())
-    return (module,) if module else ()
+    name = backend_name()
+    return (name,) if name in BACKENDS else ()  # each framework's package has its name
 
 
 def run_isolated(

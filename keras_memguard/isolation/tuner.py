@@ -36,6 +36,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from keras_memguard.backends.base import backend_name
+from keras_memguard.compat import resolve
+from keras_memguard.compat.keras_tuner import BUILD_AND_FIT, BUILD_AND_FIT_METHOD, TUNER_UTILS
 from keras_memguard.errors import invalid_argument
 from keras_memguard.isolation.batch_size import is_out_of_memory
 from keras_memguard.isolation.run import (
@@ -155,8 +157,7 @@ class _OracleView:
 
 def _best_values(callbacks: Any) -> list[float]:
     """The best objective value each ``SaveBestEpoch`` callback has seen."""
-    from keras_tuner.src.engine import tuner_utils
-
+    tuner_utils = resolve(TUNER_UTILS)
     return [c.best_value for c in callbacks or [] if isinstance(c, tuner_utils.SaveBestEpoch)]
 
 
@@ -171,7 +172,8 @@ def _build_and_fit_in_child(
     from keras_memguard.guard import fits
 
     fits.set_trial(str(trial.trial_id))  # a guard's run is named after the trial
-    results = tuner_class._build_and_fit_model(tuner, trial, *_restore(args), **_restore(kwargs))
+    build_and_fit = getattr(tuner_class, BUILD_AND_FIT_METHOD)
+    results = build_and_fit(tuner, trial, *_restore(args), **_restore(kwargs))
     return _portable(results), _best_values(kwargs.get("callbacks"))
 
 
@@ -191,7 +193,8 @@ def _child_view(tuner: Any) -> Any:
 
 def _isolated_build_and_fit(self: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
     from keras_tuner import errors
-    from keras_tuner.src.engine import tuner_utils
+
+    tuner_utils = resolve(TUNER_UTILS)
 
     state: _Isolation = self._memguard_isolation
     view = _child_view(self)
@@ -275,11 +278,16 @@ def isolate_trials(
         >>> tuner.search(x, y, validation_split=0.2, callbacks=[MemGuardCallback()])
     """
     try:
-        from keras_tuner.src.engine.tuner import Tuner
+        from keras_tuner import Tuner
     except ImportError as err:
         raise ImportError(
             "isolate_trials needs keras-tuner: pip install 'keras-memguard[tuner]'"
         ) from err
+    if resolve(TUNER_UTILS) is None or resolve(BUILD_AND_FIT) is None:
+        raise ImportError(
+            "isolate_trials does not know this keras-tuner's internals (checked on "
+            f"{TUNER_UTILS.checked}): pip install 'keras-tuner<1.5'"
+        )
     if not isinstance(tuner, Tuner):
         raise invalid_argument(
             "tuner",
@@ -309,7 +317,7 @@ def isolate_trials(
         previous.release()
     state = _Isolation(options, share_arrays_over)
     tuner._memguard_isolation = state
-    tuner._build_and_fit_model = types.MethodType(_isolated_build_and_fit, tuner)
+    setattr(tuner, BUILD_AND_FIT_METHOD, types.MethodType(_isolated_build_and_fit, tuner))
     on_search_end = type(tuner).on_search_end
 
     def search_ended(self: Any) -> None:

@@ -1,15 +1,14 @@
-"""JAX introspection for the growth classifier: compilations from ``jax.monitoring``.
-
-JAX reports each XLA compilation (``/jax/core/compile/backend_compile_duration``, with
-the jitted function's name) and each trace (``/jax/core/compile/jaxpr_trace_duration``)
-to the listeners registered with ``jax.monitoring``. The trace's input types are read
-from the tracing frame (``in_type``) where this JAX version keeps them there.
+"""What the leak code needs to know of JAX's arrays: their type and sizes.
 
 Example:
-    >>> counter = compile_counter()
-    >>> counter.start(); step(x); counter.stop()
-    >>> counter.count, counter.functions
-    (1, Counter({'jit(step)': 1}))
+    >>> describe(jnp.zeros((32, 8)))
+    ((32, 8), 'float32', 1024, 'TFRT_CPU_0')
+
+For the growth classifier (issue #27), :func:`compile_counter` counts JAX's compilations
+through ``jax.monitoring``: each XLA compilation
+(``/jax/core/compile/backend_compile_duration``, with the jitted function's name) and
+each trace (``/jax/core/compile/jaxpr_trace_duration``), whose input types are read
+from the tracing frame (``in_type``) where this JAX version keeps them there.
 """
 
 from __future__ import annotations
@@ -18,9 +17,40 @@ import sys
 from typing import Any
 
 from keras_memguard.backends.compiles import CompileLog
+from keras_memguard.backends.jax import compat
+from keras_memguard.compat import resolve
 from keras_memguard.errors import warn_once
 
-__all__ = ["COMPILE_EVENT", "TRACE_EVENT", "JaxCompileCounter", "compile_counter"]
+__all__ = [
+    "COMPILE_EVENT",
+    "TRACE_EVENT",
+    "JaxCompileCounter",
+    "cannot_travel",
+    "compile_counter",
+    "describe",
+    "tensor_types",
+]
+
+
+def tensor_types() -> tuple[type, ...]:
+    """JAX's concrete array type (``jax.Array`` is an ABC), whose buffers are XLA's."""
+    if "jax" not in sys.modules:
+        return ()
+    kind = resolve(compat.ARRAY_IMPL)
+    return (kind,) if kind is not None else ()
+
+
+def describe(obj: Any) -> tuple[tuple[int, ...], str, int, str]:
+    """``(shape, dtype, nbytes, devices)`` of a JAX array (0 bytes once deleted)."""
+    nbytes = 0 if obj.is_deleted() else int(obj.nbytes)  # donated or deleted: no buffer
+    device = ",".join(sorted(str(d) for d in obj.devices()))
+    return tuple(obj.shape), str(obj.dtype), nbytes, device
+
+
+def cannot_travel(value: Any) -> str | None:
+    """Why ``value`` cannot go to another process: nothing known here (arrays pickle)."""
+    return None
+
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"

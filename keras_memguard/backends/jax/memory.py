@@ -2,9 +2,9 @@
 
 Reading must never take memory. ``jax.devices()`` initialises JAX's backends, and its
 GPU backend preallocates 75% of every visible GPU by default; so this adapter never
-imports JAX and reads device figures only from a GPU backend that JAX has already
-created itself (``jax._src.xla_bridge._backends``). Before that, and on CPU, it
-reports ``None`` and the probes fall back to NVML.
+imports JAX to read and reads device figures only from a GPU backend that JAX has
+already created itself (``jax._src.xla_bridge._backends``, named in ``compat.py``).
+Before that, and on CPU, it reports ``None`` and the probes fall back to NVML.
 
 Figures come from ``Device.memory_stats()`` (XLA's allocator): ``bytes_in_use``,
 ``peak_bytes_in_use`` (since the process started: JAX cannot reset it),
@@ -24,18 +24,19 @@ import sys
 from typing import Any
 
 from keras_memguard.backends.base import DeviceMemory
+from keras_memguard.backends.jax import compat, oom
+from keras_memguard.compat import keras as keras_compat
+from keras_memguard.compat import resolve
 from keras_memguard.errors import warn_once
 
 __all__ = ["ADAPTER", "GPU_PLATFORMS", "JaxBackend", "gpu_backend", "is_initialized"]
 
 GPU_PLATFORMS = ("cuda", "rocm", "gpu")
-_OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory")
 
 
 def _backends() -> dict[str, Any]:
     """JAX's initialised backends by platform; empty if JAX is not loaded or not set up."""
-    bridge = sys.modules.get("jax._src.xla_bridge")
-    backends = getattr(bridge, "_backends", None)
+    backends = resolve(compat.BACKENDS, loaded_only=True)
     return dict(backends) if isinstance(backends, dict) else {}
 
 
@@ -105,16 +106,7 @@ class JaxBackend:
         """JAX has no way to reset ``peak_bytes_in_use``: always ``False``."""
         return False
 
-    def is_out_of_memory(self, error: BaseException | None, type_name: str, message: str) -> bool:
-        """``RESOURCE_EXHAUSTED`` from XLA (``JaxRuntimeError``), or a host ``MemoryError``."""
-        if isinstance(error, MemoryError):
-            return True
-        short = type_name.rsplit(".", 1)[-1]
-        if short == "MemoryError":
-            return True
-        if short in ("JaxRuntimeError", "XlaRuntimeError"):
-            return any(marker in message for marker in _OOM_MARKERS)
-        return short == "RuntimeError" and "RESOURCE_EXHAUSTED" in message
+    is_out_of_memory = staticmethod(oom.is_out_of_memory)
 
     def empty_cache(self) -> bool:
         """JAX's pool keeps its blocks (no public call returns them to the GPU)."""
@@ -127,6 +119,37 @@ class JaxBackend:
             return False
         jax.clear_caches()
         return True
+
+    def wait_for_steps(self, model: Any, marker: Any, all_of_them: bool) -> Any:
+        """Waits for dispatched steps, so that a check sees their memory.
+
+        Keras's JAX loop dispatches steps without waiting for them (tens of steps ahead
+        when nothing reads their results). A check waits for the steps dispatched up
+        to the previous check (``marker``): the memory it reads lags by at most one
+        check interval, and the pipeline never drains. ``all_of_them`` waits for every
+        step (once per epoch, before validation). Returns the next marker.
+        """
+        state = getattr(model, keras_compat.JAX_STATE_ATTRIBUTE, None)
+        new_marker = None
+        try:
+            import jax
+
+            # Keras's tracked dict of lists of arrays: not a pytree JAX walks into. The
+            # next step takes these buffers over (donation), so the marker is a copy of
+            # the smallest: a tiny op that is done once the step it reads is done.
+            arrays = [a for group in dict(state or {}).values() for a in group]
+            if arrays:
+                new_marker = min(arrays, key=lambda a: a.size).copy()
+            wait_for = arrays if all_of_them else marker
+            if wait_for is not None:
+                jax.block_until_ready(wait_for)
+        except Exception as err:  # a failed wait must never stop training
+            warn_once(
+                "jax-wait",
+                f"keras-memguard: could not wait for JAX's dispatched steps ({err}); "
+                "checks may see memory a few steps early.",
+            )
+        return new_marker
 
 
 ADAPTER = JaxBackend()

@@ -1,16 +1,15 @@
-"""TensorFlow introspection for the growth classifier: ``tf.function`` traces.
-
-TensorFlow exposes no event per trace, but each ``tf.function`` keeps the concrete
-functions it traced (one per input signature) in its function cache. The counter finds
-the live ``tf.function`` objects through ``gc`` when it is polled (at traced epoch ends
-only) and counts the concrete functions that appeared since ``start()``, with their
-input signatures.
+"""What the leak code needs to know of TensorFlow's tensors: their types and sizes.
 
 Example:
-    >>> counter = compile_counter()
-    >>> counter.start(); model.fit(...); counter.poll()
-    >>> counter.count
-    0
+    >>> describe(tf.zeros([32, 8]))
+    ((32, 8), 'float32', 1024, 'cpu:0')
+
+For the growth classifier (issue #27), :func:`compile_counter` counts ``tf.function``
+traces: TensorFlow exposes no event per trace, but each ``tf.function`` keeps the
+concrete functions it traced (one per input signature) in its function cache; the
+counter finds the live ``tf.function`` objects through ``gc`` when polled (at traced
+epoch ends only) and counts the concrete functions new since ``start()``, with their
+input signatures.
 """
 
 from __future__ import annotations
@@ -20,14 +19,41 @@ import sys
 from typing import Any
 
 from keras_memguard.backends.compiles import CompileLog
+from keras_memguard.backends.tensorflow import compat
+from keras_memguard.compat import resolve
 
-__all__ = ["TfTraceCounter", "compile_counter"]
+__all__ = ["TfTraceCounter", "cannot_travel", "compile_counter", "describe", "tensor_types"]
+
+
+def tensor_types() -> tuple[type, ...]:
+    """Eager tensors and variables, whose buffers ``tracemalloc`` does not see."""
+    if "tensorflow" not in sys.modules:
+        return ()
+    found = (resolve(compat.EAGER_TENSOR), resolve(compat.RESOURCE_VARIABLE))
+    return tuple(kind for kind in found if kind is not None)
+
+
+def describe(obj: Any) -> tuple[tuple[int | None, ...], str, int, str]:
+    """``(shape, dtype, nbytes, device)`` of a TensorFlow tensor or variable."""
+    shape = tuple(obj.shape.as_list())
+    nbytes = int(obj.dtype.size * (obj.shape.num_elements() or 0))
+    device = obj.device.rsplit("/", 1)[-1].lower().replace("device:", "") or "?"
+    return shape, obj.dtype.name, nbytes, device
+
+
+def cannot_travel(value: Any) -> str | None:
+    """Why ``value`` cannot go to another process: tf.data's datasets and iterators."""
+    names = {f"{c.__module__}.{c.__qualname__}" for c in type(value).__mro__}
+    if any(n.startswith("tensorflow.") and n.endswith("DatasetV2") for n in names):
+        return "a tf.data.Dataset cannot be sent to another process"
+    if any(n.startswith("tensorflow.") and "Iterator" in n for n in names):
+        return "a tf.data iterator cannot be sent to another process"
+    return None
 
 
 def _functions() -> list[Any]:
     """The live ``tf.function`` objects (one ``gc`` pass)."""
-    module = sys.modules.get("tensorflow.python.eager.polymorphic_function.polymorphic_function")
-    kind = getattr(module, "Function", None)
+    kind = resolve(compat.TF_FUNCTION, loaded_only=True)
     if kind is None:
         return []
     objects = gc.get_objects()  # by exact type, through the MRO: isinstance is 30x slower here
@@ -38,7 +64,7 @@ def _functions() -> list[Any]:
 
 
 def _concrete(function: Any) -> list[Any]:
-    cache = getattr(function, "_function_cache", None)
+    cache = getattr(function, compat.FUNCTION_CACHE, None)
     try:
         return list(cache.values()) if cache is not None else []
     except Exception:

@@ -1,9 +1,9 @@
-"""The TensorFlow device boundary: every call keras-memguard makes into ``tf.config``.
+"""The TensorFlow device boundary: device memory, peaks and release under TensorFlow.
 
-Two rules hold here. Probes (:func:`read_allocator_memory`) never import TensorFlow and
-never initialize its devices: they read only once TensorFlow has initialized them
-itself, because after that ``configure_gpus`` can no longer take effect. The
-configuration calls are thin wrappers, so tests can stand in a fake adapter.
+Probes (:func:`read_allocator_memory`) never import TensorFlow and never initialize its
+devices: they read only once TensorFlow has initialized them itself, because after that
+``configure_gpus`` can no longer take effect. The configuration calls are in
+``configure.py`` (:class:`~keras_memguard.backends.tensorflow.configure.TensorFlowDevices`).
 
 Example:
     >>> is_initialized()        # False until TensorFlow runs its first op
@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from keras_memguard.backends.base import DeviceMemory
+from keras_memguard.backends.tensorflow import compat, oom
+from keras_memguard.compat import resolve
 from keras_memguard.errors import warn_once
 
 __all__ = [
     "ADAPTER",
     "AllocatorMemory",
     "TensorFlowBackend",
-    "TensorFlowDevices",
     "is_initialized",
     "read_allocator_memory",
     "reset_allocator_peaks",
@@ -40,18 +41,16 @@ class AllocatorMemory:
 
 
 def _context() -> Any:
-    tf = sys.modules.get("tensorflow")
-    if tf is None:
+    if "tensorflow" not in sys.modules:
         return None
-    from tensorflow.python.eager import context
-
-    return context.context()
+    context = resolve(compat.CONTEXT)
+    return context() if context is not None else None
 
 
 def is_initialized() -> bool:
     """Whether TensorFlow has initialized its devices (never imports TensorFlow)."""
     ctx = _context()
-    return ctx is not None and getattr(ctx, "_context_handle", None) is not None
+    return ctx is not None and getattr(ctx, compat.CONTEXT_HANDLE, None) is not None
 
 
 def _logical_gpus() -> list[Any]:
@@ -93,63 +92,6 @@ def reset_allocator_peaks() -> None:
         warn_once("tf-allocator-reset", f"keras-memguard cannot reset GPU memory stats: {err}")
 
 
-class TensorFlowDevices:
-    """The ``tf.config`` calls that ``configure_gpus`` makes, in one narrow adapter."""
-
-    def is_initialized(self) -> bool:
-        return is_initialized()
-
-    def physical_gpus(self) -> list[Any]:
-        import tensorflow as tf
-
-        return list(tf.config.list_physical_devices("GPU"))
-
-    def get_visible_gpus(self) -> list[Any]:
-        import tensorflow as tf
-
-        return list(tf.config.get_visible_devices("GPU"))
-
-    def set_visible_gpus(self, devices: list[Any]) -> None:
-        import tensorflow as tf
-
-        tf.config.set_visible_devices(devices, "GPU")
-
-    def get_memory_growth(self, device: Any) -> bool:
-        import tensorflow as tf
-
-        return bool(tf.config.experimental.get_memory_growth(device))
-
-    def set_memory_growth(self, device: Any, enable: bool) -> None:
-        import tensorflow as tf
-
-        tf.config.experimental.set_memory_growth(device, enable)
-
-    def get_memory_limits(self, device: Any) -> list[int] | None:
-        """The logical devices' limits in MiB set on ``device``, or ``None``."""
-        import tensorflow as tf
-
-        configs = tf.config.get_logical_device_configuration(device)
-        if not configs:
-            return None
-        return [int(c.memory_limit) if c.memory_limit is not None else -1 for c in configs]
-
-    def set_memory_limits(self, device: Any, limits_mib: list[int]) -> None:
-        import tensorflow as tf
-
-        tf.config.set_logical_device_configuration(
-            device, [tf.config.LogicalDeviceConfiguration(memory_limit=m) for m in limits_mib]
-        )
-
-    def gpu_name(self, device: Any) -> str:
-        import tensorflow as tf
-
-        try:
-            details = tf.config.experimental.get_device_details(device)
-        except (ValueError, RuntimeError):
-            details = {}
-        return str(details.get("device_name") or device.name)
-
-
 class TensorFlowBackend:
     """The :class:`~keras_memguard.backends.base.Backend` adapter for TensorFlow."""
 
@@ -173,9 +115,7 @@ class TensorFlowBackend:
         reset_allocator_peaks()
         return True
 
-    def is_out_of_memory(self, error: BaseException | None, type_name: str, message: str) -> bool:
-        short = type_name.rsplit(".", 1)[-1]
-        return short in ("ResourceExhaustedError", "MemoryError") or isinstance(error, MemoryError)
+    is_out_of_memory = staticmethod(oom.is_out_of_memory)
 
     def empty_cache(self) -> bool:
         """TensorFlow's BFC allocator never hands memory back while the process lives."""
@@ -184,6 +124,10 @@ class TensorFlowBackend:
     def clear_caches(self) -> bool:
         """``keras.backend.clear_session()`` clears TensorFlow's kernel cache; nothing more."""
         return False
+
+    def wait_for_steps(self, model: Any, marker: Any, all_of_them: bool) -> Any:
+        """Each step has run when Keras's loop gets its results back: nothing to wait for."""
+        return marker
 
 
 ADAPTER = TensorFlowBackend()

@@ -1,8 +1,16 @@
-"""PyTorch's device boundary: the same module names as ``tensorflow/`` and ``jax/``.
+"""PyTorch's device boundary: the modules every framework folder has (``base.MODULES``).
 
-Importing this package imports no torch; each module imports it only where it must.
+See :mod:`keras_memguard.backends.base` for what each module holds. Importing this
+package imports no PyTorch; each module imports it only where it must.
 """
 
+from typing import Any
+
+from keras_memguard.backends.base import moved_name
 from keras_memguard.backends.torch.memory import ADAPTER
 
 __all__ = ["ADAPTER"]
+
+
+def __getattr__(name: str) -> Any:  # the names of the old module, with a warning
+    return moved_name(__name__, name)

@@ -1,12 +1,12 @@
-"""PyTorch introspection for the growth classifier: ``torch.compile`` graphs.
-
-Eager PyTorch (Keras's default on torch) compiles nothing. Where ``torch.compile`` is
-in use (``jit_compile=True``), TorchDynamo counts the graphs it compiled in
-``torch._dynamo.utils.counters["stats"]["unique_graphs"]``; the input shapes that caused
-them are not exposed, so none are reported.
+"""What the leak code needs to know of PyTorch's tensors: their type and sizes.
 
 Example:
-    >>> counter = compile_counter()   # None unless torch._dynamo is loaded
+    >>> describe(torch.zeros(32, 8))
+    ((32, 8), 'float32', 1024, 'cpu')
+
+For the growth classifier (issue #27), :func:`compile_counter` counts ``torch.compile``
+graphs (TorchDynamo's ``unique_graphs`` counter). Eager PyTorch (Keras's default on
+torch) compiles nothing; Dynamo does not expose the input shapes that caused a graph.
 """
 
 from __future__ import annotations
@@ -15,13 +15,32 @@ import sys
 from typing import Any
 
 from keras_memguard.backends.compiles import CompileLog
+from keras_memguard.backends.torch import compat
+from keras_memguard.compat import resolve
 
-__all__ = ["DynamoGraphCounter", "compile_counter"]
+__all__ = ["DynamoGraphCounter", "cannot_travel", "compile_counter", "describe", "tensor_types"]
+
+
+def tensor_types() -> tuple[type, ...]:
+    """``torch.Tensor`` (parameters derive from it) once torch is loaded."""
+    torch = sys.modules.get("torch")
+    kind = getattr(torch, "Tensor", None)
+    return (kind,) if isinstance(kind, type) else ()
+
+
+def describe(obj: Any) -> tuple[tuple[int, ...], str, int, str]:
+    """``(shape, dtype, nbytes, device)`` of a torch tensor."""
+    nbytes = int(obj.element_size() * obj.nelement())
+    return tuple(obj.shape), str(obj.dtype).replace("torch.", ""), nbytes, str(obj.device)
+
+
+def cannot_travel(value: Any) -> str | None:
+    """Why ``value`` cannot go to another process: nothing known here (arrays pickle)."""
+    return None
 
 
 def _graphs() -> int:
-    utils: Any = sys.modules.get("torch._dynamo.utils")
-    counters = getattr(utils, "counters", None)
+    counters: Any = resolve(compat.DYNAMO_COUNTERS, loaded_only=True, warn=False)
     try:
         return int(counters["stats"]["unique_graphs"]) if counters is not None else 0
     except Exception:
@@ -47,6 +66,6 @@ class DynamoGraphCounter(CompileLog):
 
 def compile_counter() -> DynamoGraphCounter | None:
     """A counter of ``torch.compile`` graphs; ``None`` where TorchDynamo is not loaded."""
-    if "torch._dynamo" not in sys.modules:
+    if resolve(compat.DYNAMO_COUNTERS, loaded_only=True, warn=False) is None:
         return None
     return DynamoGraphCounter()

@@ -23,11 +23,11 @@ import sys
 from typing import Any
 
 from keras_memguard.backends.base import DeviceMemory
+from keras_memguard.backends.torch import compat, oom
+from keras_memguard.compat import resolve
 from keras_memguard.errors import warn_once
 
-__all__ = ["ADAPTER", "TorchBackend", "TorchDevices", "is_initialized"]
-
-_OOM_MARKERS = ("CUDA out of memory", "CUDA error: out of memory", "can't allocate memory")
+__all__ = ["ADAPTER", "TorchBackend", "is_initialized"]
 
 
 def _cuda() -> Any:
@@ -46,8 +46,7 @@ def is_initialized() -> bool:
 
 
 def _has_context(index: int) -> bool:
-    torch = sys.modules["torch"]
-    check = getattr(torch._C, "_cuda_hasPrimaryContext", None)
+    check = resolve(compat.HAS_PRIMARY_CONTEXT, loaded_only=True)
     return bool(check(index)) if check is not None else False
 
 
@@ -113,16 +112,7 @@ class TorchBackend:
             return False
         return True
 
-    def is_out_of_memory(self, error: BaseException | None, type_name: str, message: str) -> bool:
-        """``torch.OutOfMemoryError``, CUDA's out-of-memory error, or a host ``MemoryError``."""
-        if isinstance(error, MemoryError):
-            return True
-        short = type_name.rsplit(".", 1)[-1]
-        if short in ("OutOfMemoryError", "MemoryError"):
-            return True
-        if short in ("RuntimeError", "AcceleratorError"):
-            return any(marker in message for marker in _OOM_MARKERS)
-        return False
+    is_out_of_memory = staticmethod(oom.is_out_of_memory)
 
     def empty_cache(self) -> bool:
         """Returns the caching allocator's unused blocks to the GPU; ``False`` before CUDA."""
@@ -133,42 +123,15 @@ class TorchBackend:
 
     def clear_caches(self) -> bool:
         """Resets ``torch.compile``'s caches (``torch._dynamo.reset()``) if loaded."""
-        dynamo = sys.modules.get("torch._dynamo")
-        if dynamo is None:
+        reset = resolve(compat.DYNAMO_RESET, loaded_only=True)
+        if reset is None:
             return False
-        dynamo.reset()
+        reset()
         return True
+
+    def wait_for_steps(self, model: Any, marker: Any, all_of_them: bool) -> Any:
+        """Each step has run when Keras's loop gets its results back: nothing to wait for."""
+        return marker
 
 
 ADAPTER = TorchBackend()
-
-
-class TorchDevices:
-    """The ``torch.cuda`` calls that ``configure_gpus`` makes, in one narrow adapter.
-
-    ``device_count()`` does not initialise CUDA (torch asks NVML first);
-    ``total()``, ``get_fraction()`` and ``set_fraction()`` do, on the device they touch.
-    """
-
-    def _cuda(self) -> Any:
-        import torch
-
-        return torch.cuda
-
-    def is_initialized(self) -> bool:
-        return is_initialized()
-
-    def device_count(self) -> int:
-        return int(self._cuda().device_count())
-
-    def gpu_name(self, index: int) -> str:
-        return str(self._cuda().get_device_name(index))
-
-    def total(self, index: int) -> int:
-        return int(self._cuda().get_device_properties(index).total_memory)
-
-    def get_fraction(self, index: int) -> float:
-        return float(self._cuda().get_per_process_memory_fraction(index))
-
-    def set_fraction(self, fraction: float, index: int) -> None:
-        self._cuda().set_per_process_memory_fraction(float(fraction), index)
