@@ -83,12 +83,12 @@ def main(rounds: int) -> None:
                     traced[epoch].append(timer.seconds[epoch])
                 found.append([site.location for site in guard.summary.leak_sites])
                 # the probe runs at the 3 traced epoch ends (baseline, sample, report)
-                probe_traced.append(guard._growth_probe.seconds / 3)
+                probe_traced.append(guard._leaks.probe.seconds / 3)
                 growth = guard.summary.growth
                 kinds = [k.headline() for k in growth.kinds] if growth is not None else []
             else:
                 untraced.extend(timer.seconds[1:])
-                probe_untraced.append(guard._growth_probe.seconds / EPOCHS)
+                probe_untraced.append(guard._leaks.probe.seconds / EPOCHS)
     base = statistics.median(untraced)
     print(f"backend {keras.backend.backend()}, {rounds} rounds, {STEPS} steps of {BATCH}")
     print(f"untraced epoch: median {base:.3f} s (min {min(untraced):.3f}, max {max(untraced):.3f})")

@@ -149,7 +149,7 @@ def fit(callbacks, trace_leaks=None):
         "warnings": [str(w.message) for w in caught if issubclass(w.category, MemGuardWarning)],
         "summary": str(guard.summary),
         "traced_epochs": guard._tracer.traced_epochs,
-        "probe_seconds": guard._growth_probe.seconds,
+        "probe_seconds": guard._leaks.probe.seconds,
     }
 
 

@@ -32,7 +32,17 @@ from typing import Any
 
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
 
-__all__ = ["EventWriter", "crc32c", "event_files", "masked_crc32c", "read_events"]
+from keras_memguard.errors import warn_once
+
+__all__ = [
+    "EventWriter",
+    "MemoryRunWriter",
+    "crc32c",
+    "event_files",
+    "masked_crc32c",
+    "memory_layout",
+    "read_events",
+]
 
 _CRC_TABLE: list[int] = []
 for _n in range(256):
@@ -199,3 +209,134 @@ def tensor_value(value: summary_pb2.Summary.Value) -> float | str | None:
     if tensor.tensor_content and tensor.dtype == types_pb2.DT_FLOAT:
         return float(struct.unpack("<f", tensor.tensor_content[:4])[0])
     return None
+
+
+class MemoryRunWriter:
+    """The guard's run ``<log_dir>/memory`` for one fit; a failing write never stops it.
+
+    It claims the fit's run (``memory``, ``memory_fit2``, ... see ``guard/fits.py``),
+    writes the custom-scalars layout, and at the fit's end adds its point to the
+    ``memory_fits`` summary run. Every failure warns once and training goes on.
+
+    Example:
+        >>> run = MemoryRunWriter()
+        >>> run.open("logs", "memory", gpu_indices=[])
+        >>> run.scalars("memory/", {"process_tree_mib": 412.5}, step=0)
+        >>> run.end_fit(guard.summary)
+    """
+
+    def __init__(self) -> None:
+        self.writer: EventWriter | None = None
+        self.log_dir: str | None = None
+        self.fit: Any = None  # this fit's point in the memory_fits run (a fits.Fit)
+
+    def open(self, log_dir: str | None, run: str, gpu_indices: list[int]) -> None:
+        """Opens the fit's run under ``log_dir`` (nothing when ``None`` or already open)."""
+        # fits writes its summary with EventWriter: imported here, not at the top.
+        from keras_memguard.guard import fits
+
+        if log_dir is None or self.writer is not None:
+            return
+        try:
+            fit = fits.begin(log_dir, run)  # a run per fit or trial
+            self.writer = EventWriter(os.path.join(log_dir, fit.run))
+            self.log_dir, self.fit = log_dir, fit
+            self.writer.custom_scalars_layout(memory_layout(gpu_indices))
+        except Exception as err:
+            self.writer = None
+            warn_once(
+                f"tensorboard-open:{log_dir}",
+                f"keras-memguard cannot write TensorBoard logs to {log_dir!r}: {err}. "
+                "Training continues without them.",
+            )
+
+    def end_fit(self, summary: Any) -> None:
+        """The fit ended: its point in the ``memory_fits`` run, then the file closes."""
+        from keras_memguard.guard import fits
+
+        fit, self.fit = self.fit, None
+        if fit is not None and self.log_dir is not None:
+            fits.end(self.log_dir, fit, summary)
+        self.close()
+
+    def drop(self) -> None:
+        """A fit that raised: no ``memory_fits`` point for it, and its file closes."""
+        self.fit = None
+        self.close()
+
+    def close(self) -> None:
+        """Closes the event file."""
+        if self.writer is None:
+            return
+        try:
+            self.writer.close()
+        except Exception as err:
+            warn_once(
+                "tensorboard-write", f"keras-memguard could not flush TensorBoard logs: {err}"
+            )
+        self.writer = None
+
+    def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        """Writes ``prefix + key`` scalars at ``step`` and flushes."""
+        if self.writer is None:
+            return
+        try:
+            for key, value in values.items():
+                self.writer.scalar(prefix + key, value, step)
+            self.writer.flush()
+        except Exception as err:
+            warn_once(
+                "tensorboard-write",
+                f"keras-memguard cannot write TensorBoard logs to {self.log_dir!r}: {err}. "
+                "Training continues.",
+            )
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        """Writes one text summary at ``step`` and flushes."""
+        if self.writer is None:
+            return
+        try:
+            self.writer.text(tag, text, step)
+            self.writer.flush()
+        except Exception as err:
+            warn_once("tensorboard-write", f"keras-memguard cannot write TensorBoard logs: {err}")
+
+
+def memory_layout(gpu_indices: list[int]) -> Any:
+    """The custom-scalars layout: one chart per bound, with the bound as a line.
+
+    The total limit stays out of the process chart, where it would flatten the usage curve.
+    """
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    def chart(title: str, regex: str) -> Any:
+        return layout_pb2.Chart(
+            title=title, multiline=layout_pb2.MultilineChartContent(tag=[regex])
+        )
+
+    return layout_pb2.Layout(
+        category=[
+            layout_pb2.Category(
+                title="keras-memguard",
+                chart=[
+                    chart(
+                        "Process memory against its bound (MiB)",
+                        r"memory/(process_tree_mib|process_tree_peak_mib|"
+                        r"container_usage_mib|bound_process_mib)",
+                    ),
+                    chart(
+                        "Available memory against its floor (MiB)",
+                        r"memory/(effective_available_mib|effective_available_min_mib|"
+                        r"bound_available_mib)",
+                    ),
+                    *(
+                        chart(
+                            f"GPU {i} memory against its bound (MiB)",
+                            rf"memory/gpu{i}_(process|allocated|allocated_peak|reserved|bound)_mib",
+                        )
+                        for i in gpu_indices
+                    ),
+                ],
+            )
+        ]
+    )

@@ -1,0 +1,94 @@
+"""The halt's checkpoint: its path checked at construction, the model saved at a halt.
+
+A bad path found only at a halt would lose the model, so ``check_checkpoint_path`` runs
+in ``MemGuardCallback.__init__``; ``save_checkpoint`` never raises (a halt must happen
+even when saving fails) and says loudly when it could not save.
+
+Example:
+    >>> path = check_checkpoint_path("checkpoints/guard.keras")
+    >>> save_checkpoint(model, path, WorkerContext())
+    'checkpoints/guard.keras'
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from typing import Any
+
+from keras_memguard.backends.base import tensorflow_kept_out
+from keras_memguard.errors import MemGuardWarning, invalid_argument
+from keras_memguard.guard.distributed import WorkerContext
+
+__all__ = ["check_checkpoint_path", "save_checkpoint"]
+
+
+def check_checkpoint_path(path: str | os.PathLike[str] | None) -> str | None:
+    """What a halt will write, checked now: a bad path found only at a halt loses the model.
+
+    A plain ``.h5`` is refused although ``model.save`` accepts it: that legacy HDF5
+    format cannot save a subclassed model, which would surface only at halt time.
+    """
+    if path is None:
+        return None
+    path = os.fspath(path)
+    if not path.endswith((".keras", ".weights.h5")):
+        why = ""
+        if path.endswith(".h5"):
+            why = (
+                "a plain '.h5' is Keras's legacy whole-model format, which cannot save "
+                "subclassed models; use 'name.keras' for the model or 'name.weights.h5' "
+                "for its weights"
+            )
+        raise invalid_argument(
+            "checkpoint_path",
+            path,
+            "a file path ending in '.keras' (whole model) or '.weights.h5' (weights only)",
+            why,
+        )
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise invalid_argument(
+            "checkpoint_path",
+            path,
+            f"a path whose directory can be created and written ({parent!r} is not a "
+            "writable directory)",
+        )
+    return path
+
+
+def save_checkpoint(model: Any, path: str | None, workers: WorkerContext) -> str | None:
+    """Saves ``model`` to ``path``; the path kept (the chief's), or ``None``.
+
+    Saving may run collective ops, so every worker saves; only the chief keeps the file.
+    A failure prints and warns, and returns ``None``: the halt goes on.
+    """
+    if path is None:
+        return None
+    if not workers.is_chief:
+        scratch = tempfile.mkdtemp(prefix=f"memguard_worker{workers.index}_")
+        path = os.path.join(scratch, os.path.basename(path))
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if path.endswith(".weights.h5"):
+            model.save_weights(path)
+        else:
+            with tensorflow_kept_out():  # Keras's save imports TF when installed
+                model.save(path)
+        if not workers.is_chief:
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+            return None
+        return path
+    except Exception as err:  # a halt must happen even when saving fails
+        message = (
+            f"keras-memguard: COULD NOT SAVE the checkpoint to {path}: {err}. Training "
+            "halts anyway; the model is still in memory: save it from your script."
+        )
+        print(message, file=sys.stderr, flush=True)
+        warnings.warn(message, MemGuardWarning, stacklevel=4)
+        return None
