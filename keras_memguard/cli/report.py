@@ -2,7 +2,8 @@
 
 It reads the ``memory/...`` scalars that ``MemGuardCallback`` wrote (every run under
 LOGDIR that has them), and summarizes each: peaks, final values, leak slope, halts, and
-the allocation sites of a leak (the ``memory/leak_sites`` text).
+the allocation sites of a leak (the ``memory/leak_sites`` text) and the kinds of growth
+(the ``memory/growth`` text).
 A run killed before its train end (the OOM killer, a scheduler) may have written no
 scalars at all; its heartbeat file (guard/heartbeat.py) still says where it was, and
 :func:`post_mortem` says what can be told from it: how the run ended and why, as far as
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keras_memguard.errors import WATCHDOG_EXIT_CODE, MemGuardError
+from keras_memguard.guard.growth import growth_lines
 from keras_memguard.guard.heartbeat import read_heartbeat
 from keras_memguard.guard.tensorboard import event_files, read_events, tensor_value
 from keras_memguard.probes.cgroup import read_oom_kills
@@ -65,6 +67,7 @@ class RunReport:
     leak_sites: list[str] = field(default_factory=list)  # issue #16: one line per site
     watchdog: list[str] = field(default_factory=list)  # issue #24: the watchdog's lines
     heartbeat: dict[str, Any] | None = None  # issue #24: the run's last heartbeat
+    growth: list[str] = field(default_factory=list)  # issue #27: one line per kind
 
     def fits(self) -> list[dict[str, Any]]:
         """The summary run's fits: index, run, start, end and peak MiB, by index."""
@@ -98,6 +101,7 @@ class RunReport:
             "figures": figures,
             "halts": self.halts,
             "leak_sites": self.leak_sites,
+            "growth": self.growth,
         }
         if self.fits():
             summary["fits"] = self.fits()
@@ -139,6 +143,8 @@ def read_run(run_dir: str, name: str | None = None) -> RunReport:
                     report.leak_sites = _leak_site_lines(content)  # the latest report wins
                 elif isinstance(content, str) and value.tag == "memory/watchdog":
                     report.watchdog.append(content)
+                elif isinstance(content, str) and value.tag == "memory/growth":
+                    report.growth = growth_lines(content)  # issue #27, the latest wins
     report.heartbeat = read_heartbeat(run_dir)
     for points in report.scalars.values():
         points.sort()
@@ -336,6 +342,9 @@ def format_report(runs: list[RunReport]) -> str:
         if run.leak_sites:  # issue #16
             lines.append("  leak sites (growth per epoch):")
             lines += [f"    {site}" for site in run.leak_sites]
+        if run.growth:  # issue #27
+            lines.append("  kinds of growth (per epoch, share of the growth):")
+            lines += [f"    {kind}" for kind in run.growth]
         lines += _format_heartbeat(run)  # issue #24
     return "\n".join(lines)
 

@@ -17,6 +17,8 @@ import warnings
 from collections.abc import Callable
 
 from keras_memguard.errors import MemGuardWarning
+from keras_memguard.guard.growth import GrowthReport
+from keras_memguard.guard.growth_probe import GrowthProbe
 from keras_memguard.guard.leaks import LeakReport, LeakTracer
 from keras_memguard.guard.policy import LeakDetector, MemGuardSummary, epochs_until
 from keras_memguard.memory_snapshot import MIB, MemorySnapshot
@@ -48,10 +50,13 @@ class LeakWatch:
         self.max_process_memory = max_process_memory
         self.detector = LeakDetector(warmup_epochs, (threshold.bytes or 0) / MIB, patience)
         self.tracer = LeakTracer(trace, warmup_epochs=warmup_epochs)
+        # issue #27: evidence of the kind of growth, gathered in the traced epochs
+        self.probe = GrowthProbe(max((threshold.bytes or 0) / 2, 2**18), self.tracer.epochs)
 
     def close(self) -> None:
         """Stops tracing (at train end, or for a fit that raised)."""
         self.tracer.close()
+        self.probe.close()  # issue #27
 
     def epoch_end(
         self,
@@ -70,6 +75,8 @@ class LeakWatch:
         summary.leak_slope_mib_per_epoch = slope
         if warn:
             message = self.message(epoch, slope, snap)
+            if summary.growth is not None:  # issue #27: the kinds of growth
+                message += f" Kinds of growth: {summary.growth.headline()}."
             message += self.tracer.warning_suffix()  # issue #16: the top site
             warnings.warn(message, MemGuardWarning, stacklevel=3)
         return slope
@@ -82,13 +89,41 @@ class LeakWatch:
         warned: bool,
     ) -> None:
         """Issue #16: one tracer step; a finished report goes to the summary and TensorBoard."""
+        self.probe.before_sample(epoch)  # issue #27: before the tracer samples
         report: LeakReport | None = self.tracer.epoch_end(epoch, suspected=self.detector.streak > 0)
-        if report is None or not report.sites:
+        growth = self._classify(epoch, report, summary, write_text)  # issue #27
+        if report is None or not (report.sites or growth):
             return
-        summary.leak_sites = list(report.sites)
-        write_text("memory/leak_sites", report.markdown(), epoch)
+        if report.sites:
+            summary.leak_sites = list(report.sites)
+            write_text("memory/leak_sites", report.markdown(), epoch)
         if not warned:  # the growth warning, when it comes now, names the top site itself
-            warnings.warn(f"keras-memguard: {report}", MemGuardWarning, stacklevel=4)
+            found = "\n".join(
+                str(part) for part in (report if report.sites else None, growth) if part
+            )
+            warnings.warn(f"keras-memguard: {found}", MemGuardWarning, stacklevel=4)
+
+    def _classify(
+        self,
+        epoch: int,
+        report: LeakReport | None,
+        summary: MemGuardSummary,
+        write_text: Callable[[str, str, int], None],
+    ) -> GrowthReport | None:
+        """Issue #27: the probe's step at a traced epoch end; a report naming kinds goes
+        to the summary and TensorBoard. Returns it the first time in a fit, else ``None``.
+        """
+        if report is None:
+            if self.tracer.tracing:
+                self.probe.after_sample(epoch)
+            return None
+        growth = self.probe.finish(epoch, report)
+        if growth is None or not growth.kinds:
+            return None
+        first = summary.growth is None
+        summary.growth = growth  # a retried trace's report replaces it, warned once
+        write_text("memory/growth", growth.markdown(), epoch)
+        return growth if first else None
 
     def message(self, epoch: int, slope: float, snap: MemorySnapshot) -> str:
         """The growth warning: the slope, and when it reaches the bound at this rate."""

@@ -19,6 +19,7 @@ from keras_memguard.memory_snapshot import MIB, GpuSnapshot, MemorySnapshot
 from keras_memguard.sizes import Size, format_bytes
 
 if TYPE_CHECKING:
+    from keras_memguard.guard.growth import GrowthReport
     from keras_memguard.guard.leaks import LeakSite
 
 __all__ = [
@@ -165,6 +166,8 @@ class MemGuardSummary:
     release: object | None = None
     # issue #16: where the growing memory is allocated, largest growth first
     leak_sites: list[LeakSite] = field(default_factory=list)
+    # issue #27: what kind of growth it is, largest first (None: none named)
+    growth: GrowthReport | None = None
 
     def __call__(self) -> None:
         """Prints the summary, so ``guard.summary()`` works as ``model.summary()`` does."""
@@ -185,6 +188,9 @@ class MemGuardSummary:
         if self.leak_sites:  # issue #16
             lines.append("  leak sites (growth per epoch):")
             lines += [f"    {site.describe()}" for site in self.leak_sites]
+        if self.growth is not None and self.growth.kinds:  # issue #27
+            lines.append("  kinds of growth (per epoch, share of the growth):")
+            lines += [f"    {kind.describe()}" for kind in self.growth.kinds]
         for halt in self.halts:
             saved = f"; saved {halt.checkpoint}" if halt.checkpoint else ""
             lines.append(f"  {halt.action}: {halt.describe()}{saved}")

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from keras_memguard.compat import PrivateSymbol
 
-__all__ = ["CONTEXT", "EAGER_TENSOR", "RESOURCE_VARIABLE", "SYMBOLS"]
+__all__ = [
+    "CONTEXT",
+    "EAGER_TENSOR",
+    "FUNCTION_CACHE",
+    "RESOURCE_VARIABLE",
+    "SYMBOLS",
+    "TF_FUNCTION",
+]
 
 CHECKED = "tensorflow 2.16-2.21.0"
 
@@ -67,6 +74,15 @@ DATASET_PARAMETERS = {
     "tensors": "_tensors",
 }
 """A transformation's parameters, by the name ``tf.data.Dataset``'s methods give them."""
+TF_FUNCTION = PrivateSymbol(
+    "tensorflow.python.eager.polymorphic_function.polymorphic_function",
+    "Function",
+    CHECKED,
+    "the growth classifier counts no tf.function traces",
+    source_mentions="_function_cache",
+)
+"""``tf.function``'s class; its ``_function_cache`` holds one concrete function per trace."""
+FUNCTION_CACHE = "_function_cache"
 
 SYMBOLS = (
     CONTEXT,
@@ -79,4 +95,5 @@ SYMBOLS = (
     PARALLEL_MAP,
     CACHE,
     TENSOR_SLICES,
+    TF_FUNCTION,
 )

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from keras_memguard.compat import PrivateSymbol
 
-__all__ = ["DYNAMO_RESET", "FAKE_TENSOR_MODE", "HAS_PRIMARY_CONTEXT", "MEM_TRACKER", "SYMBOLS"]
+__all__ = [
+    "DYNAMO_COUNTERS",
+    "DYNAMO_RESET",
+    "FAKE_TENSOR_MODE",
+    "HAS_PRIMARY_CONTEXT",
+    "MEM_TRACKER",
+    "SYMBOLS",
+]
 
 CHECKED = "torch 2.1-2.14.1"
 
@@ -44,4 +51,12 @@ MEM_TRACKER = PrivateSymbol(
 )
 """Counts a traced step's activations and temporaries by category (issue #25)."""
 
-SYMBOLS = (HAS_PRIMARY_CONTEXT, DYNAMO_RESET, FAKE_TENSOR_MODE, MEM_TRACKER)
+DYNAMO_COUNTERS = PrivateSymbol(
+    "torch._dynamo.utils",
+    "counters",
+    CHECKED,
+    "the growth classifier counts no torch.compile graphs",
+)
+"""TorchDynamo's counters; ``["stats"]["unique_graphs"]`` counts the graphs it compiled."""
+
+SYMBOLS = (HAS_PRIMARY_CONTEXT, DYNAMO_RESET, DYNAMO_COUNTERS, FAKE_TENSOR_MODE, MEM_TRACKER)
