@@ -77,7 +77,9 @@ def guarded_run(leak_mib: int) -> dict:
         "workers_seen": naive.children,
         "peak_tree": guard.summary.peak_process_tree,
         "epochs_run": len(history.history["loss"]),
-        "halt": None if halt is None else {"metric": halt.metric, "value": halt.value},
+        "halt": None
+        if halt is None
+        else {"metric": halt.metric, "value": halt.value, "reserve": halt.reserve},
     }
 
 
