@@ -37,13 +37,17 @@ def _skip_if_not_installed(symbol: PrivateSymbol) -> None:
     top = symbol.module.split(".")[0]
     if importlib.util.find_spec(top) is None:
         pytest.skip(f"{top} is not installed in this environment")
-    try:
-        importlib.import_module(symbol.module)
-    except ModuleNotFoundError as err:  # e.g. Keras's JAX trainer without JAX
-        missing = (err.name or "").split(".")[0]
-        if missing != top and importlib.util.find_spec(missing) is None:
-            pytest.skip(f"{symbol.module} needs {missing}, not installed here")
-        raise
+    # The package itself first: an import that failed earlier in this process leaves its
+    # submodules behind, so only the package's own import says what it lacks (keras-tuner
+    # imports TensorFlow, absent from the JAX and PyTorch environments).
+    for module in (top, symbol.module):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:  # e.g. Keras's JAX trainer without JAX
+            missing = (err.name or "").split(".")[0]
+            if missing != top and importlib.util.find_spec(missing) is None:
+                pytest.skip(f"{module} needs {missing}, not installed here")
+            raise
 
 
 def test_every_compat_module_lists_its_symbols():

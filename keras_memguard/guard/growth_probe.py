@@ -148,7 +148,7 @@ def compile_counter() -> CompileLog | None:
     return counter
 
 
-def _rss() -> int | None:
+def current_rss() -> int | None:
     """This process's RSS (its children's memory is not this process's growth)."""
     try:
         return process._rss(os.getpid())
@@ -158,12 +158,12 @@ def _rss() -> int | None:
 
 def _trimmed_rss() -> tuple[int | None, int | None]:
     """RSS, then RSS after ``malloc_trim(0)``: pages glibc keeps free are not growth."""
-    before = _rss()
+    before = current_rss()
     trim = _malloc_trim()
     if trim is None:
         return before, before
     trim(0)
-    return before, _rss()
+    return before, current_rss()
 
 
 def _device() -> tuple[int, int | None] | None:

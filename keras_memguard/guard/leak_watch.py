@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from keras_memguard.errors import MemGuardWarning
 from keras_memguard.guard.growth import GrowthReport
-from keras_memguard.guard.growth_probe import GrowthProbe
+from keras_memguard.guard.growth_probe import GrowthProbe, current_rss
 from keras_memguard.guard.leaks import LeakReport, LeakTracer
 from keras_memguard.guard.policy import LeakDetector, MemGuardSummary, epochs_until
 from keras_memguard.memory_snapshot import MIB, MemorySnapshot
@@ -52,6 +52,7 @@ class LeakWatch:
         self.tracer = LeakTracer(trace, warmup_epochs=warmup_epochs)
         # issue #27: evidence of the kind of growth, gathered in the traced epochs
         self.probe = GrowthProbe(max((threshold.bytes or 0) / 2, 2**18), self.tracer.epochs)
+        self.released = 0  # bytes the probe's collections and trims gave back
 
     def close(self) -> None:
         """Stops tracing (at train end, or for a fit that raised)."""
@@ -68,7 +69,9 @@ class LeakWatch:
         """One epoch's figure; returns the growth slope (MiB/epoch) once it is known."""
         slope, warn = None, False
         if snap.process_tree is not None:
-            slope, warn = self.detector.update(epoch, snap.process_tree / MIB)
+            # What the probe's own collections and trims gave back would read as a drop
+            # in the next epoch's figure and break the growth streak: count it back in.
+            slope, warn = self.detector.update(epoch, (snap.process_tree + self.released) / MIB)
         self._locate(epoch, summary, write_text, warned=warn)  # issue #16
         if slope is None:
             return None
@@ -89,9 +92,13 @@ class LeakWatch:
         warned: bool,
     ) -> None:
         """Issue #16: one tracer step; a finished report goes to the summary and TensorBoard."""
+        before = current_rss()  # a /proc read per epoch
         self.probe.before_sample(epoch)  # issue #27: before the tracer samples
         report: LeakReport | None = self.tracer.epoch_end(epoch, suspected=self.detector.streak > 0)
         growth = self._classify(epoch, report, summary, write_text)  # issue #27
+        after = current_rss() if before is not None else None
+        if before is not None and after is not None:
+            self.released += max(0, before - after)
         if report is None or not (report.sites or growth):
             return
         if report.sites:
