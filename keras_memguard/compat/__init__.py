@@ -78,7 +78,7 @@ def resolve(symbol: PrivateSymbol, *, loaded_only: bool = False, warn: bool = Tr
         try:
             value = importlib.import_module(symbol.module)
         except Exception as err:  # ImportError, or a framework failing at import
-            return _missing(symbol, f"cannot import {symbol.module} ({err})", warn)
+            return _missing(symbol, f"cannot import {symbol.name} ({err})", warn)
     for part in symbol.attribute.split(".") if symbol.attribute else ():
         value = getattr(value, part, _MISSING)
         if value is _MISSING:
