@@ -223,6 +223,9 @@ def test_a_fit_that_raised_leaves_no_writer_open_and_the_next_fit_gets_its_own_r
             if batch == 1:
                 raise RuntimeError("boom")
 
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
     x, y = tiny_data(samples=128)
     guard = MemGuardCallback(log_dir=str(tmp_path), check_every_n_batches=1, verbose=0)
     with pytest.raises(RuntimeError, match="boom"):
@@ -231,3 +234,98 @@ def test_a_fit_that_raised_leaves_no_writer_open_and_the_next_fit_gets_its_own_r
     assert guard._writer is None
     runs = sorted(d for d in os.listdir(tmp_path) if d.startswith("memory"))
     assert "memory" in runs and "memory_fit2" in runs, runs
+
+
+@pytest.mark.parametrize("call", ["predict", "evaluate"])
+def test_predict_or_evaluate_inside_fit_raises_instead_of_a_partial_result(model, call, tmp_path):
+    # Issue #23: another callback samples predictions each epoch with the guard passed
+    # (image logging). Keras builds a new callback list for that call; a crossing in it
+    # must raise as outside fit, not hand back 28 of 256 rows. The fit's own validation
+    # pass (same fit, validation_data) stays a validation pass: it runs whole.
+    x, y = tiny_data(samples=256)
+    leak = Leak(mib_per_test_batch=LEAK_MIB, mib_per_predict_batch=LEAK_MIB)
+    results = []
+
+    class SampleEachEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                if call == "predict":
+                    out = self.model.predict(x, batch_size=4, verbose=0, callbacks=[leak, guard])
+                else:
+                    out = self.model.evaluate(
+                        x, y, batch_size=4, verbose=0, callbacks=[leak, guard]
+                    )
+                results.append(out)
+
+    guard, bound = guard_above_now(checkpoint_path=tmp_path / "g.keras")
+    validation = Leak()  # counts the fit's own validation batches; leaks nothing
+    with pytest.raises(MemoryLimitExceededError) as info:
+        model.fit(
+            x,
+            y,
+            batch_size=32,
+            epochs=3,
+            verbose=0,
+            validation_data=(x[:64], y[:64]),
+            validation_batch_size=32,
+            callbacks=[validation, guard, SampleEachEpoch()],
+        )
+    assert results == []  # no partial result came back
+    assert info.value.epoch == 1 and info.value.metric == "process_tree"
+    halt = guard.summary.halts[0]
+    assert_halted_within_one_check(halt, bound, call)
+    assert leak.batches["predict" if call == "predict" else "test"] <= STOPPED_WITHIN
+    assert validation.batches["test"] == 2 * 2  # both epochs' validation passes ran whole
+    # The fit is halted too: its model was saved, and it loads.
+    assert halt.checkpoint == str(tmp_path / "g.keras")
+    restored = keras.saving.load_model(tmp_path / "g.keras")
+    assert restored.predict(x[:8], verbose=0).shape == (8, 2)
+
+
+def _open_files_under(directory):
+    """Paths under ``directory`` this process holds open (its /proc/self/fd links)."""
+    import os
+
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(directory)):
+            held.append(target)
+    return held
+
+
+def test_after_a_fit_that_raised_tracing_stops_and_files_close_without_reusing_the_guard(
+    model, tmp_path
+):
+    # Issue #23: Keras calls no hook when fit raises. The guard's watchdog thread sees
+    # the fit leave the training thread's stack and ends what the fit left running:
+    # tracemalloc (1.3-2x slower Python) and the memory run's event file.
+    import time
+    import tracemalloc
+
+    seen = {}
+
+    class Boom(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1 and batch == 1:  # tracing starts at epoch 0's end
+                seen["tracing"] = tracemalloc.is_tracing()
+                seen["open"] = _open_files_under(tmp_path)
+                raise RuntimeError("boom")
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+    x, y = tiny_data(samples=128)
+    guard = MemGuardCallback(log_dir=str(tmp_path), trace_leaks=True, leak_warmup_epochs=0)
+    assert not tracemalloc.is_tracing()
+    with pytest.raises(RuntimeError, match="boom"):
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[guard, Boom()])
+    assert seen["tracing"] and any("events.out.tfevents" in p for p in seen["open"])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (tracemalloc.is_tracing() or _open_files_under(tmp_path)):
+        time.sleep(0.1)
+    assert not tracemalloc.is_tracing()
+    assert _open_files_under(tmp_path) == []

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 import warnings
 from dataclasses import replace
@@ -47,7 +48,7 @@ from keras_memguard.guard.arguments import (
 )
 from keras_memguard.guard.checkpoint import check_checkpoint_path, save_checkpoint
 from keras_memguard.guard.distributed import WorkerContext, worker_context
-from keras_memguard.guard.halt import HaltState, fit_is_running
+from keras_memguard.guard.halt import HaltState, calling_callback_list, fit_is_running
 from keras_memguard.guard.headroom import (
     WARMUP_CHECKS,
     Reading,
@@ -226,6 +227,8 @@ class MemGuardCallback(keras.callbacks.Callback):
         on_stuck = check_choice(on_stuck, "on_stuck", ON_STUCK, "'exit' or 'warn'")  # issue #24
         self.on_stuck = on_stuck
         self._watchdog: Watchdog | None = None
+        self._stale_lock = threading.Lock()
+        self._fit_callbacks: int | None = None  # id() of the fit's CallbackList
         self.log_dir = os.fspath(log_dir) if log_dir is not None else None
         self.max_process_memory = optional_size(max_process_memory, "max_process_memory")
         self.min_available_memory = optional_size(min_available_memory, "min_available_memory")
@@ -324,6 +327,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._end_stale_fit()  # a guard reused after a fit that raised
         self._reset_run_state()
         self._state.begin_fit()
+        self._fit_callbacks = id(calling_callback_list(keras.callbacks.CallbackList))
         self._reset_phase()
         self._workers = worker_context(self.model)
         if self._workers.multi_worker and self._check_every is None:
@@ -345,6 +349,7 @@ class MemGuardCallback(keras.callbacks.Callback):
             multi_worker=self._workers.multi_worker,
             writer=self._writer,
             where=lambda: (self._state.phase, self._state.epoch, self._global_batch),
+            on_fit_gone=self._end_stale_fit,  # issue #23: a fit that raised
         )
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -410,14 +415,25 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._step_marker = backend.wait_for_steps(self._model, self._step_marker, all_of_them)
 
     # ------------------------------------------- validation, evaluate(), predict()
-    def _end_stale_fit(self) -> None:
-        """Closes what a fit that raised left open: its writer, its run, its tracer."""
-        self._state.end_stale_fit()
-        leaks = getattr(self, "_leaks", None)
-        if leaks is not None:
-            leaks.close()
-        self._run.drop()
-        self._stop_watchdog("raised")  # issue #24
+    def _end_stale_fit(self, watchdog: Watchdog | None = None) -> None:
+        """Closes what a fit that raised left open: its tracer, its run, its watchdog.
+
+        Called on the training thread when the guard is used again, and (issue #23) by
+        the fit's own ``watchdog`` thread once that fit left the training thread's
+        stack, so that tracing stops and files close within seconds (docs/callback.md).
+        The lock and the watchdog's identity keep a late watchdog off a newer fit.
+        """
+        with self._stale_lock:
+            if watchdog is not None and watchdog is not self._watchdog:
+                return  # its fit's things were closed already
+            dog, self._watchdog = self._watchdog, None
+            self._state.end_stale_fit()
+            leaks = getattr(self, "_leaks", None)
+            if leaks is not None:
+                leaks.close()
+            self._run.drop()
+        if dog is not None:
+            dog.stop("raised")  # issue #24; outside the lock: it may join that thread
 
     def _still_in_fit(self) -> bool:
         """Whether a fit is running now; if the one marked running raised, ends it.
@@ -430,7 +446,9 @@ class MemGuardCallback(keras.callbacks.Callback):
         return self._state.in_fit
 
     def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if self._still_in_fit():
+        if self._still_in_fit() and self._fit_callbacks == id(
+            calling_callback_list(keras.callbacks.CallbackList)
+        ):  # fit's own validation pass; another callback's evaluate() is nested
             # The epoch's last training batch ran after the last check (at its begin):
             # check it before validation. Every worker reaches this hook: votes are safe.
             self._wait_for_dispatched_steps(all_of_them=True)
@@ -461,6 +479,10 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     def on_predict_end(self, logs: dict[str, Any] | None = None) -> None:
         self._state.end_predict()
+
+    def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._state.nested:
+            self._state.end_predict()
 
     def _begin_standalone(self, phase: str) -> None:
         """``evaluate()`` or ``predict()``: outside ``fit`` a phase of its own.
@@ -650,25 +672,28 @@ class MemGuardCallback(keras.callbacks.Callback):
         halt = replace(halt, checkpoint=saved)
         self.summary.halts.append(halt)
         line = f"keras-memguard: {plan.verb}: {halt.describe()} ({parameter})"
+        if plan.standalone or plan.nested:
+            line += f"; {halt.phase}() gives no partial result"
         if saved:
             line += f"; model saved to {saved}"
-        elif plan.standalone:
-            line += f"; {halt.phase}() gives no partial result"
-        elif not has_path:
+        elif not plan.standalone and not has_path:
             line += "; no checkpoint_path was given, so nothing was saved"
-        elif not self._workers.is_chief:
+        elif not plan.standalone and not self._workers.is_chief:
             line += "; the chief worker keeps the checkpoint"
         print(line, file=sys.stderr, flush=True)
         self._run.text("memory/halt", line, self._state.epoch or 0)
         if plan.stop_evaluating:
             self.model.stop_evaluating = True
+        if plan.stop_training:
+            self.model.stop_training = True
         if plan.raise_error:
-            if plan.standalone:
+            if plan.standalone or plan.nested:
                 # JAX's evaluate() and predict() put the model's state back only when their
                 # loop ends; reading self.model does it now, so the model stays usable.
                 _ = self.model
-            self._run.close()
-            self._stop_watchdog("raised")  # issue #24
+            if not plan.nested:  # a nested call's fit ends as any fit that raised
+                self._run.close()
+                self._stop_watchdog("raised")  # issue #24
             raise MemoryLimitExceededError(
                 line,
                 snapshot=snap,
@@ -678,7 +703,6 @@ class MemGuardCallback(keras.callbacks.Callback):
                 epoch=halt.epoch,
                 batch=halt.batch,
             )
-        self.model.stop_training = True
 
     @property
     def _model_for_flags(self) -> Any:
