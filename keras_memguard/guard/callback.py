@@ -547,7 +547,10 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ sampling
     def _sample(self) -> MemorySnapshot:
-        snap = self._sampler.sample(self.summary)
+        # a non-resettable GPU peak (JAX): live bytes + the training step's temporaries
+        training = self._state.in_fit and self._state.phase == "train"
+        temporaries = _preflight.step_temporaries(self.estimate) if training else None
+        snap = self._sampler.sample(self.summary, temporaries)
         self.last_snapshot = snap
         self._last_check = time.monotonic()
         if self._watchdog is not None:
