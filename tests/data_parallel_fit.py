@@ -27,9 +27,12 @@ model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # compiled: no growth from 
 
 
 class LeakFromEpochOne(keras.callbacks.Callback):
-    """Holds 30 MiB per training batch (16 per epoch) from epoch 1 on: the bound is crossed mid-epoch."""
+    """Holds 30 MiB per training batch (16 per epoch) from epoch 1 on: the bound is
+    crossed mid-epoch."""
 
-    held: list = []
+    def __init__(self):
+        super().__init__()
+        self.held = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
