@@ -2,12 +2,15 @@
 
 import os
 
+import pytest
 from test_snapshot_and_doctor import memguard_command
 from training import read_scalars, tiny_data, tiny_model
 
 from keras_memguard import MemGuardCallback
 from keras_memguard.cli.report import load_report
 from keras_memguard.guard import fits
+
+pytestmark = pytest.mark.backends  # TensorFlow, JAX and PyTorch (issue #23)
 
 
 def test_one_guard_over_three_fits_writes_three_runs_and_one_rising_summary(tmp_path):

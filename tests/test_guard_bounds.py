@@ -19,6 +19,8 @@ from keras_memguard.backends.base import DeviceMemory
 from keras_memguard.errors import MemGuardWarning
 from keras_memguard.probes import cgroup
 
+pytestmark = pytest.mark.backends  # TensorFlow, JAX and PyTorch (issue #23)
+
 MIB, GIB = 2**20, 2**30
 LIMIT = GIB
 
