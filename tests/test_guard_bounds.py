@@ -197,8 +197,8 @@ def test_a_peak_that_cannot_be_reset_counts_only_when_it_rises(framework):
     guard = MemGuardCallback(max_gpu_memory="3GiB", check_every_n_batches=1, verbose=0)
     calm = fit(tiny_model(), [Steps(framework, lambda i: GIB), guard], epochs=2)
     assert len(calm.history["loss"]) == 2 and guard.summary.halts == []
-    steps = Steps(framework, lambda i: 5 * GIB if i >= 40 else GIB)  # 6 GiB > old peak
-    fit(tiny_model(), [steps, guard], epochs=4)
+    steps = Steps(framework, lambda i: 5 * GIB if i >= 20 else GIB)  # 6 GiB > old peak
+    fit(tiny_model(), [steps, guard], epochs=2)
     halt = guard.summary.halts[0]
     assert halt.metric == "gpu0_allocated_peak" and halt.value == 6 * GIB
 

@@ -337,7 +337,7 @@ def test_after_a_fit_that_raised_tracing_stops_and_files_close_without_reusing_t
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
-    x, y = tiny_data(samples=128)
+    x, y = tiny_data(samples=48)  # 3 batches an epoch: tracing slows Python down
     guard = MemGuardCallback(log_dir=str(tmp_path), trace_leaks=True, leak_warmup_epochs=0)
     assert not tracemalloc.is_tracing()
     with pytest.raises(RuntimeError, match="boom"):
