@@ -195,6 +195,8 @@ class MemGuardCallback(keras.callbacks.Callback):
         >>> model.fit(x, y, epochs=5, callbacks=[guard])
     """
 
+    _callback_list_type: type = keras.callbacks.CallbackList  # tf_keras: its own
+
     def __init__(
         self,
         log_dir: str | os.PathLike[str] | None = None,
@@ -327,7 +329,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._end_stale_fit()  # a guard reused after a fit that raised
         self._reset_run_state()
         self._state.begin_fit()
-        self._fit_callbacks = id(calling_callback_list(keras.callbacks.CallbackList))
+        self._fit_callbacks = id(calling_callback_list(self._callback_list_type))
         self._reset_phase()
         self._workers = worker_context(self.model)
         if self._workers.multi_worker and self._check_every is None:
@@ -447,7 +449,7 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self._still_in_fit() and self._fit_callbacks == id(
-            calling_callback_list(keras.callbacks.CallbackList)
+            calling_callback_list(self._callback_list_type)
         ):  # fit's own validation pass; another callback's evaluate() is nested
             # The epoch's last training batch ran after the last check (at its begin):
             # check it before validation. Every worker reaches this hook: votes are safe.
