@@ -87,6 +87,9 @@ LOG_KEYS = ("memory/process_tree_peak_mib",)
 ANOTHER_WORKER = Crossing("another_worker", "a bound on another worker", 0, 0)
 # With several workers, checks happen on batch counts (the same step on every worker).
 MULTI_WORKER_CHECK_EVERY = 10
+# Between a watchdog ending a fit that raised and the training thread reusing the guard
+# (module-wide: a guard stays picklable, as KerasTuner and run_isolated need).
+_STALE_LOCK = threading.Lock()
 
 
 class MemGuardCallback(keras.callbacks.Callback):
@@ -229,7 +232,6 @@ class MemGuardCallback(keras.callbacks.Callback):
         on_stuck = check_choice(on_stuck, "on_stuck", ON_STUCK, "'exit' or 'warn'")  # issue #24
         self.on_stuck = on_stuck
         self._watchdog: Watchdog | None = None
-        self._stale_lock = threading.Lock()
         self._fit_callbacks: int | None = None  # id() of the fit's CallbackList
         self.log_dir = os.fspath(log_dir) if log_dir is not None else None
         self.max_process_memory = optional_size(max_process_memory, "max_process_memory")
@@ -425,7 +427,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         stack, so that tracing stops and files close within seconds (docs/callback.md).
         The lock and the watchdog's identity keep a late watchdog off a newer fit.
         """
-        with self._stale_lock:
+        with _STALE_LOCK:
             if watchdog is not None and watchdog is not self._watchdog:
                 return  # its fit's things were closed already
             dog, self._watchdog = self._watchdog, None
