@@ -37,9 +37,8 @@ def model():
 
 @pytest.fixture(autouse=True)
 def _trimmed():
-    """Each test takes its bound from a process that gave its freed memory back: glibc
-    keeps freed 30 MiB blocks in its heap (the mmap threshold rises after the first)."""
-    release_memory()
+    """The next test takes its bound from a process that gave its freed memory back:
+    glibc keeps freed 30 MiB blocks in its heap (the mmap threshold rises after one)."""
     yield
     release_memory()
 
