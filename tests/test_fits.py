@@ -32,7 +32,7 @@ def memory_runs(log_dir) -> list[str]:
 def test_twenty_fits_with_one_guard_continue_one_run_and_one_summary(tmp_path):
     x, y = tiny_data(samples=64)
     model = tiny_model()
-    guard = MemGuardCallback(log_dir=tmp_path, verbose=0)
+    guard = MemGuardCallback(log_dir=tmp_path, log_every_n_batches=1, verbose=0)
     for _ in range(FITS):
         model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[guard])
     assert memory_runs(tmp_path) == ["memory", "memory_fits"]
@@ -46,6 +46,9 @@ def test_twenty_fits_with_one_guard_continue_one_run_and_one_summary(tmp_path):
     assert steps == list(range(2 * FITS))
     # memory/fit_index: the fit's number under log_dir (1, 2, ...), at each epoch's step
     assert scalars["memory/fit_index"] == [(step, float(step // 2 + 1)) for step in steps]
+    # memory_batch/: the training batches of all the fits, 4 a fit
+    batches = [step for step, _ in scalars["memory_batch/process_tree_mib"]]
+    assert batches == list(range(1, 4 * FITS + 1))
 
     summary = read_run(str(tmp_path / "memory_fits"))
     for tag in ("fits/start_mib", "fits/end_mib", "fits/peak_mib"):
@@ -64,6 +67,18 @@ def test_twenty_fits_with_one_guard_continue_one_run_and_one_summary(tmp_path):
     assert out.returncode == 0, out.stderr
     assert f"fits in memory_fits ({FITS})" in out.stdout and "MiB/fit" in out.stdout
     assert f"run memory ({2 * FITS} epochs in {FITS} fits)" in out.stdout
+
+
+def test_steps_continue_a_loop_and_keep_a_resumed_fits_epochs():
+    steps = fits.Steps()
+    steps.begin_fit()  # fit(epochs=2), one batch an epoch
+    assert [steps.epoch(0), steps.batch(1), steps.epoch(1), steps.batch(2)] == [0, 1, 1, 2]
+    steps.begin_fit()  # the loop's next fit(epochs=2): after the steps so far
+    assert [steps.batch(1), steps.epoch(0), steps.epoch(0), steps.epoch(1)] == [3, 2, 2, 3]
+    steps.begin_fit()  # fit(initial_epoch=4, epochs=6) resumes: its own epoch numbers
+    assert [steps.epoch(4), steps.epoch(5)] == [4, 5]
+    steps.begin_fit()  # fit(initial_epoch=2, epochs=3) would go back: shifted after them
+    assert steps.epoch(2) == 6
 
 
 def test_each_copy_of_a_guard_keeps_its_own_run(tmp_path):
