@@ -340,11 +340,11 @@ def test_after_a_fit_that_raised_tracing_stops_and_files_close_without_reusing_t
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
-    x, y = tiny_data(samples=48)  # 3 batches an epoch: tracing slows Python down
+    x, y = tiny_data(samples=64)  # the shapes the fixture traced: no retrace under tracing
     guard = MemGuardCallback(log_dir=str(tmp_path), trace_leaks=True, leak_warmup_epochs=0)
     assert not tracemalloc.is_tracing()
     with pytest.raises(RuntimeError, match="boom"):
-        model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[guard, Boom()])
+        model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[guard, Boom()])
     assert seen["tracing"] and any("events.out.tfevents" in p for p in seen["open"])
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and (tracemalloc.is_tracing() or _open_files_under(tmp_path)):
