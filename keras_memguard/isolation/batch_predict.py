@@ -49,7 +49,7 @@ __all__ = [
     "sample_sizes",
 ]
 
-DEFAULT_SAFETY_MARGIN = 0.2
+DEFAULT_SAFETY_MARGIN = 0.25
 CALIBRATION_BATCH_SIZE = 8
 CALIBRATION_STEPS = 2
 
@@ -155,7 +155,7 @@ def check_margin(safety_margin: object) -> float:
         or not isinstance(safety_margin, (int, float))
         or not 0 <= safety_margin < 1
     ):
-        raise invalid_argument("safety_margin", safety_margin, "a fraction in [0, 1), like 0.2")
+        raise invalid_argument("safety_margin", safety_margin, "a fraction in [0, 1), like 0.25")
     return float(safety_margin)
 
 
@@ -212,7 +212,12 @@ def _predict_child(build: Callable[[], Any], sizes: tuple[int, ...]) -> dict[str
         if small_args is args:  # a pipeline runs at its own batch size
             figures["unknown"] = "build's data is a pipeline: give arrays or shapes"
             return figures
-        figures["measured"] = measure_fit_peak(model, *small_args, batch_size=sizes[0], epochs=1)
+        try:
+            figures["measured"] = measure_fit_peak(
+                model, *small_args, batch_size=sizes[0], epochs=1
+            )
+        except Exception as err:  # said after the step's estimate, which may say more
+            figures["calibration"] = f"{type(err).__name__}: {err}"
     step_at = step_part_estimator(model, spec)
     for size in sizes:
         step = step_at(size)
@@ -232,6 +237,8 @@ def _predict_child(build: Callable[[], Any], sizes: tuple[int, ...]) -> dict[str
         )
     if figures["where"] == "device":
         figures["total"] = _device_total()
+    elif "calibration" in figures:
+        figures["unknown"] = f"the small real fit failed: {figures['calibration']}"
     return figures
 
 
@@ -270,7 +277,7 @@ def predict_batch_size(
         device_memory: the bound on one GPU's memory when the model runs on a GPU:
             bytes or a fraction of the device's total. Defaults to `None` (its total).
         safety_margin: the fraction of the room above the fixed part (the bound less
-            the predicted peak at batch 0) kept free, in [0, 1). Defaults to `0.2`.
+            the predicted peak at batch 0) kept free, in [0, 1). Defaults to `0.25`.
         timeout: seconds for the estimate's child. Defaults to `600`.
         env: environment variables for the child. Defaults to `None`.
         gpu_config: `configure_gpus` arguments for the child. Defaults to `None`.

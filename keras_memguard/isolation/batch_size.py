@@ -176,7 +176,7 @@ def find_batch_size(
             `((None, 32, 32, 3), "float32")`), the model compiled as `train_fn`
             compiles it. Defaults to `None` (halving only).
         safety_margin: the fraction of the room above the fixed memory (the bound less
-            the predicted peak at batch 0) the prediction keeps free. Defaults to `0.2`.
+            the predicted peak at batch 0) the prediction keeps free. Defaults to `0.25`.
         device_memory: on a GPU, the bound the prediction uses for one device: bytes or
             a fraction of its total. Defaults to `None` (its total).
         factor: each retry multiplies the batch size by this, in (0, 1). Defaults to `0.5`.
