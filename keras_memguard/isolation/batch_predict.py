@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -307,7 +308,13 @@ def predict_batch_size(
 
     try:
         figures = run_isolated(
-            _predict_child, build, sizes, timeout=timeout, env=env, gpu_config=gpu_config
+            _predict_child,
+            build,
+            sizes,
+            timeout=timeout,
+            max_memory=max_memory,
+            env=env,
+            gpu_config=gpu_config,
         )
     except Exception as err:
         warn_once(
@@ -328,7 +335,8 @@ def predict_batch_size(
         _, slope = fit_line(tuple(zip(sizes, figures["added"], strict=True)))
         intercept = figures["built"] + figures["measured"] - slope * sizes[0]
     if bound is None:
-        return nothing(f"the {where} memory's total is unknown; give max_memory as bytes")
+        name = "device_memory" if where == "device" else "max_memory"
+        return nothing(f"the {where} memory's total is unknown; give {name} as bytes")
     picked = largest_batch(intercept, slope, bound, safety_margin, min_batch_size, batch_size)
     sampled = tuple((size, int(intercept + slope * size)) for size in sizes)
     prediction = BatchPrediction(
@@ -345,5 +353,5 @@ def predict_batch_size(
     if picked is None:
         peak = format_bytes(prediction.peak(min_batch_size))
         reason = f"even batch {min_batch_size} is predicted to need {peak}"
-        return BatchPrediction(**{**prediction.__dict__, "reason": reason})
+        return dataclasses.replace(prediction, reason=reason)
     return prediction
