@@ -116,3 +116,16 @@ def test_bad_arguments_name_the_parameter(kwargs, name):
 def test_train_fn_or_build_is_needed():
     with pytest.raises(ValueError, match="`train_fn`"):
         find_batch_size(None, 64)
+
+
+def test_the_small_fit_makes_zeros_of_shape_pairs():
+    # ((batch_shape, dtype), ...) pairs were taken apart as a structure: no small fit ran
+    from keras_memguard.isolation.calibrate import _small_fit_args
+
+    x, y = _small_fit_args((((None, 4, 4, 3), "float32"), ((None,), "int32")), 8, 2)
+    assert (x.shape, str(x.dtype), y.shape, str(y.dtype)) == (
+        (16, 4, 4, 3),
+        "float32",
+        (16,),
+        "int32",
+    )
