@@ -1,6 +1,7 @@
 """The predicting batch-size search (issue #26) against the halving one, on one backend.
 
-Run: KERAS_BACKEND=jax python benchmarks/bench_batch_search.py   (and tensorflow, torch)
+Run: KERAS_BACKEND=jax python benchmarks/bench_batch_search.py [--keep-warm]
+(and tensorflow, torch; ``--keep-warm`` gives both strategies ``keep_warm=True``).
 A convolutional model (three 3x3 convolutions on 48x48x3, Adam); each attempt is one
 real training step at the batch size in a fresh child (``run_isolated``). The bound
 (``max_memory``, the child's RSS) is set from two measured children (one step at batch 8
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -82,7 +84,9 @@ def _row(name, found, seconds):
 
 
 def main() -> None:
-    from keras_memguard import find_batch_size, run_isolated
+    from keras_memguard import find_batch_size, run_isolated, shutdown_spares
+
+    warm = "--keep-warm" in sys.argv  # both strategies start the next child early
     from keras_memguard.sizes import format_bytes
 
     with ThreadPoolExecutor(2) as pool:
@@ -93,11 +97,12 @@ def main() -> None:
     )
     rows = []
     start = time.monotonic()
-    halving = find_batch_size(train, START, max_memory=bound)
+    halving = find_batch_size(train, START, max_memory=bound, keep_warm=warm)
     rows.append(_row("halving", halving, time.monotonic() - start))
     start = time.monotonic()
-    predicting = find_batch_size(train, START, build=build, max_memory=bound)
+    predicting = find_batch_size(train, START, build=build, max_memory=bound, keep_warm=warm)
     rows.append(_row("predicting", predicting, time.monotonic() - start))
+    shutdown_spares()
     for row in rows:
         print(json.dumps(row))
     print("prediction:", predicting.prediction)

@@ -263,6 +263,8 @@ def predict_batch_size(
     timeout: float | None = 600,
     env: Mapping[str, str] | None = None,
     gpu_config: Mapping[str, Any] | None = None,
+    keep_warm: bool = False,
+    preload: tuple[str, ...] | None = None,
 ) -> BatchPrediction:
     """Predicts the largest batch size in ``[min_batch_size, batch_size]`` that fits.
 
@@ -282,6 +284,9 @@ def predict_batch_size(
         timeout: seconds for the estimate's child. Defaults to `600`.
         env: environment variables for the child. Defaults to `None`.
         gpu_config: `configure_gpus` arguments for the child. Defaults to `None`.
+        keep_warm: start a spare child (`run_isolated`'s) while the estimate runs, for
+            the confirming attempt. Defaults to `False`.
+        preload: what the spare imports. Defaults to `None` (the framework).
 
     Returns:
         A :class:`BatchPrediction`; its ``batch_size`` is ``None`` with the ``reason``
@@ -315,6 +320,8 @@ def predict_batch_size(
             max_memory=max_memory,
             env=env,
             gpu_config=gpu_config,
+            keep_warm=keep_warm,
+            preload=preload,
         )
     except Exception as err:
         warn_once(

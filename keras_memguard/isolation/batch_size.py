@@ -189,9 +189,9 @@ def find_batch_size(
         env: passed to `run_isolated` for each attempt. Defaults to `None`.
         gpu_config: passed to `run_isolated` for each attempt. Defaults to `None`.
         keep_warm: the next attempt's process starts (and imports `preload`, by
-            default the backend's framework) while the current one runs, so a retry
-            skips the start-up; call `shutdown_spares()` when done (the spare also ends
-            at exit). Defaults to `False`.
+            default the backend's framework) while the current one (or the estimate)
+            runs, so a retry skips the start-up; call `shutdown_spares()` when done (the
+            spare also ends at exit). Defaults to `False`.
         preload: passed to `run_isolated` for each attempt. Defaults to `None`.
 
     Returns:
@@ -254,6 +254,8 @@ def find_batch_size(
             timeout=timeout,
             env=env,
             gpu_config=gpu_config,
+            keep_warm=keep_warm,
+            preload=preload,
         )
         if prediction.batch_size is not None:
             attempt, result = _attempt(run, prediction.batch_size, backend, options)
