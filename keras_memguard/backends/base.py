@@ -282,6 +282,29 @@ class WorkerContext:
         """
         return tuple(self.any_worker(flag) for flag in flags) if self.multi_worker else flags
 
+    def all_rows(self, row: list[int]) -> list[tuple[int, ...]] | None:
+        """Every worker's ``row`` of small ints, in worker order (a collective every
+        worker must join); ``None`` where the framework gathers none (only flags)."""
+        return None if self.multi_worker else [tuple(row)]
+
+    @property
+    def run_name(self) -> str:
+        """This worker's TensorBoard run: ``memory`` on the chief."""
+        return "memory" if self.is_chief else f"memory_worker{self.index}"
+
+    @property
+    def chief_name(self) -> str:
+        """The worker that keeps the checkpoint, in words."""
+        return "the chief worker"
+
+    def worker_name(self, index: int) -> str:
+        """Worker ``index`` in words, for the halt line."""
+        return f"worker {index}"
+
+    def cannot_save(self, model: Any) -> str | None:
+        """Why ``model`` cannot be saved in this run (``None``: it can)."""
+        return None
+
 
 def single_worker(model: Any) -> WorkerContext:
     """The context of a process that decides alone (frameworks without a vote)."""

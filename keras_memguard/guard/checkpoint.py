@@ -67,10 +67,17 @@ def check_checkpoint_path(path: str | os.PathLike[str] | None) -> str | None:
 def save_checkpoint(model: Any, path: str | None, workers: WorkerContext) -> str | None:
     """Saves ``model`` to ``path``; the path kept (the chief's), or ``None``.
 
-    Saving may run collective ops, so every worker saves; only the chief keeps the file.
+    Saving may run collective ops (TensorFlow's, and JAX's under ``jax.distributed``: a save
+    on process 0 alone waits for the others), so every worker saves; only the chief keeps the file.
     A failure prints and warns, and returns ``None``: the halt goes on.
     """
     if path is None:
+        return None
+    why = workers.cannot_save(model)
+    if why is not None:  # the same answer on every worker: none enters the save
+        message = f"keras-memguard: COULD NOT SAVE the checkpoint to {path}: {why}."
+        print(message, file=sys.stderr, flush=True)
+        warnings.warn(message, MemGuardWarning, stacklevel=4)
         return None
     if not workers.is_chief:
         scratch = tempfile.mkdtemp(prefix=f"memguard_worker{workers.index}_")

@@ -90,9 +90,10 @@ def begin(log_dir: str, base_run: str = "memory") -> Fit:
 def end(log_dir: str, fit: Fit, summary: Any) -> None:
     """Adds this fit's start, end and peak process-tree memory to the summary run.
 
-    Only the chief's fits (run ``memory...``) are summarised: a multi-worker fit is one fit.
+    Only the chief's fits (run ``memory``, or ``memory_p0`` under jax.distributed) are
+    summarised: a multi-worker fit is one fit.
     """
-    if fit.base != "memory" or not os.path.isdir(log_dir):
+    if fit.base not in ("memory", "memory_p0") or not os.path.isdir(log_dir):
         return  # not the chief's fit, or the user removed log_dir: never recreate it
     points = {
         "start_mib": to_mib(summary.start_process_tree),
