@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     codes: list[int | None] = [None] * len(procs)
     try:
         codes = [p.wait(timeout=args.timeout) for p in procs]
+    except subprocess.TimeoutExpired:
+        print(f"a process still ran after {args.timeout:.0f} s (a hang): killed", flush=True)
     finally:
         for p in procs:
             if p.poll() is None:  # a hang ends here, never in a stuck terminal

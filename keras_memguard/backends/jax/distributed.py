@@ -113,8 +113,10 @@ def worker_context(model: Any) -> WorkerContext:
     import jax
     import keras
 
+    if keras.distribution.distribution() is None:  # asked first: it initialises nothing
+        return single_worker(model)
     count = jax.process_count()
-    if count <= 1 or keras.distribution.distribution() is None:
+    if count <= 1:
         return single_worker(model)
     index = jax.process_index()
     return JaxProcesses(num_workers=count, index=index, is_chief=index == 0)
