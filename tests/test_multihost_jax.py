@@ -75,7 +75,7 @@ def test_every_process_stops_at_the_same_step_naming_who_crossed(two_processes):
         assert halt["metric"] == "process_tree"  # process 1's own figure, on both
         assert halt["crossed_by"] == "process 1"
     assert (halts[0]["epoch"], halts[0]["batch"]) == (halts[1]["epoch"], halts[1]["batch"])
-    assert first[1]["iterations"] == second[1]["iterations"] < EPOCHS * BATCHES_PER_EPOCH
+    assert first[1]["batches"] == second[1]["batches"] < EPOCHS * BATCHES_PER_EPOCH
     # the halt line on every process says which process crossed which bound
     for index in (0, 1):
         assert f"process {index}, fit 1: process 1: process_tree" in output
@@ -102,7 +102,7 @@ def test_a_healthy_run_does_not_halt_nor_vote_at_every_batch(two_processes):
     _, (first, second), _ = two_processes
     assert first[0]["halt"] is None and second[0]["halt"] is None
     batches = EPOCHS * BATCHES_PER_EPOCH
-    assert first[0]["iterations"] == second[0]["iterations"] == batches
+    assert first[0]["batches"] == second[0]["batches"] == batches
     # the same votes on both (a collective each), on batch counts: 3 warm-up checks,
     # then every 10 batches, and each epoch's end; not one per batch
     assert first[0]["votes"] == second[0]["votes"]
