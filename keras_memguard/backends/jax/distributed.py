@@ -110,11 +110,12 @@ def _saved_variables(model: Any) -> list[Any]:
 def worker_context(model: Any) -> WorkerContext:
     """This process's place: several only under ``jax.distributed`` with a Keras
     distribution set (its device mesh spans the processes)."""
-    import jax
     import keras
 
     if keras.distribution.distribution() is None:  # asked first: it initialises nothing
         return single_worker(model)
+    import jax
+
     count = jax.process_count()
     if count <= 1:
         return single_worker(model)
