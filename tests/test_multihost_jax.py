@@ -2,8 +2,9 @@
 
 ``examples/multihost_jax.py`` starts both (CPU collectives over gloo), each fitting under
 ``keras.distribution.DataParallel`` across the two: a healthy fit, then one where process 1
-leaks. The guard votes at the same steps on both, so both stop together, process 0
-keeps the checkpoint, and neither hangs (the launcher and this test bound the wait).
+leaks; then a fit under ``ModelParallel`` with the kernels split across the processes.
+The guard votes at the same steps on both, so both stop together, process 0 keeps the
+checkpoint, and neither hangs (the launcher and this test bound the wait).
 """
 
 from __future__ import annotations
@@ -35,14 +36,15 @@ CANNOT_VOTE = "cannot vote across JAX processes"
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    """Runs the example once: fit 0 healthy, fit 1 with process 1 leaking 12 MiB a batch."""
+    """Runs the example once (``DataParallel``: fit 0 healthy, fit 1 with process 1 leaking
+    12 MiB a batch; fit 2 under ``ModelParallel``, kernels split across the processes)."""
     workdir = tmp_path_factory.mktemp("multihost")
     launcher = subprocess.Popen(
         [
             sys.executable,
             os.path.join(ROOT, "examples", "multihost_jax.py"),
             *("--work-dir", str(workdir), "--leak-mib", "0,12"),
-            *("--epochs", str(EPOCHS), "--timeout", "240"),
+            *("--epochs", str(EPOCHS), "--sharded", "12", "--timeout", "240"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -117,3 +119,16 @@ def test_one_memory_run_per_process_read_together(two_processes):
         assert "memory/process_tree_mib" in runs[name].scalars
     for name in ("memory_p0_fit2", "memory_p1_fit2"):
         assert len(runs[name].halts) == 1 and "process 1: process_tree" in runs[name].halts[0]
+
+
+def test_model_parallel_across_processes_stops_together_and_says_why_nothing_is_saved(
+    two_processes,
+):
+    workdir, (first, second), output = two_processes
+    halts = [first[2]["halt"], second[2]["halt"]]
+    assert halts[0] == halts[1]  # the same step, the same crossing, no checkpoint
+    assert halts[0]["crossed_by"] == "process 1" and halts[0]["checkpoint"] is None
+    assert first[2]["batches"] == second[2]["batches"] < EPOCHS * BATCHES_PER_EPOCH
+    assert not (workdir / "guard2.keras").exists()
+    said = [line for line in output.splitlines() if line.startswith("keras-memguard: COULD NOT")]
+    assert len(said) == 2 and all("sharded across processes" in line for line in said)
