@@ -7,6 +7,9 @@ keeps the checkpoint, and neither hangs. On a real cluster, run the `--process` 
 on each host with your scheduler's coordinator address, process count and index.
 
 Run:  python examples/multihost_jax.py [--work-dir multihost_demo]
+      [--leak-mib 0,8] (a healthy fit, then a leaking one) [--sharded 8] (then a fit
+      under ModelParallel, kernels split across the processes: it stops together,
+      and says why no checkpoint can be written)
 Each process writes what its guard did to <work-dir>/result<index>.json, and its
 memory run to <work-dir>/logs/memory_p<index> (`memguard report <work-dir>/logs`).
 Needs: pip install jax
