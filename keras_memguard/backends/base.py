@@ -38,7 +38,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -304,6 +304,15 @@ class WorkerContext:
     def cannot_save(self, model: Any) -> str | None:
         """Why ``model`` cannot be saved in this run (``None``: it can)."""
         return None
+
+    @property
+    def every_worker_saves(self) -> bool:
+        """Whether every worker must join the save (its collective ops), the chief's kept."""
+        return True
+
+    def save_scope(self) -> AbstractContextManager[None]:
+        """Where a checkpoint is saved (nothing special unless a framework says)."""
+        return nullcontext()
 
 
 def single_worker(model: Any) -> WorkerContext:

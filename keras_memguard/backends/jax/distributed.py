@@ -19,6 +19,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +86,30 @@ class JaxProcesses(WorkerContext):
     def any_worker(self, flag: bool) -> bool:
         """Whether ``flag`` is set on any process: an all-gather every process must join."""
         return self.any_workers((flag,))[0]
+
+    @property
+    def every_worker_saves(self) -> bool:
+        """No: process 0 saves alone, in ``save_scope``."""
+        return False
+
+    @contextmanager
+    def save_scope(self) -> Iterator[None]:
+        """No Keras distribution while process 0 saves alone.
+
+        Keras's save builds a reference ``Optimizer`` (``saving_lib.get_attr_skipset``,
+        Keras 3.15) whose variables, created under the distribution, are put on every
+        process's devices: a collective the other processes never join (process 0 waited
+        forever). Without it they stay local; the model's own variables are read as
+        they are (replicated ones locally, ``cannot_save`` refuses sharded ones).
+        """
+        import keras
+
+        distribution = keras.distribution.distribution()
+        keras.distribution.set_distribution(None)
+        try:
+            yield
+        finally:
+            keras.distribution.set_distribution(distribution)
 
     def cannot_save(self, model: Any) -> str | None:
         """Why Keras cannot save ``model`` here: variables sharded across processes."""
