@@ -114,11 +114,14 @@ def test_a_healthy_run_does_not_halt_nor_vote_at_every_batch(two_processes):
 def test_one_memory_run_per_process_read_together(two_processes):
     workdir, _, _ = two_processes
     runs = {run.name: run for run in load_report(str(workdir / "logs"))}
-    assert {"memory_p0", "memory_p1", "memory_p0_fit2", "memory_p1_fit2"} <= set(runs)
-    for name in ("memory_p0", "memory_p1"):
-        assert "memory/process_tree_mib" in runs[name].scalars
-    for name in ("memory_p0_fit2", "memory_p1_fit2"):
-        assert len(runs[name].halts) == 1 and "process 1: process_tree" in runs[name].halts[0]
+    for index in (0, 1):  # a new guard per fit: a run per guard, per process
+        mine = sorted(name for name in runs if name.startswith(f"memory_p{index}"))
+        assert mine == [f"memory_p{index}", f"memory_p{index}_run2", f"memory_p{index}_run3"]
+        assert "memory/process_tree_mib" in runs[f"memory_p{index}"].scalars
+        halts = runs[f"memory_p{index}_run2"].halts
+        assert len(halts) == 1 and "process 1: process_tree" in halts[0]
+    # process 0's fits are the run's fits: one point each in the summary run
+    assert len(runs["memory_fits"].fits()) == 3
 
 
 def test_model_parallel_across_processes_stops_together_and_says_why_nothing_is_saved(
