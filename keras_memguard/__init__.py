@@ -20,6 +20,7 @@ from keras_memguard.data import tfds_registration as _tfds_registration
 from keras_memguard.errors import MemGuardError, MemGuardWarning, MemoryLimitExceededError
 from keras_memguard.estimate.parts import MemoryEstimate
 from keras_memguard.guard.release import ReleaseResult, release_memory
+from keras_memguard.isolation.batch_predict import BatchPrediction, predict_batch_size
 from keras_memguard.isolation.batch_size import (
     BatchSizeResult,
     BatchSizeSearchError,
@@ -66,6 +67,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BatchPrediction",
     "BatchSizeResult",
     "BatchSizeSearchError",
     "ChildExit",
@@ -100,6 +102,7 @@ __all__ = [
     "format_bytes",
     "isolate_trials",
     "parse_size",
+    "predict_batch_size",
     "release_memory",
     "run_isolated",
     "shutdown_spares",

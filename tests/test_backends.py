@@ -332,7 +332,7 @@ def test_every_framework_folder_answers_the_same_calls():
     from keras_memguard.backends.base import BACKENDS, backend_module
 
     votes = {name: backend_module(name, "distributed").supports_vote() for name in BACKENDS}
-    assert votes == {"tensorflow": True, "jax": False, "torch": False}
+    assert votes == {"tensorflow": True, "jax": True, "torch": False}
     for name in BACKENDS:
         oom = backend_module(name, "oom").is_out_of_memory
         assert oom(MemoryError(), "MemoryError", "") and not oom(None, "ValueError", "x")

@@ -133,17 +133,17 @@ def test_with_several_workers_the_cadence_goes_by_the_vote(monkeypatch):
     guard = MemGuardCallback()
     votes = []
 
-    class TwoWorkers:
-        """This worker, and another that asks for every batch at its votes 3 to 5."""
+    from keras_memguard.backends.base import WorkerContext
 
-        strategy, num_workers, index, is_chief, multi_worker = None, 2, 0, True, True
+    class TwoWorkers(WorkerContext):
+        """This worker, and another that asks for every batch at its votes 3 to 5."""
 
         def any_workers(self, flags):
             votes.append(guard._hooks - 1)  # the batch about to run
             other_near = 3 <= len(votes) - 1 <= 5
             return flags[0], flags[1] or other_near
 
-    monkeypatch.setattr(callback_module, "worker_context", lambda model: TwoWorkers())
+    monkeypatch.setattr(callback_module, "worker_context", lambda model: TwoWorkers(num_workers=2))
     x, y = tiny_data(samples=32 * 24)
     tiny_model().fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[guard])
     # Batches 0-2: the first checks of a fit (every worker alike); 3-6: the other worker

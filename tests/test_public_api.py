@@ -5,6 +5,7 @@ import pytest
 import keras_memguard
 
 EXPECTED = {
+    "BatchPrediction",
     "BatchSizeResult",
     "BatchSizeSearchError",
     "ChildExit",
@@ -39,6 +40,7 @@ EXPECTED = {
     "format_bytes",
     "isolate_trials",
     "parse_size",
+    "predict_batch_size",
     "release_memory",
     "run_isolated",
     "shutdown_spares",

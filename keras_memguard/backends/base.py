@@ -38,7 +38,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -281,6 +281,38 @@ class WorkerContext:
             >>> must_stop, check_every_batch = ctx.any_workers((crossed, near))
         """
         return tuple(self.any_worker(flag) for flag in flags) if self.multi_worker else flags
+
+    def all_rows(self, row: list[int]) -> list[tuple[int, ...]] | None:
+        """Every worker's ``row`` of small ints, in worker order (a collective every
+        worker must join); ``None`` where the framework gathers none (only flags)."""
+        return None if self.multi_worker else [tuple(row)]
+
+    @property
+    def run_name(self) -> str:
+        """This worker's TensorBoard run: ``memory`` on the chief."""
+        return "memory" if self.is_chief else f"memory_worker{self.index}"
+
+    @property
+    def chief_name(self) -> str:
+        """The worker that keeps the checkpoint, in words."""
+        return "the chief worker"
+
+    def worker_name(self, index: int) -> str:
+        """Worker ``index`` in words, for the halt line."""
+        return f"worker {index}"
+
+    def cannot_save(self, model: Any) -> str | None:
+        """Why ``model`` cannot be saved in this run (``None``: it can)."""
+        return None
+
+    @property
+    def every_worker_saves(self) -> bool:
+        """Whether every worker must join the save (its collective ops), the chief's kept."""
+        return True
+
+    def save_scope(self) -> AbstractContextManager[None]:
+        """Where a checkpoint is saved (nothing special unless a framework says)."""
+        return nullcontext()
 
 
 def single_worker(model: Any) -> WorkerContext:

@@ -47,7 +47,7 @@ from keras_memguard.guard.arguments import (
     optional_size,
 )
 from keras_memguard.guard.checkpoint import check_checkpoint_path, save_checkpoint
-from keras_memguard.guard.distributed import WorkerContext, worker_context
+from keras_memguard.guard.distributed import ANOTHER_WORKER, WorkerContext, vote, worker_context
 from keras_memguard.guard.halt import HaltState, calling_callback_list, fit_is_running
 from keras_memguard.guard.headroom import (
     WARMUP_CHECKS,
@@ -83,8 +83,6 @@ PREFIX = "memory/"
 # and keras.callbacks.TensorBoard's `epoch_<key>`), plus `memory/gpu<i>_allocated_peak_mib`
 # for each GPU. Few on purpose: every key lands in all of those places.
 LOG_KEYS = ("memory/process_tree_peak_mib",)
-# Halting for a bound another worker crossed (the vote): no figure of this one crossed.
-ANOTHER_WORKER = Crossing("another_worker", "a bound on another worker", 0, 0)
 # With several workers, checks happen on batch counts (the same step on every worker).
 MULTI_WORKER_CHECK_EVERY = 10
 # Between a watchdog ending a fit that raised and the training thread reusing the guard
@@ -342,8 +340,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.summary.start_process_tree = snap.process_tree
         self._warn_unbounded_gpus(snap)
         self._run_preflight(snap)  # issue #25: before the first step
-        run = "memory" if self._workers.is_chief else f"memory_worker{self._workers.index}"
-        self._run.open(self.log_dir, run, [gpu.index for gpu in snap.gpus])
+        self._run.open(self.log_dir, self._workers.run_name, [gpu.index for gpu in snap.gpus])
         if self.add_to_logs is None:
             self._adding_to_logs = self._writer is None
         # issue #24: the watchdog thread and its heartbeat file (guard/watchdog.py)
@@ -607,19 +604,21 @@ class MemGuardCallback(keras.callbacks.Callback):
             return
         # Every worker votes at this same step, so that all stop together or none does
         # (outside fit, each process decides alone); the cadence goes by the vote too.
+        cross, by = (found[0] if found else None), None
         if state.in_fit and self._workers.multi_worker:
-            voted, near = self._workers.any_workers((bool(found), near))
+            voted = vote(self._workers, found, near)
+            self.summary.votes += 1
             # Only the vote sets the cadence: this worker's own projection could differ.
             self._due_in = None
             self._check_every = (
-                1 if near else self.check_every_n_batches or MULTI_WORKER_CHECK_EVERY
+                1 if voted.near else self.check_every_n_batches or MULTI_WORKER_CHECK_EVERY
             )
-        else:
-            voted = bool(found)
-        if not voted:
+            cross = voted.crossing
+            if voted.worker is not None and cross is not ANOTHER_WORKER:
+                by = self._workers.worker_name(voted.worker)
+        if cross is None:
             return
-        cross = found[0] if found else ANOTHER_WORKER
-        where = (state.epoch, batch, self.on_exceed, None, state.phase, cross.reserve)
+        where = (state.epoch, batch, self.on_exceed, None, state.phase, cross.reserve, by)
         self._halt(Halt(cross.metric, cross.value, cross.bound, *where), cross.parameter, snap)
 
     def _warn_crossings(self, found: list[Crossing], batch: int | None) -> None:
@@ -687,7 +686,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         elif not plan.standalone and not has_path:
             line += "; no checkpoint_path was given, so nothing was saved"
         elif not plan.standalone and not self._workers.is_chief:
-            line += "; the chief worker keeps the checkpoint"
+            line += f"; {self._workers.chief_name} keeps the checkpoint"
         print(line, file=sys.stderr, flush=True)
         self._run.text("memory/halt", line, self._state.epoch or 0)
         if plan.stop_evaluating:

@@ -67,12 +67,22 @@ def check_checkpoint_path(path: str | os.PathLike[str] | None) -> str | None:
 def save_checkpoint(model: Any, path: str | None, workers: WorkerContext) -> str | None:
     """Saves ``model`` to ``path``; the path kept (the chief's), or ``None``.
 
-    Saving may run collective ops, so every worker saves; only the chief keeps the file.
+    Where saving runs collective ops (TensorFlow's multi-worker strategies) every worker
+    saves and only the chief keeps the file; where the workers' context can save alone
+    (``WorkerContext.every_worker_saves`` false: JAX processes) only the chief saves.
     A failure prints and warns, and returns ``None``: the halt goes on.
     """
     if path is None:
         return None
+    why = workers.cannot_save(model)
+    if why is not None:  # the same answer on every worker: none enters the save
+        message = f"keras-memguard: COULD NOT SAVE the checkpoint to {path}: {why}."
+        print(message, file=sys.stderr, flush=True)
+        warnings.warn(message, MemGuardWarning, stacklevel=4)
+        return None
     if not workers.is_chief:
+        if not workers.every_worker_saves:
+            return None
         scratch = tempfile.mkdtemp(prefix=f"memguard_worker{workers.index}_")
         path = os.path.join(scratch, os.path.basename(path))
     # Written beside the checkpoint, then renamed over it (issue #23): a save that fails
@@ -80,11 +90,12 @@ def save_checkpoint(model: Any, path: str | None, workers: WorkerContext) -> str
     scratch_file = temporary_path(path)
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if path.endswith(".weights.h5"):
-            model.save_weights(scratch_file)
-        else:
-            with tensorflow_kept_out():  # Keras's save imports TF when installed
-                model.save(scratch_file)
+        with workers.save_scope():
+            if path.endswith(".weights.h5"):
+                model.save_weights(scratch_file)
+            else:
+                with tensorflow_kept_out():  # Keras's save imports TF when installed
+                    model.save(scratch_file)
         os.replace(scratch_file, path)
         if not workers.is_chief:
             shutil.rmtree(os.path.dirname(path), ignore_errors=True)

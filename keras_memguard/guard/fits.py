@@ -49,6 +49,8 @@ except ImportError:  # pragma: no cover - Windows: the count is not locked
 __all__ = ["SUMMARY_RUN", "Fit", "Steps", "begin", "current_trial", "end", "set_trial"]
 
 SUMMARY_RUN = "memory_fits"
+# The chief's run: its fits are the run's fits (``memory_p0``: process 0 of jax.distributed)
+CHIEF_RUNS = ("memory", "memory_p0")
 COUNT_FILE = "fit_count"  # in SUMMARY_RUN: the last fit number given out
 TAG_PREFIX = "fits/"
 _MAX_RUNS = 100_000
@@ -186,7 +188,7 @@ def begin(log_dir: str, base_run: str = "memory", previous: Fit | None = None) -
         and os.path.isdir(os.path.join(log_dir, previous.run))
     )
     run = previous.run if continues and previous is not None else _claim(log_dir, base_run)
-    if base_run == "memory":
+    if base_run in CHIEF_RUNS:
         index = next_fit_number(log_dir)
     else:  # a worker's fits are the chief's: numbered in the worker's own run
         index = previous.index + 1 if continues and previous is not None else 1
@@ -196,9 +198,10 @@ def begin(log_dir: str, base_run: str = "memory", previous: Fit | None = None) -
 def end(log_dir: str, fit: Fit, summary: Any) -> None:
     """Adds this fit's start, end and peak process-tree memory to the summary run.
 
-    Only the chief's fits (run ``memory...``) are summarised: a multi-worker fit is one fit.
+    Only the chief's fits (run ``memory``, or ``memory_p0`` under jax.distributed) are
+    summarised: a multi-worker fit is one fit.
     """
-    if fit.base != "memory" or not os.path.isdir(log_dir):
+    if fit.base not in CHIEF_RUNS or not os.path.isdir(log_dir):
         return  # not the chief's fit, or the user removed log_dir: never recreate it
     points = {
         "start_mib": to_mib(summary.start_process_tree),

@@ -123,8 +123,13 @@ class Halt:
     checkpoint: str | None
     phase: str = "train"
     reserve: int = 0  # see Crossing.reserve
+    crossed_by: str | None = None  # the worker that crossed it, where the vote says
 
     def describe(self) -> str:
+        text = self._describe()
+        return text if self.crossed_by is None else f"{self.crossed_by}: {text}"
+
+    def _describe(self) -> str:
         parts = [] if self.epoch is None else [f"epoch {self.epoch}"]
         if self.batch is not None:
             parts.append(f"{'' if self.phase == 'train' else self.phase + ' '}batch {self.batch}")
@@ -168,6 +173,8 @@ class MemGuardSummary:
     leak_sites: list[LeakSite] = field(default_factory=list)
     # issue #27: what kind of growth it is, largest first (None: none named)
     growth: GrowthReport | None = None
+    # issue #30: the workers' votes in this fit (a collective each; 0 with one worker)
+    votes: int = 0
 
     def __call__(self) -> None:
         """Prints the summary, so ``guard.summary()`` works as ``model.summary()`` does."""

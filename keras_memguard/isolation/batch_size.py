@@ -16,10 +16,16 @@ Example:
     ...     return model.evaluate(test)
     >>> found = find_batch_size(train, 512, max_memory="12GiB")
     >>> found.batch_size, found.result
+
+Given ``build`` (the model and its input's shapes), it predicts first
+(``batch_predict.py``): compile-only estimates at two batch sizes give the line, the
+largest batch under the bound is confirmed by one attempt, and the halving search is the
+fallback when the estimate is unknown or the confirmation runs out of memory.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +38,13 @@ from keras_memguard.errors import (
     invalid_argument,
     positive_int,
 )
+from keras_memguard.isolation.batch_predict import (
+    DEFAULT_SAFETY_MARGIN,
+    BatchPrediction,
+    check_margin,
+    one_step,
+    predict_batch_size,
+)
 from keras_memguard.isolation.run import (
     ChildFailedError,
     ChildKilledError,
@@ -39,6 +52,7 @@ from keras_memguard.isolation.run import (
     ChildSystemExit,
     run_isolated,
 )
+from keras_memguard.sizes import parse_size
 
 __all__ = ["Attempt", "BatchSizeResult", "BatchSizeSearchError", "find_batch_size"]
 
@@ -53,13 +67,25 @@ class Attempt:
     duration_s: float
 
 
+PREDICTED = "predicted and confirmed"
+SEARCHED = "searched"
+
+
 @dataclass(frozen=True)
 class BatchSizeResult:
-    """The batch size that worked, what the training function returned, and every try."""
+    """The batch size that worked, what the training function returned, and every try.
+
+    ``how`` is ``"predicted and confirmed"`` (the prediction's batch size ran at the
+    first attempt) or ``"searched"`` (by halving: no ``build``, no prediction, or the
+    confirmation ran out of memory); ``prediction`` holds the figures, or why there are
+    none (``None`` without ``build``).
+    """
 
     batch_size: int
     result: Any
     attempts: tuple[Attempt, ...] = field(default=())
+    how: str = SEARCHED
+    prediction: BatchPrediction | None = None
 
 
 class BatchSizeSearchError(MemGuardError):
@@ -100,10 +126,28 @@ def is_out_of_memory(err: BaseException, backend: str | None = None) -> bool:
     return bool(adapter.is_out_of_memory(error, type_name, str(err)))
 
 
+def _attempt(
+    train_fn: Callable[..., Any], size: int, backend: str | None, options: dict[str, Any]
+) -> tuple[Attempt, Any]:
+    """Runs ``train_fn(size)`` isolated: its ``Attempt`` and result (``None`` on an OOM)."""
+    start = time.monotonic()
+    try:
+        result = run_isolated(train_fn, size, **options)
+    except Exception as err:
+        if not is_out_of_memory(err, backend):
+            raise
+        detail = f"{type(err).__name__}: {err}"
+        return Attempt(size, "out of memory", detail, time.monotonic() - start), None
+    return Attempt(size, "ok", "", time.monotonic() - start), result
+
+
 def find_batch_size(
-    train_fn: Callable[..., Any],
+    train_fn: Callable[..., Any] | None,
     batch_size: int,
     *,
+    build: Callable[[], Any] | None = None,
+    safety_margin: float = DEFAULT_SAFETY_MARGIN,
+    device_memory: int | float | str | None = None,
     factor: float = 0.5,
     min_batch_size: int = 1,
     max_attempts: int = 8,
@@ -116,33 +160,55 @@ def find_batch_size(
 ) -> BatchSizeResult:
     """Calls ``train_fn(batch_size)`` in a fresh process, shrinking the batch on OOM.
 
+    With ``build``, the batch size is predicted first (``predict_batch_size``): the
+    estimate at two batch sizes in one child, the line through them, the largest batch
+    under the bound keeping ``safety_margin`` of the room free, then one attempt at it.
+    The halving search runs when the estimate is unknown or that attempt runs out of
+    memory (from the next size down).
+
     Args:
         train_fn: a module-level function taking the batch size; its return value
-            (picklable) becomes `result`.
-        batch_size: the first batch size to try.
+            (picklable) becomes `result`. `None` with `build`: each attempt is one
+            real step of `build()`'s model.
+        batch_size: the first (largest) batch size to try.
+        build: a module-level function returning `(model, data)`, `data` being `x` or
+            `(x, y)` as arrays or shapes (`keras.Input((32, 32, 3))`,
+            `((None, 32, 32, 3), "float32")`), the model compiled as `train_fn`
+            compiles it. Defaults to `None` (halving only).
+        safety_margin: the fraction of the room above the fixed memory (the bound less
+            the predicted peak at batch 0) the prediction keeps free. Defaults to `0.25`.
+        device_memory: on a GPU, the bound the prediction uses for one device: bytes or
+            a fraction of its total. Defaults to `None` (its total).
         factor: each retry multiplies the batch size by this, in (0, 1). Defaults to `0.5`.
         min_batch_size: the smallest batch size to try. Defaults to `1`.
         max_attempts: how many tries at most. Defaults to `8`.
-        timeout: passed to `run_isolated` for each attempt. Defaults to `None`.
-        max_memory: passed to `run_isolated` for each attempt. Defaults to `None`.
+        timeout: passed to `run_isolated` for each attempt (and the estimate).
+            Defaults to `None`.
+        max_memory: passed to `run_isolated` for each attempt; on the host, the bound
+            the prediction uses (default: the effective limit). Defaults to `None`.
         env: passed to `run_isolated` for each attempt. Defaults to `None`.
         gpu_config: passed to `run_isolated` for each attempt. Defaults to `None`.
         keep_warm: the next attempt's process starts (and imports `preload`, by
-            default the backend's framework) while the current one runs, so a retry
-            skips the start-up; call `shutdown_spares()` when done (the spare also ends
-            at exit). Defaults to `False`.
+            default the backend's framework) while the current one (or the estimate)
+            runs, so a retry skips the start-up; call `shutdown_spares()` when done (the
+            spare also ends at exit). Defaults to `False`.
         preload: passed to `run_isolated` for each attempt. Defaults to `None`.
 
     Returns:
-        A :class:`BatchSizeResult` with the batch size that worked and the attempts' log.
+        A :class:`BatchSizeResult` with the batch size that worked, the attempts' log,
+        how it was found and the prediction's figures.
 
     Raises:
         BatchSizeSearchError: no batch size down to `min_batch_size` fit.
+        ValueError: an argument is out of range (named).
         Exception: a failure that is not about memory, at once.
 
     Example:
         >>> find_batch_size(train, 256, min_batch_size=8).batch_size
         64
+        >>> found = find_batch_size(train, 1024, build=build, max_memory="4GiB")
+        >>> found.how, found.batch_size, found.prediction.per_sample
+        ('predicted and confirmed', 344, 4196352.0)
     """
     positive_int(batch_size, "batch_size")
     positive_int(min_batch_size, "min_batch_size")
@@ -153,36 +219,62 @@ def find_batch_size(
         )
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1:
         raise invalid_argument("factor", factor, "a number between 0 and 1, such as 0.5")
+    if build is not None and not callable(build):
+        raise invalid_argument("build", build, "a function returning (model, data), or None")
+    if train_fn is None and build is not None:
+        train_fn = functools.partial(one_step, build)
+    if not callable(train_fn):
+        raise invalid_argument("train_fn", train_fn, "a function of the batch size (or build)")
+    check_margin(safety_margin)
+    for name, size_arg in (("max_memory", max_memory), ("device_memory", device_memory)):
+        if size_arg is not None:
+            parse_size(size_arg, name=name)
+    run = train_fn
+    backend = (env or {}).get("KERAS_BACKEND")
+    options = {
+        "timeout": timeout,
+        "max_memory": max_memory,
+        "env": env,
+        "gpu_config": gpu_config,
+        "keep_warm": keep_warm,
+        "preload": preload,
+    }
 
     attempts: list[Attempt] = []
     size = batch_size
-    while len(attempts) < max_attempts:
-        start = time.monotonic()
-        try:
-            result = run_isolated(
-                train_fn,
-                size,
-                timeout=timeout,
-                max_memory=max_memory,
-                env=env,
-                gpu_config=gpu_config,
-                keep_warm=keep_warm,
-                preload=preload,
-            )
-        except Exception as err:
-            if not is_out_of_memory(err, (env or {}).get("KERAS_BACKEND")):
-                raise
-            attempts.append(
-                Attempt(
-                    size, "out of memory", f"{type(err).__name__}: {err}", time.monotonic() - start
+    prediction = None
+    if build is not None:
+        prediction = predict_batch_size(
+            build,
+            batch_size,
+            min_batch_size=min_batch_size,
+            max_memory=max_memory,
+            device_memory=device_memory,
+            safety_margin=safety_margin,
+            timeout=timeout,
+            env=env,
+            gpu_config=gpu_config,
+            keep_warm=keep_warm,
+            preload=preload,
+        )
+        if prediction.batch_size is not None:
+            attempt, result = _attempt(run, prediction.batch_size, backend, options)
+            attempts.append(attempt)
+            if attempt.outcome == "ok":
+                return BatchSizeResult(
+                    attempt.batch_size, result, tuple(attempts), PREDICTED, prediction
                 )
-            )
-            if size <= min_batch_size:
-                break
-            size = max(min_batch_size, int(size * factor))
-            continue
-        attempts.append(Attempt(size, "ok", "", time.monotonic() - start))
-        return BatchSizeResult(size, result, tuple(attempts))
+            size = max(min_batch_size, int(prediction.batch_size * factor))
+            if prediction.batch_size <= min_batch_size:
+                size = 0
+    while size > 0 and len(attempts) < max_attempts:
+        attempt, result = _attempt(run, size, backend, options)
+        attempts.append(attempt)
+        if attempt.outcome == "ok":
+            return BatchSizeResult(size, result, tuple(attempts), SEARCHED, prediction)
+        if size <= min_batch_size:
+            break
+        size = max(min_batch_size, int(size * factor))
     tried = ", ".join(str(a.batch_size) for a in attempts)
     raise BatchSizeSearchError(
         f"find_batch_size: every batch size tried ran out of memory ({tried}); lower "

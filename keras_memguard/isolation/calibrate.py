@@ -121,9 +121,9 @@ def _small_fit_args(args: tuple[Any, ...], batch_size: int, steps: int) -> tuple
     import numpy as np
     from keras import tree
 
-    from keras_memguard.estimate.specs import fit_spec, is_shape_spec
+    from keras_memguard.estimate.specs import _leaves, fit_spec, is_shape_spec
 
-    leaves = [leaf for arg in args for leaf in tree.flatten(arg)]
+    leaves = [leaf for arg in args for leaf in _leaves(arg)]  # a (shape, dtype) pair is one
     if leaves and all(is_shape_spec(leaf) for leaf in leaves):
         spec, _ = fit_spec(args[0], args[1] if len(args) > 1 else None, batch_size)
         count = batch_size * steps

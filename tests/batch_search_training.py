@@ -1,0 +1,87 @@
+"""Module-level build and training functions for the batch-size search's tests.
+
+``build`` describes the model and its input by shapes (the predicting search's side);
+``train`` runs one real step of the same model at a batch size (what each attempt, and
+the confirmation, run in a child). ``build_untraceable`` is a model whose step reads a
+value out of the graph, so its step estimate is unknown.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SHAPE = (48, 48, 3)
+CLASSES = 4
+
+
+def _model(untraceable: bool = False):
+    import keras
+
+    layers = [
+        keras.Input(SHAPE),
+        keras.layers.Conv2D(24, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(24, 3, padding="same", activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(CLASSES, activation="softmax"),
+    ]
+    if untraceable:
+        layers.insert(1, _reads_a_value())
+    model = keras.Sequential(layers)
+    model.compile("adam", "sparse_categorical_crossentropy", run_eagerly=untraceable)
+    return model
+
+
+def build():
+    """The model and its input as shapes: what the predicting search estimates."""
+    return _model(), (((None, *SHAPE), "float32"), ((None,), "int32"))
+
+
+def build_untraceable():
+    return _model(untraceable=True), (((None, *SHAPE), "float32"), ((None,), "int32"))
+
+
+def train(batch_size, limit=None, untraceable=False):
+    """One real training step at ``batch_size``; returns the loss.
+
+    With ``limit``, a process whose peak RSS (the kernel's ``ru_maxrss``) passed it raises
+    ``MemoryError``: the bound exact, as a container's would be, where the parent's
+    sampling of the RSS (every 0.1 s) can miss a step's short peak.
+    """
+    import resource
+
+    import numpy as np
+
+    model = _model(untraceable)
+    x = np.random.rand(batch_size, *SHAPE).astype("float32")
+    y = np.random.randint(0, CLASSES, batch_size).astype("int32")
+    history = model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if limit is not None and peak > limit:
+        raise MemoryError(f"peak RSS {peak:,} B passed {limit:,} B at batch {batch_size}")
+    return float(history.history["loss"][-1])
+
+
+def _reads_a_value():
+    import keras
+
+    class ReadsAValue(keras.layers.Layer):
+        """Reads a value out of the step (``float()``): no compiler or trace can follow."""
+
+        def call(self, x):
+            float(keras.ops.convert_to_numpy(keras.ops.mean(x)))
+            return x
+
+        def compute_output_spec(self, x):  # building the model symbolically calls no `call`
+            return keras.KerasTensor(x.shape, x.dtype)
+
+    return ReadsAValue()
+
+
+def peak_at(batch_size):
+    """The peak RSS of a fresh process that ran one step at ``batch_size``."""
+    import resource
+
+    train(batch_size)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
