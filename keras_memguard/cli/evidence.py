@@ -61,4 +61,5 @@ def bundle_lines(manifest: dict[str, Any]) -> list[str]:
         lines.append(f"      open: {_opener(entry, directory)}")
     for entry in manifest.get("left_out", []):
         lines.append(f"    left out: {entry.get('name')} ({entry.get('why', '')})")
+    lines += [f"    note: {note}" for note in manifest.get("notes", [])]
     return lines

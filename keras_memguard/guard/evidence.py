@@ -33,6 +33,7 @@ from typing import Any
 
 from keras_memguard.backends.base import BACKENDS, backend_module, backend_name
 from keras_memguard.errors import invalid_argument, warn_once
+from keras_memguard.estimate.step import STEP_PART
 from keras_memguard.guard.evidence_bundle import DIRECTORY, Bundle
 from keras_memguard.guard.headroom import _gpu_bound
 from keras_memguard.guard.policy import Bounds, Halt, MemGuardSummary, available_floor, bounds_mib
@@ -151,8 +152,9 @@ def summary_record(
         )
     }
     return {
-        "halt": None if halt is None else {"line": line, **_json(halt)},
-        "trigger": line if halt is None else "halt",
+        "trigger": "halt" if halt is not None else "cuda_oom",
+        "line": line,
+        "halt": None if halt is None else _json(halt),
         "figures_mib": snap.metrics() if snap is not None else {},
         "bounds_mib": bounds_mib(bounds, snap) if snap is not None else {},
         "fractions_of_bounds": bound_fractions(bounds, snap) if snap is not None else {},
@@ -175,6 +177,17 @@ def _sites_text(summary: MemGuardSummary) -> str:
     for site in summary.leak_sites:
         lines += [site.describe(), *site.format_traceback(), ""]
     return "\n".join(lines)
+
+
+def _notes(estimate: Any) -> list[str]:
+    """What the bundle lacks and how to get it."""
+    part = getattr(estimate, "part", None)
+    if part is None or part(STEP_PART) is None:
+        return [
+            "no compiled step's memory analysis: MemGuardCallback(preflight='full') adds it "
+            "to the estimate (XLA's buffer assignment on JAX)"
+        ]
+    return []
 
 
 class EvidenceKeeper:
@@ -203,13 +216,18 @@ class EvidenceKeeper:
         bounds: Bounds,
         estimate: Any,
     ) -> None:
-        """A fit (or a standalone phase) starts: nothing is recorded yet."""
+        """A fit (or a standalone phase) starts: nothing is recorded yet.
+
+        PyTorch's OOM observer is attached already (it costs nothing until an OOM).
+        """
         self.close()
         self.directory = directory if self.max_bytes is not None else None
         self._summary, self._bounds, self._estimate = summary, bounds, estimate
         self.recording_from, self._last, self._oom_written = None, None, False
         name = backend_name()
         self._framework = backend_module(name, "evidence") if name in BACKENDS else None
+        if self._framework is not None and self.directory is not None:
+            self._framework.attach_oom_observer(self._on_oom)
 
     def observe(self, snap: MemorySnapshot) -> None:
         """At a check: switches recording on once a figure first nears its bound."""
@@ -223,7 +241,7 @@ class EvidenceKeeper:
         self.recording_from = {"figure": nearest[0], "fraction": round(nearest[1], 3)}
         if self._framework is not None:
             self.framework_recording = bool(self._framework.start_recording(RECORD_ENTRIES))
-            self._framework.attach_oom_observer(self._on_oom)
+            self._framework.attach_oom_observer(self._on_oom)  # CUDA may be up only now
 
     def close(self) -> None:
         """The fit is over: recording off, the OOM observer detached."""
@@ -274,6 +292,7 @@ class EvidenceKeeper:
                     bundle.add_written(file.name, file.what, file.opens_with)
             meta = {
                 "trigger": "halt" if halt is not None else "cuda_oom",
+                "notes": _notes(estimate),
                 "line": line,
                 "backend": backend_name(),
                 "pid": os.getpid(),

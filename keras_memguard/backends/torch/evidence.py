@@ -4,10 +4,11 @@ The snapshot (``torch.cuda.memory._snapshot()``, pickled) holds the caching
 allocator's segments and blocks and, once recording is on, the history of allocations
 and frees with their Python stacks; it opens at https://pytorch.org/memory_viz.
 Recording costs every allocation, so the guard switches it on only once memory first
-nears a bound (``guard/evidence.py``), with a bounded number of entries. At a halt and
-from the allocator's out-of-memory observer (called at a CUDA OOM before the error
-unwinds, as Composer's ``OOMObserver`` does) the snapshot is written, with its HTML
-plots where they fit the bundle's cap. Without CUDA (a CPU run) nothing is written.
+nears a bound (``guard/evidence.py``), with a bounded number of entries; the observer
+costs nothing until an OOM. At a halt and from the allocator's out-of-memory observer
+(called at a CUDA OOM before the error unwinds, as Composer's ``OOMObserver`` does) the
+snapshot is written, with its HTML plots where they fit the bundle's cap. Without CUDA
+(a CPU run) nothing is written.
 
 The private calls go through ``backends/torch/compat.py``; which files to write is the
 pure :func:`files_to_write`.
