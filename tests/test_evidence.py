@@ -262,6 +262,22 @@ def test_the_cap_holds_and_names_what_was_left_out(tmp_path):
     assert sorted(os.listdir(target)) == ["e.txt", MANIFEST]
 
 
+def test_report_lists_a_bundle_beside_a_checkpoint_without_a_log_dir(tmp_path, capsys):
+    target = tmp_path / "ckpt" / "memory_evidence"
+    bundle = Bundle(str(target), max_bytes=MIB)
+    halt = "keras-memguard: stopping training"
+    bundle.add_text("summary.txt", halt, "the halt", "cat summary.txt")
+    bundle.close({"trigger": "halt", "notes": ["no compiled step's memory analysis"]})
+    assert main(["report", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [
+        f"evidence {os.path.join('ckpt', 'memory_evidence')}",
+        f"  memory evidence (halt) in {target}: 33 B of at most 1.0 MiB",
+    ]
+    assert f"      open: cat {target / 'summary.txt'}" in lines
+    assert "    note: no compiled step's memory analysis" in lines
+
+
 def test_torch_writes_the_snapshot_and_its_plots_only_where_they_fit():
     write = torch_evidence.files_to_write
     snapshot, trace, segments = (

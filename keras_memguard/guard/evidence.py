@@ -207,7 +207,7 @@ class EvidenceKeeper:
         self._estimate: Any = None
         self._last: MemorySnapshot | None = None
         self._oom_written = False
-        self._framework: Any = None
+        self._backend: str | None = None  # a name, not the module: the guard stays copyable
 
     def begin(
         self,
@@ -225,9 +225,14 @@ class EvidenceKeeper:
         self._summary, self._bounds, self._estimate = summary, bounds, estimate
         self.recording_from, self._last, self._oom_written = None, None, False
         name = backend_name()
-        self._framework = backend_module(name, "evidence") if name in BACKENDS else None
+        self._backend = name if name in BACKENDS else None
         if self._framework is not None and self.directory is not None:
             self._framework.attach_oom_observer(self._on_oom)
+
+    @property
+    def _framework(self) -> Any:
+        """``backends/<framework>/evidence.py`` of this fit's backend, or ``None``."""
+        return None if self._backend is None else backend_module(self._backend, "evidence")
 
     def observe(self, snap: MemorySnapshot) -> None:
         """At a check: switches recording on once a figure first nears its bound."""
