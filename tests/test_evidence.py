@@ -195,6 +195,23 @@ def test_torch_on_cpu_keeps_no_snapshot_and_records_nothing(halted):
     assert not torch_evidence.is_recording()
 
 
+def test_each_fit_of_one_guard_keeps_its_own_bundle_beside_its_run(tmp_path):
+    guard = MemGuardCallback(log_dir=tmp_path, max_process_memory=MIB, preflight=False)
+    x, y, model = *tiny_data(samples=32), tiny_model()
+    for _ in range(2):  # one model: its step is compiled once
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[guard])
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["report", str(tmp_path), "--json"]) == 0
+    bundles = {
+        r["run"]: r["evidence"]["path"] for r in json.loads(out.getvalue()) if "evidence" in r
+    }
+    assert bundles == {
+        "memory": str(tmp_path / "memory_evidence"),
+        "memory_fit2": str(tmp_path / "memory_evidence_fit2"),
+    }
+
+
 def test_a_calm_fit_records_nothing_and_writes_no_bundle(tmp_path):
     guard = MemGuardCallback(
         log_dir=tmp_path, max_process_memory="90%", emergency_available_memory=None
@@ -236,7 +253,8 @@ def test_evidence_argument_and_directory():
         MemGuardCallback(evidence="10B")
     assert evidence_directory("logs", "ckpt/g.keras") == os.path.join("logs", "memory_evidence")
     assert evidence_directory(None, "ckpt/g.keras") == os.path.join("ckpt", "memory_evidence")
-    assert evidence_directory("logs", None, worker=2).endswith("memory_evidence_worker2")
+    assert evidence_directory("logs", None, "memory_worker2").endswith("memory_evidence_worker2")
+    assert evidence_directory("logs", None, "memory_fit3").endswith("memory_evidence_fit3")
     assert evidence_directory(None, None) is None
     assert EvidenceKeeper(None).write("a halt", None, snap()) is None
 

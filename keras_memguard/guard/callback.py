@@ -341,9 +341,9 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.summary.start_process_tree = snap.process_tree
         self._warn_unbounded_gpus(snap)
         self._run_preflight(snap)  # issue #25: before the first step
-        self._begin_evidence()  # issue #28
         run = "memory" if self._workers.is_chief else f"memory_worker{self._workers.index}"
         self._run.open(self.log_dir, run, [gpu.index for gpu in snap.gpus])
+        self._begin_evidence(run)  # issue #28
         if self.add_to_logs is None:
             self._adding_to_logs = self._writer is None
         # issue #24: the watchdog thread and its heartbeat file (guard/watchdog.py)
@@ -487,12 +487,12 @@ class MemGuardCallback(keras.callbacks.Callback):
         # issue #23: growth measured from this call's own checks, cadence as configured
         self._reading, self._rates, self._due_in = None, {}, None
         self._reset_phase()
-        self._begin_evidence()  # issue #28
+        self._begin_evidence("memory")  # issue #28
 
-    def _begin_evidence(self) -> None:
-        """Issue #28: where this fit's (or phase's) halt evidence goes; recording off."""
-        worker = None if self._workers.is_chief else self._workers.index
-        where = evidence_directory(self.log_dir, self.checkpoint_path, worker)
+    def _begin_evidence(self, run: str) -> None:
+        """Issue #28: this fit's (or phase's) evidence goes beside its run; recording off."""
+        run = self._run.fit.run if self._run.fit is not None else run  # memory_fit2, ...
+        where = evidence_directory(self.log_dir, self.checkpoint_path, run)
         estimate = self.estimate if self._state.in_fit else None
         self._evidence.begin(where, self.summary, self.bounds, estimate)
 

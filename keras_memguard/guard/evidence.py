@@ -79,17 +79,19 @@ def check_evidence(value: Any) -> int | None:
 
 
 def evidence_directory(
-    log_dir: str | None, checkpoint_path: str | None, worker: int | None = None
+    log_dir: str | None, checkpoint_path: str | None, run: str = "memory"
 ) -> str | None:
     """Where a halt's bundle goes: the log directory, else beside the checkpoint.
 
-    ``worker``: a worker other than the chief (its own bundle). ``None`` without either.
+    Named after the fit's memory run: ``memory`` -> ``memory_evidence``, ``memory_fit2``
+    -> ``memory_evidence_fit2``, ``memory_worker1`` -> ``memory_evidence_worker1``.
+    ``None`` without either directory.
 
     Example:
         >>> evidence_directory("logs", "ckpt/guard.keras"), evidence_directory(None, "g.keras")
         ('logs/memory_evidence', 'memory_evidence')
     """
-    name = DIRECTORY if worker is None else f"{DIRECTORY}_worker{worker}"
+    name = DIRECTORY + run.removeprefix("memory")
     if log_dir is not None:
         return os.path.join(log_dir, name)
     if checkpoint_path is not None:
