@@ -26,6 +26,8 @@ from keras_memguard.backends.base import backend_module
 from keras_memguard.backends.torch import compat as torch_compat
 from keras_memguard.backends.torch import evidence as torch_evidence
 from keras_memguard.cli.main import main
+from keras_memguard.estimate.parts import EstimatePart, MemoryEstimate, Method
+from keras_memguard.estimate.step import STEP_PART
 from keras_memguard.guard import evidence as guard_evidence
 from keras_memguard.guard.evidence import (
     DEFAULT_MAX_BYTES,
@@ -36,7 +38,9 @@ from keras_memguard.guard.evidence import (
     evidence_directory,
 )
 from keras_memguard.guard.evidence_bundle import MANIFEST, Bundle, read_bundle
-from keras_memguard.guard.policy import Bounds, MemGuardSummary
+from keras_memguard.guard.growth import Cycles, GrowthEvidence, classify
+from keras_memguard.guard.leaks import LeakSite
+from keras_memguard.guard.policy import Bounds, Halt, MemGuardSummary
 from keras_memguard.memory_snapshot import GpuSnapshot, MemorySnapshot
 from keras_memguard.sizes import parse_size
 
@@ -257,6 +261,29 @@ def test_evidence_argument_and_directory():
     assert evidence_directory("logs", None, "memory_fit3").endswith("memory_evidence_fit3")
     assert evidence_directory(None, None) is None
     assert EvidenceKeeper(None).write("a halt", None, snap()) is None
+
+
+def test_the_bundle_keeps_the_leak_sites_the_growth_and_the_estimate(tmp_path):
+    site = LeakSite("train.py", 12, "step", 4 * MIB, 8, traceback=(("train.py", 12),))
+    summary = MemGuardSummary(epochs=6, leak_sites=[site])
+    summary.growth = classify(GrowthEvidence(3, 5, rss_growth=4 * MIB, cycles=Cycles(4 * MIB)))
+    step = EstimatePart(STEP_PART, 3 * MIB, Method.COMPILED, "XLA buffer assignment: ...")
+    keeper = EvidenceKeeper(DEFAULT_MAX_BYTES)
+    bounds = Bounds(max_process_memory=parse_size("1GiB", name="m"))
+    keeper.begin(str(tmp_path / "memory_evidence"), summary, bounds, MemoryEstimate((step,)))
+    halt = Halt("process_tree", 1100 * MIB, GIB, 5, 3, "stop", None)
+    bundle = tmp_path / "memory_evidence"
+    assert keeper.write("keras-memguard: stopping training: ...", halt, snap()) == str(bundle)
+    keeper.close()
+    assert (bundle / "leak_sites.txt").read_text().startswith("train.py:12 in step: +4.0 MiB")
+    assert json.loads((bundle / "growth.json").read_text())["kinds"][0]["kind"] == "cycles"
+    assert (bundle / "growth.txt").read_text().startswith("kinds of growth (+4.0 MiB/epoch")
+    estimate = json.loads((bundle / "estimate.json").read_text())
+    assert estimate["parts"][0]["method"] == "compiled"
+    summary_json = json.loads((bundle / "summary.json").read_text())
+    assert summary_json["leak_sites"][0]["lineno"] == 12
+    assert summary_json["halt"]["epoch"] == 5 and summary_json["fit"]["epochs"] == 6
+    assert read_bundle(str(bundle))["notes"] == []  # the step's analysis is there
 
 
 def test_the_cap_holds_and_names_what_was_left_out(tmp_path):
