@@ -35,6 +35,7 @@ BASE_TAGS = {
     "memory/bound_process_mib",
     "memory/bound_available_mib",
     "memory/predicted_peak_mib",
+    "memory/fit_index",  # one run across fits: which fit wrote the epoch
 }
 
 

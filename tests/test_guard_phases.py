@@ -8,9 +8,10 @@ that looks whole.
 import keras
 import numpy as np
 import pytest
-from training import Leak, tiny_data, tiny_model
+from training import Leak, read_scalars, tiny_data, tiny_model
 
 from keras_memguard import MemGuardCallback, MemoryLimitExceededError, snapshot
+from keras_memguard.cli.report import read_run
 
 MIB = 2**20
 LEAK_MIB = 30
@@ -215,7 +216,7 @@ def test_evaluate_after_a_fit_that_raised_is_not_taken_for_its_validation_pass(m
         model.evaluate(x, y, verbose=0, callbacks=[guard])
 
 
-def test_a_fit_that_raised_leaves_no_writer_open_and_the_next_fit_gets_its_own_run(model, tmp_path):
+def test_a_raised_fit_leaves_no_writer_open_and_the_next_fit_continues_its_run(model, tmp_path):
     import os
 
     class Boom(keras.callbacks.Callback):
@@ -230,4 +231,7 @@ def test_a_fit_that_raised_leaves_no_writer_open_and_the_next_fit_gets_its_own_r
     model.fit(x, y, epochs=1, verbose=0, callbacks=[guard])
     assert guard._writer is None
     runs = sorted(d for d in os.listdir(tmp_path) if d.startswith("memory"))
-    assert "memory" in runs and "memory_fit2" in runs, runs
+    assert runs == ["memory", "memory_fits"], runs
+    # the raised fit wrote no epoch; the next one is fit 2, its epoch at step 0
+    assert read_scalars(str(tmp_path / "memory"))["memory/fit_index"] == [(0, 2.0)]
+    assert sorted(read_run(str(tmp_path / "memory_fits")).fit_runs) == [2]

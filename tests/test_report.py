@@ -18,7 +18,7 @@ MIB = 2**20
 
 @pytest.fixture(scope="module")
 def log_dir(tmp_path_factory):
-    """Two runs: one that trains 3 epochs, one halted by its bound."""
+    """Three log dirs: a fit of 3 epochs, a fit halted by its bound, two fits of one guard."""
     root = tmp_path_factory.mktemp("report")
     x, y = tiny_data()
     tiny_model().fit(
@@ -39,6 +39,10 @@ def log_dir(tmp_path_factory):
             )
         ],
     )
+    loop = MemGuardCallback(log_dir=root / "loop", verbose=0)
+    model = tiny_model()
+    for _ in range(2):  # one guard's fits continue one run
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[loop])
     return root
 
 
@@ -55,6 +59,8 @@ def test_text_report_per_run(log_dir):
     assert "process tree" in text and "available" in text and "process bound" in text
     assert "halts: 0" in text and "halts: 1" in text
     assert "max_process_memory" in text  # the halt's own message
+    assert "run loop/memory (2 epochs in 2 fits)" in text
+    assert "fits in loop/memory_fits (2)" in text
 
 
 def test_json_report(log_dir):
@@ -66,6 +72,8 @@ def test_json_report(log_dir):
     assert rss["epochs"] == 3 and rss["lowest"] <= rss["final"] <= rss["peak"]
     assert halted["figures"]["bound_process_mib"]["final"] == pytest.approx(1.0)
     assert len(halted["halts"]) == 1 and calm["halts"] == []
+    assert calm["fit_indices"] == [1] and runs["loop/memory"]["fit_indices"] == [1, 2]
+    assert runs["loop/memory"]["figures"]["process_tree_mib"]["epochs"] == 2
 
 
 def test_plot_is_a_png(log_dir, tmp_path):

@@ -238,9 +238,9 @@ def test_a_fit_that_raised_stops_its_watchdog(tmp_path, monkeypatch):
         time.sleep(0.1)
     assert not [t for t in threading.enumerate() if t.name == "memguard-watchdog"]
     assert read_heartbeat(str(tmp_path / "memory"))["state"] == "raised"
-    # the same guard fits again: a fresh watchdog, a heartbeat in the new run
+    # the same guard fits again: a fresh watchdog, its heartbeat in the run it continues
     tiny_model().fit(x, y, epochs=1, verbose=0, callbacks=[guard])
-    assert read_heartbeat(str(tmp_path / "memory_fit2"))["state"] == "ended"
+    assert read_heartbeat(str(tmp_path / "memory"))["state"] == "ended"
 
 
 def test_on_stuck_is_validated():

@@ -85,6 +85,14 @@ class RunReport:
     def series(self, key: str) -> list[tuple[int, float]]:
         return self.scalars.get("memory/" + key, [])
 
+    def fit_indices(self) -> list[int]:
+        """The fits that wrote epochs to this run (``memory/fit_index``), in step order."""
+        indices: list[int] = []
+        for _, value in self.series("fit_index"):
+            if not indices or indices[-1] != int(value):
+                indices.append(int(value))
+        return indices
+
     def summary(self) -> dict[str, Any]:
         """Peak, lowest and final value of each epoch-level tag, and the halts."""
         figures: dict[str, Any] = {}
@@ -108,6 +116,8 @@ class RunReport:
         }
         if self.fits():
             summary["fits"] = self.fits()
+        if self.fit_indices():
+            summary["fit_indices"] = self.fit_indices()
         if self.watchdog:
             summary["watchdog"] = self.watchdog
         if self.evidence is not None:
@@ -317,7 +327,8 @@ def format_report(runs: list[RunReport]) -> str:
             return None if entry is None else entry[which]
 
         epochs = max((f["epochs"] for f in figures.values()), default=0)
-        lines.append(f"run {run.name} ({epochs} epochs)")
+        fits = len(run.fit_indices())  # a run continued by several fits of one guard
+        lines.append(f"run {run.name} ({epochs} epochs{f' in {fits} fits' if fits > 1 else ''})")
         rows = [
             (
                 "process tree",

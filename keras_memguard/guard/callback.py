@@ -104,7 +104,8 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     Args:
         log_dir: TensorBoard directory; the guard writes the run `<log_dir>/memory`,
-            beside `keras.callbacks.TensorBoard`'s `train/` and `validation/`.
+            beside `keras.callbacks.TensorBoard`'s `train/` and `validation/`; its later
+            fits continue that run (`memory/fit_index`, docs/callback.md).
             Defaults to `None` (no TensorBoard output).
         max_process_memory: bound on this process tree: its RSS plus its child
             processes' private memory (pages shared with forked workers count once,

@@ -92,12 +92,27 @@ class EventWriter:
         run_dir: the run's directory (TensorBoard shows its name as the run).
         filename_suffix: added to the file name to tell writers apart.
             Defaults to `".memguard"`.
+        path: an event file this process wrote before, to append to (a run continued
+            across fits); a new file when it is gone. Defaults to `None` (a new file).
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], filename_suffix: str = ".memguard"):
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        filename_suffix: str = ".memguard",
+        path: str | None = None,
+    ):
         global _counter
         self.run_dir = os.fspath(run_dir)
         os.makedirs(self.run_dir, exist_ok=True)
+        self._lock = threading.Lock()
+        # time.monotonic() when the run began, set by MemoryRunWriter: the watchdog's
+        # steps (seconds) count from it, across the fits that continue the run
+        self.clock_origin: float | None = None
+        if path is not None and os.path.isfile(path):
+            self.path = path
+            self._file: Any = open(path, "ab")  # noqa: SIM115  (closed in close())
+            return
         with _counter_lock:
             _counter += 1
             serial = _counter
@@ -106,8 +121,7 @@ class EventWriter:
             f"{os.getpid()}.{serial}{filename_suffix}"
         )
         self.path = os.path.join(self.run_dir, name)
-        self._file: Any = open(self.path, "ab")  # noqa: SIM115  (closed in close())
-        self._lock = threading.Lock()
+        self._file = open(self.path, "ab")  # noqa: SIM115  (closed in close())
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
         self.flush()
 
@@ -212,11 +226,17 @@ def tensor_value(value: summary_pb2.Summary.Value) -> float | str | None:
 
 
 class MemoryRunWriter:
-    """The guard's run ``<log_dir>/memory`` for one fit; a failing write never stops it.
+    """The guard's run ``<log_dir>/memory``, continued by its fits; a failing write never stops it.
 
-    It claims the fit's run (``memory``, ``memory_fit2``, ... see ``guard/fits.py``),
-    writes the custom-scalars layout, and at the fit's end adds its point to the
-    ``memory_fits`` summary run. Every failure warns once and training goes on.
+    The first fit claims the run (``memory``, or ``memory_run2``, ... in another process
+    or for a copy of the guard; ``memory_trial_<id>`` in a tuner trial; see
+    ``guard/fits.py``), and writes the custom-scalars layout. Later fits of the same
+    guard in the same process append to the same event file: the step keeps counting
+    (epoch-level tags, and the ``memory_batch/`` tags on their own axis) and
+    ``memory/fit_index`` is written beside each epoch's figures. At a fit's end its point
+    goes to the ``memory_fits`` summary run and the file closes until the next fit.
+    Every failure warns once and training goes on. A copy (``copy.deepcopy``, a pickle
+    sent to a child process) starts a run of its own.
 
     Example:
         >>> run = MemoryRunWriter()
@@ -229,6 +249,13 @@ class MemoryRunWriter:
         self.writer: EventWriter | None = None
         self.log_dir: str | None = None
         self.fit: Any = None  # this fit's point in the memory_fits run (a fits.Fit)
+        self._last: Any = None  # the last fit's fits.Fit: its run continues
+        self._path: str | None = None  # the run's event file, appended by each fit
+        self._steps: Any = None  # fits.Steps of the run
+        self._started = 0.0  # time.monotonic() when the run began (the watchdog's step)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return MemoryRunWriter().__dict__  # a copy of the guard is a guard of its own
 
     def open(self, log_dir: str | None, run: str, gpu_indices: list[int]) -> None:
         """Opens the fit's run under ``log_dir`` (nothing when ``None`` or already open)."""
@@ -238,10 +265,17 @@ class MemoryRunWriter:
         if log_dir is None or self.writer is not None:
             return
         try:
-            fit = fits.begin(log_dir, run)  # a run per fit or trial
-            self.writer = EventWriter(os.path.join(log_dir, fit.run))
-            self.log_dir, self.fit = log_dir, fit
-            self.writer.custom_scalars_layout(memory_layout(gpu_indices))
+            last = self._last if self.log_dir == log_dir else None
+            fit = fits.begin(log_dir, run, previous=last)
+            if last is None or fit.run != last.run:  # a run of its own begins
+                self._path, self._steps = None, fits.Steps()
+                self._started = time.monotonic()
+            self.writer = EventWriter(os.path.join(log_dir, fit.run), path=self._path)
+            self.writer.clock_origin = self._started
+            if self.writer.path != self._path:
+                self.writer.custom_scalars_layout(memory_layout(gpu_indices))
+            self._path, self.log_dir, self.fit, self._last = self.writer.path, log_dir, fit, fit
+            self._steps.begin_fit()
         except Exception as err:
             self.writer = None
             warn_once(
@@ -265,7 +299,7 @@ class MemoryRunWriter:
         self.close()
 
     def close(self) -> None:
-        """Closes the event file."""
+        """Closes the event file (the next fit appends to it)."""
         if self.writer is None:
             return
         try:
@@ -276,13 +310,25 @@ class MemoryRunWriter:
             )
         self.writer = None
 
+    def _step(self, prefix: str, step: int) -> int:
+        """The run's step for the fit's epoch (or, for ``memory_batch/``, its batch)."""
+        if prefix == "memory_batch/":
+            return int(self._steps.batch(step))
+        return int(self._steps.epoch(step))
+
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
-        """Writes ``prefix + key`` scalars at ``step`` and flushes."""
+        """Writes ``prefix + key`` scalars at the fit's epoch (batch) ``step`` and flushes.
+
+        Epoch-level ``memory/`` figures get ``memory/fit_index`` beside them.
+        """
         if self.writer is None:
             return
         try:
+            at = self._step(prefix, step)
+            if prefix == "memory/" and self.fit is not None:
+                values = {**values, "fit_index": float(self.fit.index)}
             for key, value in values.items():
-                self.writer.scalar(prefix + key, value, step)
+                self.writer.scalar(prefix + key, value, at)
             self.writer.flush()
         except Exception as err:
             warn_once(
@@ -292,11 +338,11 @@ class MemoryRunWriter:
             )
 
     def text(self, tag: str, text: str, step: int) -> None:
-        """Writes one text summary at ``step`` and flushes."""
+        """Writes one text summary at the fit's epoch ``step`` and flushes."""
         if self.writer is None:
             return
         try:
-            self.writer.text(tag, text, step)
+            self.writer.text(tag, text, self._step("memory/", step))
             self.writer.flush()
         except Exception as err:
             warn_once("tensorboard-write", f"keras-memguard cannot write TensorBoard logs: {err}")

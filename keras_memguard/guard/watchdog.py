@@ -398,7 +398,7 @@ class Watchdog:
             self._write_heartbeat(snap, waited, force=True)
 
     def _write_figures(self, snap: MemorySnapshot, decision: StuckDecision, waited: float) -> None:
-        """The stuck episode's figures: ``memory_watchdog/<key>`` at step = seconds of fit."""
+        """The stuck episode's figures: ``memory_watchdog/<key>`` at step = seconds of the run."""
         now = time.monotonic()
         if self.writer is None or now - self._written_at < TENSORBOARD_EVERY_S:
             return
@@ -415,7 +415,9 @@ class Watchdog:
             warn_once("tensorboard-write", f"keras-memguard cannot write TensorBoard: {err}")
 
     def _seconds(self) -> int:
-        return int(time.monotonic() - self._started)
+        """The step: seconds since the run began (its first fit), else since this fit."""
+        origin = getattr(self.writer, "clock_origin", None)
+        return int(time.monotonic() - (self._started if origin is None else origin))
 
     def _training_stack(self) -> list[Any]:
         """The training thread's frames, outermost first, innermost last."""
