@@ -1,8 +1,8 @@
 """``memguard report``'s part for halt evidence: each bundle, its files, how to open them.
 
 A bundle (``guard/evidence_bundle.py``) belongs to the memory run beside it:
-``<log_dir>/memory_evidence`` to ``<log_dir>/memory``, ``memory_evidence_fit2`` to
-``memory_fit2``, ``memory_evidence_worker1`` to ``memory_worker1``. A bundle without
+``<log_dir>/memory_evidence`` to ``<log_dir>/memory``, ``memory_evidence_run2`` to
+``memory_run2``, ``memory_evidence_worker1`` to ``memory_worker1``. A bundle without
 such a run (written beside a checkpoint, with no ``log_dir``) is reported on its own.
 Imports no framework.
 
@@ -26,7 +26,7 @@ __all__ = ["bundle_lines", "bundle_run", "bundles_by_run"]
 
 
 def bundle_run(bundle_dir: str) -> str:
-    """The memory run a bundle belongs to: ``logs/memory_evidence_fit2`` -> ``logs/memory_fit2``."""
+    """The memory run a bundle belongs to: ``logs/memory_evidence_run2`` -> ``logs/memory_run2``."""
     parent, name = os.path.split(bundle_dir)
     return os.path.join(parent, "memory" + name[len(DIRECTORY) :])
 

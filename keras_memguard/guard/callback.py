@@ -492,10 +492,10 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     def _begin_evidence(self, run: str) -> None:
         """Issue #28: this fit's (or phase's) evidence goes beside its run; recording off."""
-        run = self._run.fit.run if self._run.fit is not None else run  # memory_fit2, ...
-        where = evidence_directory(self.log_dir, self.checkpoint_path, run)
+        fit = self._run.fit  # its run: memory, memory_run2, memory_trial_<id>, ...
+        where = evidence_directory(self.log_dir, self.checkpoint_path, fit.run if fit else run)
         estimate = self.estimate if self._state.in_fit else None
-        self._evidence.begin(where, self.summary, self.bounds, estimate)
+        self._evidence.begin(where, self.summary, self.bounds, estimate, fit and fit.index)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         halted_now = self._state.end_epoch(epoch)

@@ -83,8 +83,8 @@ def evidence_directory(
 ) -> str | None:
     """Where a halt's bundle goes: the log directory, else beside the checkpoint.
 
-    Named after the fit's memory run: ``memory`` -> ``memory_evidence``, ``memory_fit2``
-    -> ``memory_evidence_fit2``, ``memory_worker1`` -> ``memory_evidence_worker1``.
+    Named after the guard's memory run: ``memory`` -> ``memory_evidence``, ``memory_run2``
+    -> ``memory_evidence_run2``, ``memory_worker1`` -> ``memory_evidence_worker1``.
     ``None`` without either directory.
 
     Example:
@@ -209,6 +209,7 @@ class EvidenceKeeper:
         self._estimate: Any = None
         self._last: MemorySnapshot | None = None
         self._oom_written = False
+        self._fit_index: int | None = None
         self._backend: str | None = None  # a name, not the module: the guard stays copyable
 
     def begin(
@@ -217,6 +218,7 @@ class EvidenceKeeper:
         summary: MemGuardSummary,
         bounds: Bounds,
         estimate: Any,
+        fit_index: int | None = None,
     ) -> None:
         """A fit (or a standalone phase) starts: nothing is recorded yet.
 
@@ -226,6 +228,7 @@ class EvidenceKeeper:
         self.directory = directory if self.max_bytes is not None else None
         self._summary, self._bounds, self._estimate = summary, bounds, estimate
         self.recording_from, self._last, self._oom_written = None, None, False
+        self._fit_index = fit_index  # the fit's number under log_dir (guard/fits.py)
         name = backend_name()
         self._backend = name if name in BACKENDS else None
         if self._framework is not None and self.directory is not None:
@@ -301,6 +304,7 @@ class EvidenceKeeper:
                 "trigger": "halt" if halt is not None else "cuda_oom",
                 "notes": _notes(estimate),
                 "line": line,
+                "fit_index": self._fit_index,
                 "backend": backend_name(),
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
