@@ -42,6 +42,7 @@ from keras_memguard.estimate import inputs as input_estimate
 from keras_memguard.estimate.inputs import INPUT_ARRAYS
 from keras_memguard.estimate.parts import EstimatePart, MemoryEstimate
 from keras_memguard.estimate.static import OPTIMIZER_STATE, VARIABLES, model_parts
+from keras_memguard.estimate.step import STEP_PART
 from keras_memguard.guard.policy import Bounds, available_floor
 from keras_memguard.memory_snapshot import MemorySnapshot
 from keras_memguard.sizes import format_bytes
@@ -291,7 +292,8 @@ def preflight_message(
             break
     else:
         return None
-    unknown = any(part.bytes is None for part in parts)
+    # a lower bound while a part is unknown, or the step's own memory is not counted
+    unknown = any(part.bytes is None for part in parts) or all(p.name != STEP_PART for p in parts)
     memory = "" if where == "host" else " GPU memory"
     line = f"keras-memguard: this fit needs {'at least ' if unknown else ''}"
     line += f"{format_bytes(need)} more{memory} than it holds now"
