@@ -55,8 +55,9 @@ def test_raw_estimate_is_within_a_loose_ratio_of_the_measured_peak(measured, mod
     cases = [measured[model, size] for size in CASES[model]]
     ratios = [case["predicted"] / case["measured"] for case in cases]
     # The runtime's first-fit memory is counted: close at every batch, not only the largest
-    # (without it, 0.1-0.3 at the smallest).
-    assert all(0.4 < ratio < 1.4 for ratio in ratios), ratios
+    # (without it, 0.1-0.3 at the smallest). JAX's first fit varies by up to ~25 MiB
+    # between fresh processes (the wide model at 32 measured 61-87 MiB): room above 1.
+    assert all(0.4 < ratio < 1.6 for ratio in ratios), ratios
     assert all(STEP_PART in " ".join(case["parts"]) for case in cases)
     assert all("runtime overhead" in " ".join(case["parts"]) for case in cases)
     # The step grows with the batch, as the measure does.
