@@ -339,5 +339,5 @@ def test_every_framework_folder_answers_the_same_calls():
         context = backend_module(name, "distributed").worker_context(object())
         assert not context.multi_worker and context.any_worker(True) is True
         assert backend_module(name, "introspect").cannot_travel(object()) is None
-    with pytest.raises(ValueError, match="module='evidence'"):
-        backend_module("jax", "evidence")  # not one of MODULES (yet)
+    with pytest.raises(ValueError, match="module='trainer'"):
+        backend_module("jax", "trainer")  # not one of MODULES

@@ -205,7 +205,8 @@ def test_stop_saves_once_before_the_batch_keras_still_runs(tmp_path):
     assert int(restored.optimizer.iterations) == 0
     for a, b in zip(before, restored.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert sorted(os.listdir(tmp_path)) == ["g.keras"]  # the temporary file was renamed
+    # the temporary file was renamed; the halt's evidence is beside it (issue #28)
+    assert sorted(os.listdir(tmp_path)) == ["g.keras", "memory_evidence"]
 
 
 @pytest.mark.parametrize("phase", ["evaluate", "predict"])
@@ -423,7 +424,8 @@ def test_a_save_that_fails_keeps_the_previous_checkpoint(tmp_path, name):
     finally:
         FailingSaveDense.fail = False
     assert path.read_bytes() == good  # issue #23: the failed save replaced nothing
-    assert sorted(os.listdir(tmp_path)) == [name]  # and left no temporary file
+    # and left no temporary file (the halt's evidence is beside it: issue #28)
+    assert sorted(os.listdir(tmp_path)) == [name, "memory_evidence"]
     restored = model()
     if name.endswith(".keras"):
         restored = keras.saving.load_model(path)

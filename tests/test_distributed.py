@@ -120,6 +120,12 @@ def test_the_chief_writes_the_checkpoint_and_it_loads(two_workers):
 
 def test_chief_writes_the_main_run_and_the_other_worker_its_own(two_workers):
     workdir, _, output = two_workers
-    assert sorted(os.listdir(workdir / "logs")) == ["memory", "memory_fits", "memory_worker1"]
+    assert sorted(os.listdir(workdir / "logs")) == [
+        "memory",
+        "memory_evidence",  # issue #28: each worker's halt evidence beside its run
+        "memory_evidence_worker1",
+        "memory_fits",
+        "memory_worker1",
+    ]
     assert "worker 0: another worker crossed its memory bound" in output
     assert "worker 1: process_tree" in output

@@ -2,8 +2,10 @@
 
 Measured = peak RSS during a real 3-step ``fit`` minus the RSS before it (the model and
 its optimizer built), each case in a fresh process so the figures are clean. The raw
-estimate leaves the runtime's own memory unknown, so at small batches it is well below
-the measure; calibration (the gap at the smallest batch) brings the others close.
+estimate counts the runtime's first-fit memory as the figure measured once per framework
+version; calibration fits a constant and a per-sample gap through two smaller fits (the
+smallest batch and half the largest) and reads it at the largest. The bounds leave room
+for the first fit's own memory varying by several MiB between fresh processes.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from keras_memguard import MemoryEstimate, calibrate_estimate, estimate_fit_memo
 from keras_memguard.estimate.parts import Method
 from keras_memguard.estimate.specs import fit_spec
 from keras_memguard.estimate.step import STEP_PART, step_part_estimator
+from keras_memguard.isolation.calibrate import calibration_sizes, gap_line
 
 pytestmark = pytest.mark.backends
 HERE = os.path.dirname(__file__)
-CASES = {"wide": (32, 128, 512), "conv": (16, 64, 256)}
+CASES = {"wide": (32, 256, 512), "conv": (16, 128, 256)}
 
 
 def _measure(model: str, batch_size: int, tmp_path) -> dict:
@@ -51,20 +54,30 @@ def measured(tmp_path_factory):
 def test_raw_estimate_is_within_a_loose_ratio_of_the_measured_peak(measured, model):
     cases = [measured[model, size] for size in CASES[model]]
     ratios = [case["predicted"] / case["measured"] for case in cases]
-    # Never far above; at the largest batch the step dominates the unknown runtime part.
-    assert max(ratios) < 1.6, ratios
-    assert ratios[-1] > 0.35, ratios
+    # The runtime's first-fit memory is counted: close at every batch, not only the largest
+    # (without it, 0.1-0.3 at the smallest). JAX's first fit varies by up to ~25 MiB
+    # between fresh processes (the wide model at 32 measured 61-87 MiB): room above 1.
+    assert all(0.4 < ratio < 1.6 for ratio in ratios), ratios
     assert all(STEP_PART in " ".join(case["parts"]) for case in cases)
+    assert all("runtime overhead" in " ".join(case["parts"]) for case in cases)
     # The step grows with the batch, as the measure does.
     assert cases[0]["predicted"] < cases[1]["predicted"] < cases[2]["predicted"]
 
 
 @pytest.mark.parametrize("model", sorted(CASES))
-def test_calibrated_at_the_smallest_batch_predicts_the_larger_ones(measured, model):
-    smallest, *others = (measured[model, size] for size in CASES[model])
-    gap = smallest["measured"] - smallest["predicted"]
-    ratios = [(case["predicted"] + gap) / case["measured"] for case in others]
-    assert all(0.5 < ratio < 1.6 for ratio in ratios), ratios
+def test_a_gap_line_through_two_smaller_fits_predicts_the_largest(measured, model):
+    *small, largest = CASES[model]
+    assert calibration_sizes(largest, small[0])[1] == small[1]  # what calibration measures
+    points = [
+        (size, measured[model, size]["measured"] - measured[model, size]["predicted"])
+        for size in small
+    ]
+    constant, per_sample = gap_line(points)
+    case = measured[model, largest]
+    ratio = (case["predicted"] + constant + per_sample * largest) / case["measured"]
+    # 0.85-1.31 in the benchmark; JAX's first-fit memory varies by up to ~25 MiB between
+    # processes and the line is read at twice its second point: room for that.
+    assert 0.7 < ratio < 1.4, (ratio, points)
 
 
 def test_calibrate_estimate_reports_raw_and_calibrated(measured):
@@ -77,11 +90,23 @@ def test_calibrate_estimate_reports_raw_and_calibrated(measured):
     assert isinstance(estimate, MemoryEstimate) and estimate.batch_size == 256
     assert estimate.calibrated_bytes is not None
     assert estimate.calibrated_bytes != estimate.known_bytes
-    assert "calibrated by 2 real steps at batch 8" in estimate.notes[-1]
+    note = estimate.notes[-1]
+    assert note.startswith("calibrated by 2 real steps in a fresh child per batch size")
+    assert "at batch 8: measured" in note and "at batch 128: measured" in note
+    assert "per sample" in note
     case = measured["conv", 256]
     resident = estimate.known_bytes - case["predicted"]  # variables, optimizer, arrays
-    assert 0.5 < (estimate.calibrated_bytes - resident) / case["measured"] < 1.6
+    assert 0.75 < (estimate.calibrated_bytes - resident) / case["measured"] < 1.25
     assert "calibrated" in str(estimate)
+
+
+def test_calibration_sizes_and_the_gap_line():
+    assert calibration_sizes(256, 8) == (8, 128)
+    assert calibration_sizes(40, 8) == (8, 32)  # at least 4x the smallest
+    assert calibration_sizes(16, 8) == (8, 16)
+    assert calibration_sizes(8, 8) == (8,) and calibration_sizes(4, 8) == (4,)
+    assert gap_line([(8, 50), (128, 170)]) == (42.0, 1.0)
+    assert gap_line([(8, 50)]) == (50.0, 0.0)
 
 
 def _model_and_data(samples: int = 64):

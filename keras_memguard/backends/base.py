@@ -11,7 +11,10 @@ and the same functions inside (the way Keras lays out ``keras/src/backend/``):
 - ``distributed``: ``supports_vote()`` and ``worker_context(model)``, the workers' vote.
 - ``introspect``: ``tensor_types()``, ``describe(obj)`` and ``cannot_travel(value)``.
 - ``compat``: its private names (``SYMBOLS``, see :mod:`keras_memguard.compat`).
-- planned: ``estimate`` (the pre-flight's figures) and ``evidence`` (what a halt keeps).
+- ``estimate``: the pre-flight's figures of the compiled or traced step.
+- ``evidence``: what a halt keeps of the device's memory, in the framework's own
+  formats (``start_recording``, ``stop_recording``, ``attach_oom_observer``,
+  ``write_evidence``; see ``guard/evidence.py``).
 
 Where a framework lacks a feature, its module says so (``supports_vote()`` is
 ``False``). Nothing outside ``backends/`` imports a framework (``data/`` for tf.data and
@@ -50,6 +53,7 @@ __all__ = [
     "MODULES",
     "Backend",
     "DeviceMemory",
+    "EvidenceFile",
     "NullBackend",
     "WorkerContext",
     "backend_module",
@@ -69,6 +73,7 @@ MODULES = (
     "configure",
     "distributed",
     "estimate",
+    "evidence",
     "input_pipeline",
     "introspect",
     "memory",
@@ -100,6 +105,24 @@ class DeviceMemory:
     limit: int | None = None
     peak_resettable: bool = False
     uuid: str | None = None
+
+
+@dataclass(frozen=True)
+class EvidenceFile:
+    """One file a framework's ``evidence.write_evidence`` wrote into a halt's bundle.
+
+    Attributes:
+        name: the file's name inside the bundle directory.
+        what: what it holds, in a few words.
+        opens_with: the command or viewer that opens it.
+
+    Example:
+        >>> EvidenceFile("device_memory.prof", "JAX's live buffers (pprof)", "pprof -http=: ...")
+    """
+
+    name: str
+    what: str
+    opens_with: str
 
 
 class Backend(Protocol):

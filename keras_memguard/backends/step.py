@@ -33,6 +33,7 @@ __all__ = [
     "StepMemory",
     "batch_structure",
     "build_for_fit",
+    "first_fit_runtime",
     "step_estimator",
 ]
 
@@ -132,3 +133,22 @@ def step_estimator(model: Any, spec: Any) -> StepEstimator:
     module = importlib.import_module(f"keras_memguard.backends.{name}.estimate")
     estimator: StepEstimator = module.step_estimator(model, spec)
     return estimator
+
+
+def first_fit_runtime() -> tuple[int, str] | None:
+    """The framework's own memory at a process's first fit on CPU, and the version measured.
+
+    A figure measured once per framework version (``FIRST_FIT_RUNTIME`` in
+    ``backends/<framework>/estimate.py``), not for this model; ``None`` for a backend
+    without one.
+
+    Example:
+        >>> first_fit_runtime()   # under JAX
+        (39845888, 'jax 0.10.2')
+    """
+    name = backend_name()
+    if name not in BACKENDS:
+        return None
+    module = importlib.import_module(f"keras_memguard.backends.{name}.estimate")
+    figure: tuple[int, str] | None = getattr(module, "FIRST_FIT_RUNTIME", None)
+    return figure

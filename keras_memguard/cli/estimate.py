@@ -3,7 +3,7 @@
 ``FUNCTION`` (in an importable module, or a ``path/to/file.py``) returns ``(model,
 data)`` or ``(model, data, batch_size)``, ``data`` being ``x`` or ``(x, y)``; the command
 builds it, estimates and prints the parts (``--json`` for tools). ``--calibrate`` also
-runs a small real fit in a child process and prints the calibrated figure.
+runs two small real fits in child processes and prints the calibrated figure.
 
 Example:
     $ memguard estimate train:build --batch-size 256

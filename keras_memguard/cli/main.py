@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     estimate.add_argument("--batch-size", type=int, help="the batch size to estimate for")
     estimate.add_argument(
-        "--calibrate", action="store_true", help="also run 2 small real steps in a child process"
+        "--calibrate",
+        action="store_true",
+        help="also run two small real fits, each in a child process",
     )
     estimate.add_argument("--json", action="store_true", help="print machine-readable JSON")
     return parser

@@ -3,7 +3,8 @@
 It reads the ``memory/...`` scalars that ``MemGuardCallback`` wrote (every run under
 LOGDIR that has them), and summarizes each: peaks, final values, leak slope, halts, and
 the allocation sites of a leak (the ``memory/leak_sites`` text) and the kinds of growth
-(the ``memory/growth`` text).
+(the ``memory/growth`` text), and lists the evidence a halt kept (``memory_evidence/``)
+with the command that opens each file (``cli/evidence.py``).
 A run killed before its train end (the OOM killer, a scheduler) may have written no
 scalars at all; its heartbeat file (guard/heartbeat.py) still says where it was, and
 :func:`post_mortem` says what can be told from it: how the run ended and why, as far as
@@ -26,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from keras_memguard.cli.evidence import bundle_lines, bundles_by_run
 from keras_memguard.errors import WATCHDOG_EXIT_CODE, MemGuardError
 from keras_memguard.guard.growth import growth_lines
 from keras_memguard.guard.heartbeat import read_heartbeat
@@ -68,6 +70,7 @@ class RunReport:
     watchdog: list[str] = field(default_factory=list)  # issue #24: the watchdog's lines
     heartbeat: dict[str, Any] | None = None  # issue #24: the run's last heartbeat
     growth: list[str] = field(default_factory=list)  # issue #27: one line per kind
+    evidence: dict[str, Any] | None = None  # issue #28: the halt's bundle (its manifest)
 
     def fits(self) -> list[dict[str, Any]]:
         """The summary run's fits: index, run, start, end and peak MiB, by index."""
@@ -117,6 +120,8 @@ class RunReport:
             summary["fit_indices"] = self.fit_indices()
         if self.watchdog:
             summary["watchdog"] = self.watchdog
+        if self.evidence is not None:
+            summary["evidence"] = self.evidence
         if self.heartbeat is not None:
             summary["heartbeat"] = self.heartbeat
             summary["post_mortem"] = post_mortem(self.heartbeat)
@@ -169,11 +174,16 @@ def _leak_site_lines(markdown: str) -> list[str]:
 def load_report(log_dir: str) -> list[RunReport]:
     """Every run under ``log_dir`` that holds keras-memguard memory scalars."""
     runs = []
+    bundles = bundles_by_run(log_dir) if os.path.isdir(log_dir) else {}
     for run_dir in find_runs(log_dir):
         name = os.path.relpath(run_dir, log_dir)
         run = read_run(run_dir, "." if name == "." else name)
+        run.evidence = bundles.pop(run_dir, None)
         if run.scalars or run.halts or run.heartbeat is not None:
             runs.append(run)
+    for manifest in bundles.values():  # a bundle without its run: beside a checkpoint
+        path = manifest["path"]
+        runs.append(RunReport(os.path.relpath(path, log_dir), path, evidence=manifest))
     if not runs:
         raise ReportError(
             f"No keras-memguard memory scalars under {log_dir!r}. Train with "
@@ -303,6 +313,9 @@ def format_report(runs: list[RunReport]) -> str:
         if run.fits():
             lines.extend(_format_fits(run))
             continue
+        if run.evidence is not None and not run.scalars:  # issue #28: a bundle alone
+            lines += [f"evidence {run.name}", *bundle_lines(run.evidence)]
+            continue
         figures = run.summary()["figures"]
         if not figures and (run.heartbeat is not None or run.watchdog):
             lines.append(f"run {run.name} (no epoch ended)")  # issue #24: killed early
@@ -357,6 +370,8 @@ def format_report(runs: list[RunReport]) -> str:
             lines.append("  kinds of growth (per epoch, share of the growth):")
             lines += [f"    {kind}" for kind in run.growth]
         lines += _format_heartbeat(run)  # issue #24
+        if run.evidence is not None:  # issue #28
+            lines += bundle_lines(run.evidence)
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ class Method(enum.StrEnum):
     COMPILED = "compiled"  # a compiler's buffer assignment (XLA memory_analysis)
     TRACED = "traced"  # a traced step under fake tensors (PyTorch)
     UPPER_BOUND = "upper bound"  # a figure the real peak stays below
-    MEASURED = "measured"  # a real step in an isolated child (calibration)
+    MEASURED = "measured"  # a real fit measured (calibration, or once per framework version)
     UNKNOWN = "unknown"  # not obtained: ``reason`` says why
 
 

@@ -8,8 +8,10 @@
   momentum: 1; ...), unknown with the reason for a class it does not know;
 - ``gradients``: one gradient per trainable weight, live together between the backward
   pass and the update (exact);
-- ``runtime overhead``: unknown: the framework's own memory (kernels, allocator pools,
-  workspaces) is not predicted from the model; calibration measures it.
+- ``runtime overhead``: the framework's own memory at a process's first fit on CPU
+  (thread pools, the first compile or trace), a figure measured once per framework
+  version for a tiny model (``backends.step.first_fit_runtime``); unknown on a GPU.
+  It does not scale with the batch; calibration measures it for the model at hand.
 
 Each part is ``where="device"`` when the model's variables live on a GPU, else
 ``"host"``. Counting takes well under a millisecond per hundred weights and is cached
@@ -181,16 +183,29 @@ def model_parts(model: Any) -> tuple[EstimatePart, ...]:
     return parts
 
 
+def _overhead(where: str) -> EstimatePart:
+    """The runtime's first-fit memory on CPU (measured per framework version), else unknown."""
+    from keras_memguard.backends.step import first_fit_runtime
+
+    figure = first_fit_runtime() if where == "host" else None
+    if figure is None:
+        why = (
+            "the framework's own memory (kernels, allocator pools, workspaces) is not "
+            "predicted from the model here; calibration measures it"
+        )
+        return EstimatePart(RUNTIME_OVERHEAD, None, Method.UNKNOWN, why)
+    size, version = figure
+    detail = (
+        f"the framework's memory at a process's first fit on CPU, measured once with "
+        f"{version} for a tiny model (not this one); calibration measures it for this one"
+    )
+    return EstimatePart(RUNTIME_OVERHEAD, size, Method.MEASURED, detail)
+
+
 def _count(model: Any) -> tuple[EstimatePart, ...]:
     weights = list(model.weights)
-    overhead = EstimatePart(
-        RUNTIME_OVERHEAD,
-        None,
-        Method.UNKNOWN,
-        "the framework's own memory (kernels, allocator pools, workspaces) is not "
-        "predicted from the model; calibration measures it",
-    )
     if not getattr(model, "built", False) or not weights:
+        overhead = _overhead("device")  # unknown: nothing is known of an unbuilt model
         why = "the model is not built yet: call model.build(input_shape) or fit first"
         return (
             EstimatePart(VARIABLES, None, Method.UNKNOWN, why),
@@ -206,6 +221,7 @@ def _count(model: Any) -> tuple[EstimatePart, ...]:
         f", {frozen} not trainable" if frozen else ""
     )
     grads, grad_values = variables_bytes(trainable)
+    overhead = _overhead(where)
     return (
         EstimatePart(VARIABLES, size, Method.EXACT, detail, where=where),
         _optimizer_part(model, trainable, where),

@@ -48,6 +48,7 @@ from keras_memguard.guard.arguments import (
 )
 from keras_memguard.guard.checkpoint import check_checkpoint_path, save_checkpoint
 from keras_memguard.guard.distributed import ANOTHER_WORKER, WorkerContext, vote, worker_context
+from keras_memguard.guard.evidence import EvidenceKeeper, check_evidence, evidence_directory
 from keras_memguard.guard.halt import HaltState, calling_callback_list, fit_is_running
 from keras_memguard.guard.headroom import (
     WARMUP_CHECKS,
@@ -179,6 +180,11 @@ class MemGuardCallback(keras.callbacks.Callback):
             the input pipeline's buffers (about a millisecond, once per model and
             input); `"full"`: also the compiled step's temporaries (seconds, once per
             model and input); `False`: none. Defaults to `"cheap"`.
+        evidence: at a halt, write what memory looked like (the summary, leak sites,
+            kinds of growth, the estimate, and the framework's own profile or snapshot)
+            into `<log_dir>/memory_evidence/` (without `log_dir`: beside the checkpoint),
+            at most 64 MiB; a size (`"16MiB"`) sets that cap; `False`: none. See
+            docs/evidence.md. Defaults to `True`.
 
     Attributes:
         estimate: the pre-flight's `MemoryEstimate` of the last fit (`None` before one,
@@ -221,6 +227,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         on_stuck: str = "exit",
         verbose: int = 0,
         preflight: str | bool = "cheap",
+        evidence: bool | int | str = True,
     ) -> None:
         super().__init__()
         on_exceed = check_choice(
@@ -265,6 +272,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.release_on_train_end = bool(release_on_train_end)
         self.verbose = verbose
         self.preflight = _preflight.check_preflight_mode(preflight)  # issue #25
+        self._evidence = EvidenceKeeper(check_evidence(evidence))  # issue #28
         self.estimate: Any = None
         self._predicted_peak: int | None = None
         self.bounds = Bounds(
@@ -340,7 +348,9 @@ class MemGuardCallback(keras.callbacks.Callback):
         self.summary.start_process_tree = snap.process_tree
         self._warn_unbounded_gpus(snap)
         self._run_preflight(snap)  # issue #25: before the first step
-        self._run.open(self.log_dir, self._workers.run_name, [gpu.index for gpu in snap.gpus])
+        run = self._workers.run_name
+        self._run.open(self.log_dir, run, [gpu.index for gpu in snap.gpus])
+        self._begin_evidence(run)  # issue #28
         if self.add_to_logs is None:
             self._adding_to_logs = self._writer is None
         # issue #24: the watchdog thread and its heartbeat file (guard/watchdog.py)
@@ -434,6 +444,7 @@ class MemGuardCallback(keras.callbacks.Callback):
             if leaks is not None:
                 leaks.close()
             self._run.drop()
+            self._evidence.close()  # issue #28
         if dog is not None:
             dog.stop("raised")  # issue #24; outside the lock: it may join that thread
 
@@ -501,6 +512,14 @@ class MemGuardCallback(keras.callbacks.Callback):
         # issue #23: growth measured from this call's own checks, cadence as configured
         self._reading, self._rates, self._due_in = None, {}, None
         self._reset_phase()
+        self._begin_evidence("memory")  # issue #28
+
+    def _begin_evidence(self, run: str) -> None:
+        """Issue #28: this fit's (or phase's) evidence goes beside its run; recording off."""
+        fit = self._run.fit  # its run: memory, memory_run2, memory_trial_<id>, ...
+        where = evidence_directory(self.log_dir, self.checkpoint_path, fit.run if fit else run)
+        estimate = self.estimate if self._state.in_fit else None
+        self._evidence.begin(where, self.summary, self.bounds, estimate, fit and fit.index)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         halted_now = self._state.end_epoch(epoch)
@@ -529,6 +548,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._state.end_fit()
         self._leaks.close()  # issue #16
         self._stop_watchdog("ended")  # issue #24
+        self._evidence.close()  # issue #28
         if self.release_on_train_end:
             # A full release only where it can matter (see train_end_release). The cheap
             # one also keeps PyTorch's cached GPU blocks: a next fit would take them back.
@@ -598,6 +618,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         if state.checks_paused:
             return
         self._warn_low_memory(snap)
+        self._evidence.observe(snap)  # issue #28: recording on once memory nears a bound
         found, near = self._project(snap, batch)
         if self.on_exceed == "warn":
             self._warn_crossings(found, batch)
@@ -687,6 +708,8 @@ class MemGuardCallback(keras.callbacks.Callback):
             line += "; no checkpoint_path was given, so nothing was saved"
         elif not plan.standalone and not self._workers.is_chief:
             line += f"; {self._workers.chief_name} keeps the checkpoint"
+        kept = self._evidence.write(line, halt, snap)  # issue #28
+        line += f"; memory evidence in {kept}" if kept else ""
         print(line, file=sys.stderr, flush=True)
         self._run.text("memory/halt", line, self._state.epoch or 0)
         if plan.stop_evaluating:
@@ -701,6 +724,7 @@ class MemGuardCallback(keras.callbacks.Callback):
             if not plan.nested:  # a nested call's fit ends as any fit that raised
                 self._run.close()
                 self._stop_watchdog("raised")  # issue #24
+                self._evidence.close()  # issue #28
             raise MemoryLimitExceededError(
                 line,
                 snapshot=snap,

@@ -41,7 +41,12 @@ from keras_memguard.errors import invalid_argument, warn_once
 from keras_memguard.estimate import inputs as input_estimate
 from keras_memguard.estimate.inputs import INPUT_ARRAYS
 from keras_memguard.estimate.parts import EstimatePart, MemoryEstimate
-from keras_memguard.estimate.static import OPTIMIZER_STATE, VARIABLES, model_parts
+from keras_memguard.estimate.static import (
+    OPTIMIZER_STATE,
+    RUNTIME_OVERHEAD,
+    VARIABLES,
+    model_parts,
+)
 from keras_memguard.estimate.step import STEP_PART
 from keras_memguard.guard.policy import Bounds, available_floor
 from keras_memguard.memory_snapshot import MemorySnapshot
@@ -188,8 +193,12 @@ def preflight_estimate(model: Any, data: FitInput | None, mode: str) -> MemoryEs
 
 
 def resident_parts(model: Any) -> frozenset[str]:
-    """Names of the parts already in memory when ``fit`` calls ``on_train_begin``."""
-    names = {VARIABLES, INPUT_ARRAYS, "dataset tensors"}
+    """Names of the parts already in memory when ``fit`` calls ``on_train_begin``.
+
+    The runtime's first-fit memory counts as held: after a process's first fit it is,
+    and the guard cannot tell a first fit from a later one.
+    """
+    names = {VARIABLES, INPUT_ARRAYS, "dataset tensors", RUNTIME_OVERHEAD}
     optimizer = getattr(model, "optimizer", None)
     if getattr(getattr(optimizer, "inner_optimizer", optimizer), "built", False):
         names.add(OPTIMIZER_STATE)
@@ -308,7 +317,8 @@ def preflight_message(
             break
     else:
         return None
-    unknown = any(part.bytes is None for part in parts)
+    # a lower bound while a part is unknown, or the step's own memory is not counted
+    unknown = any(part.bytes is None for part in parts) or all(p.name != STEP_PART for p in parts)
     memory = "" if where == "host" else " GPU memory"
     line = f"keras-memguard: this fit needs {'at least ' if unknown else ''}"
     line += f"{format_bytes(need)} more{memory} than it holds now"

@@ -1,10 +1,14 @@
-"""Calibrating a fit's estimate with one real small step in a child process.
+"""Calibrating a fit's estimate with two short real fits in child processes.
 
-The estimate misses a gap that does not grow with the batch: the allocator's pools,
-the runtime's workspaces and thread pools, what the first step initialises. A short real
-``fit`` at a small batch size in a fresh child (``run_isolated``) measures it: the peak
-RSS during that fit minus the RSS before it, against what the estimate predicted that
-fit would add; the difference corrects the estimate at the batch size asked for.
+The estimate misses a part that does not grow with the batch (the allocator's pools,
+the runtime's thread pools, what the first step initialises and keeps: measured 16-50
+MiB on CPU) and a part that does (scratch the framework allocates outside what its
+compiler or tracer sees, such as the patches of CPU convolutions: measured 20-50% of
+the step's per-sample memory). Two short real ``fit``s at two small batch sizes, each
+in a fresh child (``run_isolated``), measure both: the peak RSS during the fit minus the
+RSS before it, against what the estimate predicted that fit would add. The two gaps give
+a line (a constant and a slope per sample) that corrects the estimate at the batch size
+asked for.
 
 ``measure_fit_peak`` is that measurement, usable on its own in a fresh process (the
 tests and ``benchmarks/bench_estimate.py`` compare estimates with it).
@@ -31,7 +35,13 @@ from keras_memguard.isolation.run import run_isolated
 from keras_memguard.probes.process import read_process_memory
 from keras_memguard.sizes import format_bytes
 
-__all__ = ["calibrate_estimate", "measure_fit_peak", "unpack_build"]
+__all__ = [
+    "calibrate_estimate",
+    "calibration_sizes",
+    "gap_line",
+    "measure_fit_peak",
+    "unpack_build",
+]
 
 _CLEAR_REFS = "/proc/self/clear_refs"
 
@@ -162,6 +172,40 @@ def _calibration_child(
     return raw, fit_added_bytes(at_small), measured, small
 
 
+def calibration_sizes(size: int, smallest: int) -> tuple[int, ...]:
+    """The two small batch sizes calibration measures for a fit at ``size``.
+
+    The smallest, and half of ``size`` (at least 4x the smallest, at most ``size``): the
+    first fit's own memory varies by a few MiB from one process to the next (measured
+    under JAX: 38-44 MiB for a tiny model), and the line through the two gaps is read at
+    ``size``, so the further apart the two, the less that noise moves the slope.
+
+    Example:
+        >>> calibration_sizes(256, 8), calibration_sizes(32, 8), calibration_sizes(8, 8)
+        ((8, 128), (8, 32), (8,))
+    """
+    small = min(smallest, size)
+    larger = min(size, max(4 * small, size // 2))
+    return (small,) if larger <= small else (small, larger)
+
+
+def gap_line(points: list[tuple[int, int]]) -> tuple[float, float]:
+    """``(constant, per_sample)`` of the line through ``(batch_size, gap)`` points.
+
+    One point gives a constant gap; two give the line through both.
+
+    Example:
+        >>> gap_line([(8, 50), (64, 106)])
+        (42.0, 1.0)
+    """
+    (b1, g1), *rest = points
+    if not rest:
+        return float(g1), 0.0
+    b2, g2 = rest[0]
+    slope = (g2 - g1) / (b2 - b1)
+    return g1 - slope * b1, slope
+
+
 def calibrate_estimate(
     build: Callable[[], Any],
     *,
@@ -172,25 +216,31 @@ def calibrate_estimate(
     max_memory: int | float | str | None = None,
     env: dict[str, str] | None = None,
 ) -> MemoryEstimate:
-    """The estimate of ``build()``'s fit, raw and calibrated by a small real fit in a child.
+    """The estimate of ``build()``'s fit, raw and calibrated by two small real fits.
+
+    Each small fit runs ``steps`` steps in its own fresh child, at
+    ``calibration_sizes(batch_size, calibration_batch_size)`` (for a fit at 256 with
+    the defaults: 8 and 128); the gaps between measured and predicted give a constant
+    and a per-sample correction. A pipeline runs at its own batch size: one fit, a
+    constant gap.
 
     Args:
         build: a module-level function returning ``(model, data)`` or
             ``(model, data, batch_size)`` (``data`` is ``x`` or ``(x, y)``); it runs in
-            the child.
+            the children.
         batch_size: the batch size to estimate for (else ``build``'s, else the data's).
             Defaults to `None`.
-        calibration_batch_size: the batch size of the real small fit, for in-memory
-            arrays and shapes (a pipeline runs at its own). Defaults to `8`.
-        steps: how many real steps the small fit runs. Defaults to `2`.
-        timeout: seconds before the child is stopped (``run_isolated``). Defaults to
+        calibration_batch_size: the smaller batch size of the real small fits, for
+            in-memory arrays and shapes. Defaults to `8`.
+        steps: how many real steps each small fit runs. Defaults to `2`.
+        timeout: seconds before a child is stopped (``run_isolated``). Defaults to
             `600`.
-        max_memory: bound on the child's memory (``run_isolated``). Defaults to `None`.
-        env: environment variables for the child only. Defaults to `None`.
+        max_memory: bound on each child's memory (``run_isolated``). Defaults to `None`.
+        env: environment variables for the children only. Defaults to `None`.
 
     Returns:
         The raw ``MemoryEstimate`` with ``calibrated_bytes`` set: its ``known_bytes``
-        plus the gap the small fit measured; the gap is in ``notes``.
+        plus the gap the small fits measured, at its batch size; how is in ``notes``.
 
     Example:
         >>> estimate = calibrate_estimate(build, batch_size=256)
@@ -201,21 +251,36 @@ def calibrate_estimate(
     positive_int(batch_size, "batch_size", allow_none=True)
     positive_int(calibration_batch_size, "calibration_batch_size")
     positive_int(steps, "steps")
-    raw, predicted_small, measured_small, small = run_isolated(
-        _calibration_child,
-        build,
-        batch_size,
-        calibration_batch_size,
-        steps,
-        timeout=timeout,
-        max_memory=max_memory,
-        env=env,
-    )
-    gap = measured_small - predicted_small
+    points: list[tuple[int, int]] = []
+    sizes: tuple[int, ...] = (calibration_batch_size,)
+    raw: MemoryEstimate | None = None
+    measures = []
+    while len(points) < len(sizes):
+        raw, predicted, measured, small = run_isolated(
+            _calibration_child,
+            build,
+            batch_size,
+            sizes[len(points)],
+            steps,
+            timeout=timeout,
+            max_memory=max_memory,
+            env=env,
+        )
+        if not points and raw.batch_size is not None and small == sizes[0]:
+            sizes = calibration_sizes(raw.batch_size, small)
+        points.append((small, measured - predicted))
+        measures.append(
+            f"at batch {small}: measured {format_bytes(measured)} added by fit, "
+            f"predicted {format_bytes(predicted)}"
+        )
+    assert raw is not None
+    constant, per_sample = gap_line(points)
+    gap = int(constant + per_sample * (raw.batch_size or points[0][0]))
     note = (
-        f"calibrated by {steps} real steps at batch {small} in a child process: "
-        f"measured {format_bytes(measured_small)} added by fit, predicted "
-        f"{format_bytes(predicted_small)}; gap {format_bytes(gap)}"
+        f"calibrated by {steps} real steps in a fresh child per batch size "
+        f"({'; '.join(measures)}); "
+        f"gap {format_bytes(int(constant))} + {format_bytes(int(per_sample))} per sample "
+        f"= {format_bytes(gap)} at batch {raw.batch_size}"
     )
     return dataclasses.replace(
         raw, calibrated_bytes=max(0, raw.known_bytes + gap), notes=(*raw.notes, note)

@@ -26,9 +26,20 @@ from typing import Any
 from keras_memguard.backends.step import StepEstimator, StepMemory, batch_structure
 from keras_memguard.errors import warn_once
 
-__all__ = ["CHECKED", "compiled_memory_stats", "cpu_convolution_scratch", "step_estimator"]
+__all__ = [
+    "CHECKED",
+    "FIRST_FIT_RUNTIME",
+    "compiled_memory_stats",
+    "cpu_convolution_scratch",
+    "step_estimator",
+]
 
 CHECKED = "jax 0.10.2"
+# The runtime's own memory at a process's first fit on CPU (XLA's CPU client and the first
+# compile, Eigen's thread pool), which no model part counts: peak RSS during a 3-step fit
+# of an 8-16-2 dense model at batch 8 minus RSS before it, the lower of two fresh
+# processes (jax 0.10.2, Keras 3.15.1).
+FIRST_FIT_RUNTIME = (38 * 2**20, "jax 0.10.2")
 _DEFINITION = re.compile(r"%([\w.\-]+) = (\w+)\[([\d,]*)\]")
 _CONVOLUTION = re.compile(
     r"= (\w+)\[([\d,]*)\]\S* convolution\(%([\w.\-]+), %[\w.\-]+\), "

@@ -27,9 +27,14 @@ from keras_memguard.backends.torch.compat import FAKE_TENSOR_MODE, MEM_TRACKER
 from keras_memguard.compat import resolve
 from keras_memguard.errors import warn_once
 
-__all__ = ["CHECKED", "fake_tensor_mode", "mem_tracker", "step_estimator"]
+__all__ = ["CHECKED", "FIRST_FIT_RUNTIME", "fake_tensor_mode", "mem_tracker", "step_estimator"]
 
 CHECKED = "torch 2.14.1"
+# The runtime's own memory at a process's first fit on CPU (the autograd engine, the
+# ATen/oneDNN thread pool), which no model part counts: peak RSS during a 3-step fit of an
+# 8-16-2 dense model at batch 8 minus RSS before it, the lower of two fresh processes
+# (torch 2.14.1, Keras 3.15.1).
+FIRST_FIT_RUNTIME = (6 * 2**20, "torch 2.14.1")
 # MemTracker's categories (_MemRefType values) that a step creates and frees.
 _TRANSIENT = ("Activation", "Temp", "Other")
 
