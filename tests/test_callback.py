@@ -328,12 +328,30 @@ def test_no_leak_no_warning():
 
 
 def test_summary_and_release_at_train_end(capsys):
+    import gc
+
+    class GarbageAtTrainEnd(keras.callbacks.Callback):
+        """Leaves 200 MiB in a reference cycle: only the collector frees it."""
+
+        def on_train_end(self, logs=None):
+            gc.disable()  # no automatic collection before the guard's own
+            cycle: list = [np.ones(200 * MIB, dtype=np.uint8)]
+            cycle.append(cycle)
+
     guard = MemGuardCallback(verbose=1)
-    fit(tiny_model(), [guard], epochs=2)
+    try:
+        fit(tiny_model(), [GarbageAtTrainEnd(), guard], epochs=2)
+    finally:
+        gc.enable()
     summary = guard.summary
     assert summary.epochs == 2
-    assert summary.peak_process_tree >= summary.start_process_tree > 0
-    assert summary.release is not None and summary.release.collected >= 0
+    # The guard sampled the garbage, then its full release (the tree grew by more than
+    # max(64 MiB, 5%)) collected the cycle and gave its pages back.
+    assert summary.peak_process_tree >= summary.start_process_tree + 190 * MIB
+    release = summary.release
+    assert release is not None and release.generation == 2 and release.collected >= 1
+    assert release.rss_before - release.rss_after >= 150 * MIB
+    assert summary.end_process_tree <= summary.peak_process_tree - 150 * MIB
     assert "keras-memguard: 2 epoch(s)" in capsys.readouterr().err
 
 

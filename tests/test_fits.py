@@ -23,6 +23,8 @@ from keras_memguard.guard.tensorboard import event_files
 
 FITS = 20
 
+pytestmark = pytest.mark.backends  # TensorFlow, JAX and PyTorch (issue #23)
+
 
 def memory_runs(log_dir) -> list[str]:
     return sorted(d for d in os.listdir(log_dir) if d.startswith("memory"))

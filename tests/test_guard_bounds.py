@@ -19,6 +19,8 @@ from keras_memguard.backends.base import DeviceMemory
 from keras_memguard.errors import MemGuardWarning
 from keras_memguard.probes import cgroup
 
+pytestmark = pytest.mark.backends  # TensorFlow, JAX and PyTorch (issue #23)
+
 MIB, GIB = 2**20, 2**30
 LIMIT = GIB
 
@@ -195,10 +197,56 @@ def test_a_peak_that_cannot_be_reset_counts_only_when_it_rises(framework):
     guard = MemGuardCallback(max_gpu_memory="3GiB", check_every_n_batches=1, verbose=0)
     calm = fit(tiny_model(), [Steps(framework, lambda i: GIB), guard], epochs=2)
     assert len(calm.history["loss"]) == 2 and guard.summary.halts == []
-    steps = Steps(framework, lambda i: 5 * GIB if i >= 40 else GIB)  # 6 GiB > old peak
-    fit(tiny_model(), [steps, guard], epochs=4)
+    steps = Steps(framework, lambda i: 5 * GIB if i >= 20 else GIB)  # 6 GiB > old peak
+    fit(tiny_model(), [steps, guard], epochs=2)
     halt = guard.summary.halts[0]
     assert halt.metric == "gpu0_allocated_peak" and halt.value == 6 * GIB
+
+
+@pytest.fixture(scope="module")
+def estimated():
+    """A model and its full pre-flight's step temporaries (a real estimate, computed
+    once per model and input: the guards below find it cached)."""
+    model = tiny_model()
+    guard = MemGuardCallback(preflight="full", verbose=0)
+    fit(model, [guard], epochs=1)
+    part = guard.estimate.part("step temporaries")
+    assert part is not None and part.bytes > 0, guard.estimate
+    return model, part.bytes
+
+
+def test_a_peak_that_cannot_be_reset_reads_live_bytes_plus_the_step_temporaries(
+    framework, estimated
+):
+    # Issue #23 (JAX's peak_bytes_in_use): every step peaks at the live bytes plus its
+    # temporaries. The epoch peaks read [peak, live, live] with the rise-only rule
+    # ([3072, 1024, 1024] MiB in the issue); with the step's temporaries known they
+    # read the step's peak in every epoch.
+    framework.resettable = False
+    model, temporaries = estimated
+    guard = MemGuardCallback(preflight="full", check_every_n_batches=1, verbose=0)
+    framework.peak = framework.allocated  # the high before is the live bytes
+    history = fit(model, [Steps(framework, lambda i: temporaries), guard], epochs=3)
+    step_peak = (framework.allocated + temporaries) / MIB
+    assert history.history["memory/gpu0_allocated_peak_mib"] == [pytest.approx(step_peak)] * 3
+
+
+def test_a_bound_between_live_bytes_and_the_step_peak_halts_after_an_earlier_high(
+    framework, estimated
+):
+    # Issue #23: after an earlier 5 GiB high, max_gpu_memory="2.5GiB" with 3 GiB per-step
+    # peaks never halted (JAX's peak does not rise again). Here the step's temporaries
+    # are the real estimate's, the bound half of them above the live bytes.
+    framework.resettable = False
+    model, temporaries = estimated
+    guard = MemGuardCallback(preflight="full", check_every_n_batches=1, verbose=0)
+    framework.peak = 5 * GIB  # reached before this fit
+    guard.bounds = MemGuardCallback(max_gpu_memory=GIB + temporaries // 2).bounds
+    history = fit(model, [Steps(framework, lambda i: temporaries), guard], epochs=2)
+    halt = guard.summary.halts[0]
+    assert halt.metric == "gpu0_allocated_peak"
+    assert halt.value == GIB + temporaries and (halt.epoch, halt.batch) == (0, 0)
+    assert len(history.history["loss"]) == 1
 
 
 def test_gpu_fraction_fails_in_init_when_no_total_can_be_known(framework):

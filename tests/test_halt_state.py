@@ -112,14 +112,29 @@ def test_predict_inside_fit_checks_the_same_bounds_and_training_goes_on():
     assert state.phase == "train"
 
 
-def test_a_halt_in_predict_inside_fit_stops_the_fit_and_saves_once():
+@pytest.mark.parametrize("on_exceed", ["stop", "raise"])
+def test_a_halt_in_predict_inside_fit_raises_saves_once_and_stops_the_fit(on_exceed):
+    # Issue #23: a nested predict() raises as outside a fit (no partial result), after
+    # the fit's save; a caller that catches the error still ends the fit.
     state = fit_state(epoch=3)
     state.begin_standalone("predict")
-    plan = state.halt(batch=0, on_exceed="stop", checkpoint=True)
-    assert not plan.standalone and plan.save and plan.stop_training
-    assert (state.halted, state.halted_epoch) == (True, 3)
+    assert state.nested
+    plan = state.halt(batch=0, on_exceed=on_exceed, checkpoint=True)
+    assert plan.nested and plan.raise_error and not plan.standalone
+    assert plan.save and plan.stop_training and not plan.stop_evaluating
+    assert (state.halted, state.halted_epoch, state.in_fit) == (True, 3, True)
     state.end_predict()
-    assert state.phase == "train" and state.checks_paused
+    assert state.phase == "train" and state.checks_paused and not state.nested
+
+
+def test_the_validation_pass_is_not_nested_and_a_halt_there_stops_training():
+    state = fit_state(epoch=1)
+    state.begin_standalone("evaluate")  # another callback's evaluate() ...
+    state.end_predict()  # ... ended (on_test_end)
+    state.begin_validation()
+    assert not state.nested
+    plan = state.halt(batch=0, on_exceed="stop", checkpoint=True)
+    assert plan.stop_evaluating and plan.stop_training and not plan.raise_error
 
 
 def test_evaluate_inside_fit_is_checked_and_stopped_after_the_fits_halt():

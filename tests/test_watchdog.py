@@ -357,3 +357,21 @@ def test_heartbeat_that_cannot_be_written_warns_once(tmp_path):
         assert not beat.write({"epoch": 1}, force=True)
     assert len(record) == 1
     assert os.listdir(tmp_path) == [HEARTBEAT_FILE]  # no temporary file left behind
+
+
+def test_a_late_watchdog_of_an_earlier_fit_leaves_the_running_fit_alone(tmp_path):
+    # Issue #23: a fit's watchdog ends what a fit that raised left open; one that wakes
+    # late, after the guard started another fit, must not close that fit's files.
+    guard = MemGuardCallback(log_dir=tmp_path)
+    seen = []
+
+    class LateWatchdog(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:
+                guard._end_stale_fit(Watchdog(guard.bounds, "warn"))  # not this fit's
+                seen.append((guard._writer is not None, guard._watchdog is not None))
+
+    x, y = tiny_data(samples=64)
+    tiny_model().fit(x, y, epochs=1, verbose=0, callbacks=[guard, LateWatchdog()])
+    assert seen == [(True, True)]
+    assert read_heartbeat(str(tmp_path / "memory"))["state"] == "ended"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 import warnings
 from dataclasses import replace
@@ -48,7 +49,7 @@ from keras_memguard.guard.arguments import (
 from keras_memguard.guard.checkpoint import check_checkpoint_path, save_checkpoint
 from keras_memguard.guard.distributed import ANOTHER_WORKER, WorkerContext, vote, worker_context
 from keras_memguard.guard.evidence import EvidenceKeeper, check_evidence, evidence_directory
-from keras_memguard.guard.halt import HaltState, fit_is_running
+from keras_memguard.guard.halt import HaltState, calling_callback_list, fit_is_running
 from keras_memguard.guard.headroom import (
     WARMUP_CHECKS,
     Reading,
@@ -85,6 +86,9 @@ PREFIX = "memory/"
 LOG_KEYS = ("memory/process_tree_peak_mib",)
 # With several workers, checks happen on batch counts (the same step on every worker).
 MULTI_WORKER_CHECK_EVERY = 10
+# Between a watchdog ending a fit that raised and the training thread reusing the guard
+# (module-wide: a guard stays picklable, as KerasTuner and run_isolated need).
+_STALE_LOCK = threading.Lock()
 
 
 class MemGuardCallback(keras.callbacks.Callback):
@@ -199,6 +203,8 @@ class MemGuardCallback(keras.callbacks.Callback):
         >>> model.fit(x, y, epochs=5, callbacks=[guard])
     """
 
+    _callback_list_type: type = keras.callbacks.CallbackList  # tf_keras: its own
+
     def __init__(
         self,
         log_dir: str | os.PathLike[str] | None = None,
@@ -232,6 +238,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         on_stuck = check_choice(on_stuck, "on_stuck", ON_STUCK, "'exit' or 'warn'")  # issue #24
         self.on_stuck = on_stuck
         self._watchdog: Watchdog | None = None
+        self._fit_callbacks: int | None = None  # id() of the fit's CallbackList
         self.log_dir = os.fspath(log_dir) if log_dir is not None else None
         self.max_process_memory = optional_size(max_process_memory, "max_process_memory")
         self.min_available_memory = optional_size(min_available_memory, "min_available_memory")
@@ -331,6 +338,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._end_stale_fit()  # a guard reused after a fit that raised
         self._reset_run_state()
         self._state.begin_fit()
+        self._fit_callbacks = id(calling_callback_list(self._callback_list_type))
         self._reset_phase()
         self._workers = worker_context(self.model)
         if self._workers.multi_worker and self._check_every is None:
@@ -353,6 +361,7 @@ class MemGuardCallback(keras.callbacks.Callback):
             multi_worker=self._workers.multi_worker,
             writer=self._writer,
             where=lambda: (self._state.phase, self._state.epoch, self._global_batch),
+            on_fit_gone=self._end_stale_fit,  # issue #23: a fit that raised
         )
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -418,15 +427,26 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._step_marker = backend.wait_for_steps(self._model, self._step_marker, all_of_them)
 
     # ------------------------------------------- validation, evaluate(), predict()
-    def _end_stale_fit(self) -> None:
-        """Closes what a fit that raised left open: its writer, its run, its tracer."""
-        self._state.end_stale_fit()
-        leaks = getattr(self, "_leaks", None)
-        if leaks is not None:
-            leaks.close()
-        self._run.drop()
-        self._stop_watchdog("raised")  # issue #24
-        self._evidence.close()  # issue #28
+    def _end_stale_fit(self, watchdog: Watchdog | None = None) -> None:
+        """Closes what a fit that raised left open: its tracer, its run, its watchdog.
+
+        Called on the training thread when the guard is used again, and (issue #23) by
+        the fit's own ``watchdog`` thread once that fit left the training thread's
+        stack, so that tracing stops and files close within seconds (docs/callback.md).
+        The lock and the watchdog's identity keep a late watchdog off a newer fit.
+        """
+        with _STALE_LOCK:
+            if watchdog is not None and watchdog is not self._watchdog:
+                return  # its fit's things were closed already
+            dog, self._watchdog = self._watchdog, None
+            self._state.end_stale_fit()
+            leaks = getattr(self, "_leaks", None)
+            if leaks is not None:
+                leaks.close()
+            self._run.drop()
+            self._evidence.close()  # issue #28
+        if dog is not None:
+            dog.stop("raised")  # issue #24; outside the lock: it may join that thread
 
     def _still_in_fit(self) -> bool:
         """Whether a fit is running now; if the one marked running raised, ends it.
@@ -439,7 +459,9 @@ class MemGuardCallback(keras.callbacks.Callback):
         return self._state.in_fit
 
     def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if self._still_in_fit():
+        if self._still_in_fit() and self._fit_callbacks == id(
+            calling_callback_list(self._callback_list_type)
+        ):  # fit's own validation pass; another callback's evaluate() is nested
             # The epoch's last training batch ran after the last check (at its begin):
             # check it before validation. Every worker reaches this hook: votes are safe.
             self._wait_for_dispatched_steps(all_of_them=True)
@@ -470,6 +492,10 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     def on_predict_end(self, logs: dict[str, Any] | None = None) -> None:
         self._state.end_predict()
+
+    def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._state.nested:
+            self._state.end_predict()
 
     def _begin_standalone(self, phase: str) -> None:
         """``evaluate()`` or ``predict()``: outside ``fit`` a phase of its own.
@@ -543,7 +569,10 @@ class MemGuardCallback(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ sampling
     def _sample(self) -> MemorySnapshot:
-        snap = self._sampler.sample(self.summary)
+        # a non-resettable GPU peak (JAX): live bytes + the training step's temporaries
+        training = self._state.in_fit and self._state.phase == "train"
+        temporaries = _preflight.step_temporaries(self.estimate) if training else None
+        snap = self._sampler.sample(self.summary, temporaries)
         self.last_snapshot = snap
         self._last_check = time.monotonic()
         if self._watchdog is not None:
@@ -671,13 +700,13 @@ class MemGuardCallback(keras.callbacks.Callback):
         halt = replace(halt, checkpoint=saved)
         self.summary.halts.append(halt)
         line = f"keras-memguard: {plan.verb}: {halt.describe()} ({parameter})"
+        if plan.standalone or plan.nested:
+            line += f"; {halt.phase}() gives no partial result"
         if saved:
             line += f"; model saved to {saved}"
-        elif plan.standalone:
-            line += f"; {halt.phase}() gives no partial result"
-        elif not has_path:
+        elif not plan.standalone and not has_path:
             line += "; no checkpoint_path was given, so nothing was saved"
-        elif not self._workers.is_chief:
+        elif not plan.standalone and not self._workers.is_chief:
             line += f"; {self._workers.chief_name} keeps the checkpoint"
         kept = self._evidence.write(line, halt, snap)  # issue #28
         line += f"; memory evidence in {kept}" if kept else ""
@@ -685,14 +714,17 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._run.text("memory/halt", line, self._state.epoch or 0)
         if plan.stop_evaluating:
             self.model.stop_evaluating = True
+        if plan.stop_training:
+            self.model.stop_training = True
         if plan.raise_error:
-            if plan.standalone:
+            if plan.standalone or plan.nested:
                 # JAX's evaluate() and predict() put the model's state back only when their
                 # loop ends; reading self.model does it now, so the model stays usable.
                 _ = self.model
-            self._run.close()
-            self._stop_watchdog("raised")  # issue #24
-            self._evidence.close()  # issue #28
+            if not plan.nested:  # a nested call's fit ends as any fit that raised
+                self._run.close()
+                self._stop_watchdog("raised")  # issue #24
+                self._evidence.close()  # issue #28
             raise MemoryLimitExceededError(
                 line,
                 snapshot=snap,
@@ -702,7 +734,6 @@ class MemGuardCallback(keras.callbacks.Callback):
                 epoch=halt.epoch,
                 batch=halt.batch,
             )
-        self.model.stop_training = True
 
     @property
     def _model_for_flags(self) -> Any:

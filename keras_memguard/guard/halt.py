@@ -12,16 +12,21 @@ which epoch), ``phase_halted`` (the running phase was halted).
 Events (hook -> event):
 
 - ``on_train_begin`` -> ``begin_fit()``; ``on_epoch_begin`` -> ``begin_epoch(epoch)``.
-- ``on_test_begin`` inside a fit -> ``begin_validation()`` (after the check of the
-  epoch's last batch); otherwise, and ``on_predict_begin`` -> ``begin_standalone(phase)``,
-  which inside a fit (another callback calling ``predict()``) only switches the phase.
-- ``on_predict_end`` -> ``end_predict()``; ``on_epoch_end`` -> ``end_epoch(epoch)``.
+- ``on_test_begin`` from the fit's own callback list -> ``begin_validation()`` (after
+  the check of the epoch's last batch); otherwise, and ``on_predict_begin`` ->
+  ``begin_standalone(phase)``, which inside a fit (another callback calling
+  ``predict()`` with the guard: Keras builds a new callback list for it, see
+  ``calling_callback_list``) marks the call *nested*: same bounds, epoch peaks kept,
+  and a crossing raises as outside a fit (no partial result) after saving the fit.
+- ``on_predict_end`` / ``on_test_end`` of a nested call -> ``end_predict()``;
+  ``on_epoch_end`` -> ``end_epoch(epoch)``.
 - a check: ``checks_paused`` first; a crossing under ``on_exceed="warn"`` ->
   ``warn_once_per_crossing(metrics)``; otherwise ``vote(found, any_worker)`` (every
   worker votes inside a fit) and, when it says halt, ``halt(batch, on_exceed,
   checkpoint)`` -> a ``HaltPlan`` the callback carries out.
 - ``on_train_end`` -> ``end_fit()``; a fit that raised (Keras then calls nothing) ->
-  ``end_stale_fit()``, found with ``fit_is_running`` (see there why a stack walk).
+  ``end_stale_fit()``, found with ``fit_is_running`` (see there why a stack walk) or
+  by the fit's watchdog thread (guard/watchdog.py).
 
 Example:
     >>> state = HaltState()
@@ -38,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["HaltPlan", "HaltState", "fit_is_running"]
+__all__ = ["HaltPlan", "HaltState", "calling_callback_list", "fit_is_running"]
 
 LOW_MEMORY = "low-memory"  # the low-memory warning's key among the warned crossings
 
@@ -54,8 +59,12 @@ class HaltPlan:
         stop_evaluating: the halted phase is the validation pass: stop it.
         raise_error: raise ``MemoryLimitExceededError`` now (the fit, if any, ends here:
             Keras will not call ``on_train_end``).
-        stop_training: set ``model.stop_training`` (``on_exceed="stop"`` in a fit).
+        stop_training: set ``model.stop_training`` (``on_exceed="stop"`` in a fit, and
+            before the raise of a nested call: a caller that catches it ends the fit).
         verb: how the printed line names the outcome.
+        nested: ``evaluate()``/``predict()`` called inside the fit (by another
+            callback): it raises, and the fit it raises through ends by the same
+            mechanism as any fit that raised (guard/watchdog.py).
     """
 
     standalone: bool
@@ -64,6 +73,7 @@ class HaltPlan:
     raise_error: bool
     stop_training: bool
     verb: str
+    nested: bool = False
 
 
 @dataclass
@@ -84,6 +94,7 @@ class HaltState:
     halted: bool = False
     halted_epoch: int | None = None
     phase_halted: bool = False
+    nested: bool = False  # the phase is an evaluate()/predict() called inside the fit
     warned: set[str] = field(default_factory=set)  # crossings warned about, not yet over
 
     # ------------------------------------------------------------ fit and phases
@@ -111,26 +122,30 @@ class HaltState:
         after its first batch (the earliest Keras allows).
         """
         self.phase = "validation"
+        self.nested = False
         return self.halted
 
     def begin_standalone(self, phase: str) -> bool:
         """``evaluate()`` or ``predict()`` starts; returns whether it starts a new phase.
 
-        Inside a fit (another callback predicting on samples, say) it only switches the
-        phase: the same bounds, the epoch's peaks kept, the fit's halt still in force.
-        Outside, it is a phase of its own, with no epoch (``False`` / ``True``).
+        Inside a fit (another callback predicting on samples, say) it is *nested*: the
+        same bounds, the epoch's peaks kept, the fit's halt still in force. Outside, it
+        is a phase of its own, with no epoch (``False`` / ``True``).
         """
         if self.in_fit:
             self.phase = phase
+            self.nested = True
             return False
         self.epoch = None
         self._enter(phase)
         return True
 
     def end_predict(self) -> None:
-        """``on_predict_end``: a ``predict()`` inside a fit is over, training goes on."""
+        """``on_predict_end`` (or ``on_test_end`` of a nested ``evaluate()``): a call
+        inside a fit is over, training goes on."""
         if self.in_fit:
             self.phase = "train"
+        self.nested = False
 
     def end_epoch(self, epoch: int) -> bool:
         """``on_epoch_end``; returns whether this epoch's ``val_*`` logs must be NaN.
@@ -139,11 +154,13 @@ class HaltState:
         from it would mislead EarlyStopping and ``ModelCheckpoint(save_best_only)``.
         """
         self.phase = "train"
+        self.nested = False
         return self.halted_epoch == epoch
 
     def _enter(self, phase: str) -> None:
         self.phase = phase
         self.phase_halted = False
+        self.nested = False
 
     # -------------------------------------------------------------------- checks
     @property
@@ -184,22 +201,28 @@ class HaltState:
         end). Halted before a training batch with ``"stop"``, Keras still runs that
         batch; the checkpoint is saved once, now, while the room for it is reserved
         (issue #23, guard/headroom.py): it holds the model from before that batch.
+
+        A nested ``evaluate()``/``predict()`` (inside the fit) raises whatever
+        ``on_exceed`` says, as outside a fit, after the fit's save; the fit stays marked
+        running: a caller that catches the error trains on until ``stop_training``.
         """
         standalone = not self.in_fit
+        nested = self.in_fit and self.nested
         self.phase_halted = True
         if not standalone:
             self.halted = True
             self.halted_epoch = self.epoch
-        raise_error = standalone or on_exceed == "raise"
-        if raise_error:
+        raise_error = standalone or nested or on_exceed == "raise"
+        if raise_error and not nested:
             self.in_fit = False  # the fit ends here: Keras will not call on_train_end
         return HaltPlan(
             standalone=standalone,
             save=not standalone and checkpoint,
             stop_evaluating=self.phase == "validation",
             raise_error=raise_error,
-            stop_training=not raise_error,
+            stop_training=not standalone and (nested or not raise_error),
             verb="stopping training" if not raise_error else "raising",
+            nested=nested,
         )
 
 
@@ -223,3 +246,25 @@ def fit_is_running(model: Any) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def calling_callback_list(list_type: type) -> Any:
+    """The innermost ``list_type`` (Keras's ``CallbackList``) on the call stack, or ``None``.
+
+    ``fit`` passes its own callback list to its validation pass; an ``evaluate()`` or
+    ``predict()`` that another callback calls with ``callbacks=[guard]`` gets a new one.
+    So the list that calls ``on_test_begin`` tells the fit's validation pass from such a
+    nested call: compared (by identity) with the one that called ``on_train_begin``.
+    Walked once per phase begin, never per batch.
+
+    Example:
+        >>> calling_callback_list(keras.callbacks.CallbackList)  # from a guard's hook
+        <keras.src.callbacks.callback_list.CallbackList object at 0x...>
+    """
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, list_type):
+            return owner
+        frame = frame.f_back
+    return None

@@ -31,6 +31,8 @@ __all__ = ["LegacyMemGuardCallback"]
 class LegacyMemGuardCallback(MemGuardCallback, tf_keras.callbacks.Callback):
     """``MemGuardCallback`` for tf_keras models (same arguments, same behaviour)."""
 
+    _callback_list_type = tf_keras.callbacks.CallbackList  # tells validation from nested
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # What tf_keras's Callback.__init__ sets; it cannot run here because Keras 3's

@@ -82,10 +82,16 @@ class Sampler:
         # A peak that cannot be reset counts only once it rises above today's.
         _, self.gpu_peaks_seen = gpu_peaks_since_check(snapshot().gpus, {})
 
-    def sample(self, summary: MemGuardSummary) -> MemorySnapshot:
-        """A snapshot now; this phase's and the run's peaks move with it."""
+    def sample(self, summary: MemGuardSummary, temporaries: int | None = None) -> MemorySnapshot:
+        """A snapshot now; this phase's and the run's peaks move with it.
+
+        ``temporaries``: the compiled step's, where known, for a peak that cannot be
+        reset (``policy.gpu_peaks_since_check``).
+        """
         snap = snapshot()
-        gpus, self.gpu_peaks_seen = gpu_peaks_since_check(snap.gpus, self.gpu_peaks_seen)
+        gpus, self.gpu_peaks_seen = gpu_peaks_since_check(
+            snap.gpus, self.gpu_peaks_seen, temporaries
+        )
         if any(gpu.peak_resettable for gpu in snap.gpus):
             reset_gpu_peaks()  # the next sample's peak is the peak since this one
         snap = replace(snap, gpus=gpus)

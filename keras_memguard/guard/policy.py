@@ -249,18 +249,25 @@ def gpus_without_total(bounds: Bounds, snap: MemorySnapshot) -> list[int]:
 
 
 def gpu_peaks_since_check(
-    gpus: tuple[GpuSnapshot, ...], seen: dict[int, int]
+    gpus: tuple[GpuSnapshot, ...], seen: dict[int, int], temporaries: int | None = None
 ) -> tuple[tuple[GpuSnapshot, ...], dict[int, int]]:
     """Each GPU's allocator peak *since the previous check*, and the peaks now seen.
 
     A resettable peak (reset after every check) is already that. A peak that cannot be
-    reset is the highest since the process started: it tells something new only when
-    it rose above the one seen at the previous check; otherwise it is dropped, and the
-    bound falls back to the live bytes.
+    reset (JAX's ``peak_bytes_in_use``, the highest since the process started) tells
+    something new only when it rose above the one seen at the previous check. When it
+    did not, the peak since the check is estimated as the live bytes plus the compiled
+    step's ``temporaries`` where the pre-flight knows them (never above the peak since
+    the process started); where it does not, it is dropped and the bound falls back to
+    the live bytes (the rise-only rule: a step that peaks below an earlier high is not
+    seen, docs/callback.md).
 
     Example:
         >>> gpus, seen = gpu_peaks_since_check((gpu,), {0: gpu.allocated_peak})
         >>> gpus[0].allocated_peak is None   # (when not resettable and not risen)
+        True
+        >>> gpus, _ = gpu_peaks_since_check((gpu,), seen, temporaries=2 * GIB)
+        >>> gpus[0].allocated_peak == min(gpu.allocated + 2 * GIB, gpu.allocated_peak)
         True
     """
     out, now = [], dict(seen)
@@ -270,7 +277,10 @@ def gpu_peaks_since_check(
             last = seen.get(gpu.index)
             now[gpu.index] = peak if last is None else max(last, peak)
             if last is not None and peak <= last:
-                gpu = replace(gpu, allocated_peak=None)
+                estimate = None
+                if temporaries is not None and gpu.allocated is not None:
+                    estimate = min(peak, gpu.allocated + temporaries)
+                gpu = replace(gpu, allocated_peak=estimate)
         out.append(gpu)
     return tuple(out), now
 

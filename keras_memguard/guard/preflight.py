@@ -61,6 +61,7 @@ __all__ = [
     "preflight_estimate",
     "preflight_message",
     "resident_parts",
+    "step_temporaries",
 ]
 
 PREFLIGHT = ("cheap", "full", False)
@@ -220,6 +221,21 @@ def predicted_peak(
     if snap.process_tree is None:
         return None
     return snap.process_tree + _to_come(parts, resident, "host")
+
+
+def step_temporaries(estimate: MemoryEstimate | None) -> int | None:
+    """The compiled training step's temporaries in bytes, where the estimate knows them.
+
+    ``preflight="full"`` computes them (JAX: XLA's buffer assignment); ``"cheap"`` does
+    not. The guard adds them to a non-resettable allocator's live bytes to bound a step's
+    peak (``policy.gpu_peaks_since_check``).
+
+    Example:
+        >>> step_temporaries(guard.estimate)  # after a fit with preflight="full"
+        1181116006
+    """
+    part = None if estimate is None else estimate.part(STEP_PART)
+    return None if part is None else part.bytes
 
 
 def _largest(

@@ -28,6 +28,11 @@ rate memory is growing while the training thread waits:
   tree to grow (by ``NOISE`` at least), so another process filling the machine, or a
   stable reading below the floor, never ends this one.
 
+A fit that raised (Keras then calls no hook): once no check came for ``STUCK_MIN_S``
+and that ``fit`` is no longer on the training thread's stack (``sys._current_frames``),
+the watchdog ends itself and calls ``on_fit_gone``: the guard stops its tracing and
+closes its files there (issue #23).
+
 On ``"exit"`` (``on_stuck="exit"``, one worker, the training thread not inside the
 guard itself) it prints one line, flushes the figures and that line to TensorBoard and
 the heartbeat, and calls ``os._exit(WATCHDOG_EXIT_CODE)``; otherwise it only prints.
@@ -231,6 +236,8 @@ class Watchdog:
         heartbeat: the fit's ``Heartbeat`` or ``None``.
         where: returns ``(phase, epoch, global batch)``; read on this thread.
         exit: what ends the process (``os._exit``; tests pass their own).
+        on_fit_gone: called on the watchdog's thread, with the watchdog, once the fit
+            raised (it left the stack without ``stop``); ``None``: nothing.
     """
 
     def __init__(
@@ -242,8 +249,10 @@ class Watchdog:
         heartbeat: Heartbeat | None = None,
         where: Callable[[], tuple[str, int | None, int]] = lambda: ("train", None, 0),
         exit: Callable[[int], Any] = os._exit,
+        on_fit_gone: Callable[[Watchdog], Any] | None = None,
     ) -> None:
         self.bounds = bounds
+        self.on_fit_gone = on_fit_gone
         self.multi_worker = multi_worker
         self.on_stuck = "warn" if multi_worker else on_stuck
         self.writer = writer
@@ -321,7 +330,9 @@ class Watchdog:
         if waited > STUCK_MIN_S and not self._fit_on_stack():
             # fit raised (Keras then skips on_train_end): the watchdog has nothing to watch
             self._stop.set()
-            if self.heartbeat is not None:
+            if self.on_fit_gone is not None:
+                self.on_fit_gone(self)  # the guard closes its files, and the heartbeat
+            elif self.heartbeat is not None:
                 self.heartbeat.close("raised")
             return POLL_S
         if waited <= self.stuck_after:
@@ -457,6 +468,7 @@ def start_watchdog(
     multi_worker: bool,
     writer: Any,
     where: Callable[[], tuple[str, int | None, int]],
+    on_fit_gone: Callable[[Watchdog], Any] | None = None,
 ) -> Watchdog:
     """Starts a fit's watchdog, with a heartbeat file in the writer's run (if any).
 
@@ -495,6 +507,7 @@ def start_watchdog(
         writer=writer,
         heartbeat=heartbeat,
         where=where,
+        on_fit_gone=on_fit_gone,
     )
     dog.start(snap)
     return dog
