@@ -377,7 +377,8 @@ def test_a_tf_dataset_is_refused_with_the_fix():
 
 
 _DRIVER = """
-import sys
+import faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # where it hangs, if it does
 sys.path[:0] = {paths!r}
 import isolated_tasks
 from keras_memguard.backends.base import backend_name
@@ -394,10 +395,19 @@ def test_a_driver_that_is_interrupted_leaves_no_child(tmp_path, how):
     script = tmp_path / "driver.py"
     paths = [os.path.dirname(__file__), os.path.dirname(os.path.dirname(__file__))]
     script.write_text(_DRIVER.format(paths=paths, pidfile=pidfile))
-    driver = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE)
+    # stderr to a file, not a pipe nobody reads: a full pipe would block the driver,
+    # its child and its grandchild (all write to it) and read as a hang
+    with open(tmp_path / "stderr", "wb") as stderr:
+        driver = subprocess.Popen([sys.executable, str(script)], stderr=stderr)
     child, grandchild = _wait_for(pidfile)
     driver.send_signal(how)
-    driver.wait(30)
+    try:
+        driver.wait(30)
+    except subprocess.TimeoutExpired:
+        driver.send_signal(signal.SIGUSR1)  # its threads' stacks to its stderr
+        time.sleep(1)
+        driver.kill()
+        pytest.fail("the driver did not end: " + (tmp_path / "stderr").read_text()[-3000:])
     deadline = time.monotonic() + 15
     while (_alive(child) or _alive(grandchild)) and time.monotonic() < deadline:
         time.sleep(0.1)
