@@ -131,6 +131,7 @@ def fit_twice(log_dir) -> None:
         model.fit(x, y, epochs=1, verbose=0, callbacks=[guard])
 
 
+@pytest.mark.tensorflow  # claiming runs across processes is the same on every backend
 def test_two_processes_with_a_guard_each_keep_two_runs_and_share_the_summary(tmp_path):
     tests = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ)
