@@ -65,7 +65,7 @@ def child_state():
     return str(isolation.child_gpu_report), "tensorflow" in sys.modules
 
 
-def train_with_batch(batch_size, mib_per_example=4, headroom_mib=300):
+def train_with_batch(batch_size, mib_per_example=4, headroom_mib=380):
     """Holds memory that scales with the batch size, under a guard that raises."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
