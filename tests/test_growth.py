@@ -15,7 +15,7 @@ import json
 import os
 
 import pytest
-from training import run_script
+from training import marked_site, run_scenario
 
 from keras_memguard.cli.main import main as memguard
 from keras_memguard.cli.report import load_report
@@ -29,29 +29,17 @@ from keras_memguard.guard.growth import (
 from keras_memguard.guard.growth_probe import collect_cycles
 from keras_memguard.guard.leaks import LeakSite
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPT = os.path.join(HERE, "growth_training.py")
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 MIB = 2**20
 INJECTED = 4 * MIB  # per epoch, in every leaking scenario
 
 
 def _site(name: str) -> str:
-    """``file:line`` of the line in the training script marked ``# SITE: name``."""
-    with open(SCRIPT) as f:
-        for number, line in enumerate(f, 1):
-            if line.rstrip().endswith(f"# SITE: {name}"):
-                return f"{SCRIPT}:{number}"
-    raise AssertionError(f"no '# SITE: {name}' line in {SCRIPT}")
+    return marked_site("growth_training.py", name)
 
 
 def _train(scenario: str, workdir) -> dict:
-    result, stderr = run_script(
-        "growth_training.py", scenario, workdir=workdir, timeout=600, KERAS_BACKEND=BACKEND
-    )
-    assert result["backend"] == BACKEND
-    result["stderr"] = stderr
-    return result
+    return run_scenario("growth_training.py", scenario, workdir)
 
 
 def _within(value: float, expected: float, ratio: float = 1.6) -> bool:

@@ -17,7 +17,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from training import run_script
+from training import marked_site, run_scenario
 
 from keras_memguard.cli.main import main as memguard
 from keras_memguard.cli.report import load_report
@@ -30,26 +30,15 @@ from keras_memguard.guard.leaks import (
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "leak_sites_training.py")
-BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 MIB = 2**20
 
 
 def _site(name: str) -> str:
-    """``file:line`` of the line in the training script marked ``# SITE: name``."""
-    with open(SCRIPT) as f:
-        for number, line in enumerate(f, 1):
-            if line.rstrip().endswith(f"# SITE: {name}"):
-                return f"{SCRIPT}:{number}"
-    raise AssertionError(f"no '# SITE: {name}' line in {SCRIPT}")
+    return marked_site("leak_sites_training.py", name)
 
 
 def _train(scenario: str, workdir) -> dict:
-    result, stderr = run_script(
-        "leak_sites_training.py", scenario, workdir=workdir, timeout=600, KERAS_BACKEND=BACKEND
-    )
-    assert result["backend"] == BACKEND
-    result["stderr"] = stderr
-    return result
+    return run_scenario("leak_sites_training.py", scenario, workdir)
 
 
 @pytest.fixture(scope="module")

@@ -110,3 +110,34 @@ def run_script(
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(os.path.join(str(workdir), "result.json")) as f:
         return json.load(f), proc.stderr
+
+
+def marked_site(script: str, name: str) -> str:
+    """``file:line`` of the line of ``tests/<script>`` that ends in ``# SITE: name``.
+
+    Example:
+        >>> marked_site("growth_training.py", "numpy")
+        '/.../tests/growth_training.py:57'
+    """
+    path = os.path.join(TESTS, script)
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if line.rstrip().endswith(f"# SITE: {name}"):
+                return f"{path}:{number}"
+    raise AssertionError(f"no '# SITE: {name}' line in {path}")
+
+
+def run_scenario(script: str, scenario: str, workdir: object) -> dict:
+    """``run_script(script, scenario)`` on this backend: its result, its stderr under ``"stderr"``.
+
+    Example:
+        >>> run_scenario("leak_sites_training.py", "numpy", tmp_path)["backend"]
+        'tensorflow'
+    """
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    result, stderr = run_script(
+        script, scenario, workdir=workdir, timeout=600, KERAS_BACKEND=backend
+    )
+    assert result["backend"] == backend
+    result["stderr"] = stderr
+    return result
