@@ -145,6 +145,7 @@ def fit(callbacks, trace_leaks=None):
             for kind in (growth.kinds if growth is not None else ())
         ],
         "growth": None if growth is None else growth.growth,
+        "slope": guard.summary.leak_slope_mib_per_epoch,
         "sites": [site.location for site in guard.summary.leak_sites],
         "warnings": [str(w.message) for w in caught if issubclass(w.category, MemGuardWarning)],
         "summary": str(guard.summary),

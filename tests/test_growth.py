@@ -127,6 +127,9 @@ def test_a_jitted_function_given_new_shapes_is_recompilation_with_its_count(tmp_
 def test_a_healthy_run_names_no_kind_even_when_traced(tmp_path):
     result = _train("healthy", tmp_path)
     for run in (result["auto"], result["traced"]):
+        # the guard's own tracing is not growth (it read as 1.2-2.0 MiB/epoch, a false
+        # warning under load, before the guard counted its own epoch-end work out)
+        assert run["slope"] < 1.0, run
         assert run["kinds"] == [], run["summary"]
         assert "kinds of growth" not in run["summary"]
         assert run["warnings"] == []

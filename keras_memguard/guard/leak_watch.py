@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import tracemalloc
 import warnings
 from collections.abc import Callable
 
@@ -52,7 +53,8 @@ class LeakWatch:
         self.tracer = LeakTracer(trace, warmup_epochs=warmup_epochs)
         # issue #27: evidence of the kind of growth, gathered in the traced epochs
         self.probe = GrowthProbe(max((threshold.bytes or 0) / 2, 2**18), self.tracer.epochs)
-        self.released = 0  # bytes the probe's collections and trims gave back
+        self.own_change = 0  # what the guard's own epoch-end work did to RSS (signed)
+        self.tracing_cost = 0  # the most tracemalloc's own traces have held in this fit
 
     def close(self) -> None:
         """Stops tracing (at train end, or for a fit that raised)."""
@@ -68,10 +70,15 @@ class LeakWatch:
     ) -> float | None:
         """One epoch's figure; returns the growth slope (MiB/epoch) once it is known."""
         slope, warn = None, False
+        if tracemalloc.is_tracing():
+            self.tracing_cost = max(self.tracing_cost, tracemalloc.get_tracemalloc_memory())
         if snap.process_tree is not None:
-            # What the probe's own collections and trims gave back would read as a drop
-            # in the next epoch's figure and break the growth streak: count it back in.
-            slope, warn = self.detector.update(epoch, (snap.process_tree + self.released) / MIB)
+            # The guard's own epoch-end work is not the user's growth: what its collections
+            # and trims gave back would read as a drop (breaking a real leak's streak),
+            # what its snapshots left in the heap (~4 MiB when a trace ends) and what
+            # tracing holds as a rise (a false warning in a healthy run): both counted out.
+            tree = snap.process_tree - self.own_change - self.tracing_cost
+            slope, warn = self.detector.update(epoch, tree / MIB)
         self._locate(epoch, summary, write_text, warned=warn)  # issue #16
         if slope is None:
             return None
@@ -98,7 +105,7 @@ class LeakWatch:
         growth = self._classify(epoch, report, summary, write_text)  # issue #27
         after = current_rss() if before is not None else None
         if before is not None and after is not None:
-            self.released += max(0, before - after)
+            self.own_change += after - before
         if report is None or not (report.sites or growth):
             return
         if report.sites:
