@@ -4,12 +4,15 @@ summary that is an attribute (and prints when called, like `model.summary()`).""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 
 import pytest
 from training import read_scalars, tiny_data, tiny_model
 
 from keras_memguard import MemGuardCallback
+from keras_memguard.guard.arguments import GuardSettings
 from keras_memguard.guard.tensorboard import event_files, read_events
 
 pytestmark = pytest.mark.backends
@@ -38,6 +41,19 @@ def test_keras_and_weights_paths_are_kept(tmp_path):
     assert MemGuardCallback(checkpoint_path=tmp_path / "g.weights.h5").checkpoint_path.endswith(
         ".weights.h5"
     )
+
+
+def test_every_argument_becomes_the_attribute_of_its_name(tmp_path):
+    # guard_settings reads the arguments by name: one missing there would be ignored
+    parameters = set(inspect.signature(MemGuardCallback).parameters)
+    assert parameters == {f.name for f in dataclasses.fields(GuardSettings)} - {"bounds"}
+    guard = MemGuardCallback(
+        tmp_path, "8GiB", on_exceed="raise", check_interval=0.5, leak_patience=5, verbose=1
+    )
+    assert (guard.log_dir, guard.on_exceed, guard.check_interval) == (str(tmp_path), "raise", 0.5)
+    assert (guard.leak_patience, guard.verbose, guard.preflight) == (5, 1, "cheap")
+    assert guard.bounds.max_process_memory == guard.max_process_memory
+    assert guard.max_process_memory.bytes == 8 * 2**30
 
 
 def test_quiet_by_default_and_the_summary_on_request(capfd):

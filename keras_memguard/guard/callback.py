@@ -1,7 +1,7 @@
 """``MemGuardCallback``: memory in TensorBoard and ``logs``, and a clean stop before OOM.
 
 Logged keys (TensorBoard tags are ``memory/<key>`` in the run ``<log_dir>/memory``; the
-Keras ``logs`` get a short subset, see ``LOG_KEYS``) are documented with their units in
+Keras ``logs`` get a short subset, see ``epoch_logs.LOG_KEYS``) are documented with their units in
 docs/metrics.md. Every key ends in its unit: ``_mib`` (MiB), ``_percent``, ``_s``.
 
 The same bounds are checked in every phase: training batches, the validation pass
@@ -25,67 +25,48 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 import keras
 
 from keras_memguard.backends.base import current_backend
-from keras_memguard.errors import (
-    MemGuardWarning,
-    MemoryLimitExceededError,
-    positive_int,
-    warn_once,
-)
+from keras_memguard.errors import MemGuardWarning
 from keras_memguard.guard import preflight as _preflight  # issue #25
-from keras_memguard.guard.arguments import (
-    ON_EXCEED,
-    check_choice,
-    check_gpu_fraction_has_totals,
-    check_non_negative_int,
-    check_seconds,
-    optional_size,
-)
-from keras_memguard.guard.checkpoint import check_checkpoint_path, save_checkpoint
+from keras_memguard.guard.arguments import guard_settings
+from keras_memguard.guard.cadence import MULTI_WORKER_CHECK_EVERY, Cadence
+from keras_memguard.guard.checkpoint import save_checkpoint, save_reserve
 from keras_memguard.guard.distributed import ANOTHER_WORKER, WorkerContext, vote, worker_context
-from keras_memguard.guard.evidence import EvidenceKeeper, check_evidence, evidence_directory
+from keras_memguard.guard.epoch_logs import LOG_KEYS, PREFIX, add_to_logs, log_keys
+from keras_memguard.guard.evidence import EvidenceKeeper, evidence_directory
 from keras_memguard.guard.halt import HaltState, calling_callback_list, fit_is_running
-from keras_memguard.guard.headroom import (
-    WARMUP_CHECKS,
-    Reading,
-    growth_per_batch,
-    outlook,
-    reading,
-    save_headroom,
+from keras_memguard.guard.halt_actions import (
+    halt_error,
+    halt_line,
+    hide_partial_validation,
+    say_halt,
+    warn_crossings,
 )
 from keras_memguard.guard.leak_watch import LeakWatch
 from keras_memguard.guard.leaks import LeakTracer
 from keras_memguard.guard.peaks import Sampler
 from keras_memguard.guard.policy import (
-    Bounds,
-    Crossing,
     Halt,
     MemGuardSummary,
     bounds_mib,
     gpus_without_total,
     is_low_memory,
+    low_memory_message,
     train_end_release,
+    unbounded_gpus_message,
 )
 from keras_memguard.guard.release import release_memory
 from keras_memguard.guard.tensorboard import MemoryRunWriter, memory_layout
-from keras_memguard.guard.watchdog import ON_STUCK, Watchdog, start_watchdog
+from keras_memguard.guard.watchdog import Watchdog, start_watchdog
 from keras_memguard.memory_snapshot import MIB, MemorySnapshot
-from keras_memguard.sizes import format_bytes, parse_size
 
 __all__ = ["LOG_KEYS", "Halt", "MemGuardCallback", "MemGuardSummary", "memory_layout"]
 
-PREFIX = "memory/"
-# The keys added to Keras `logs` at each epoch end (History, CSVLogger, progress bar,
-# and keras.callbacks.TensorBoard's `epoch_<key>`), plus `memory/gpu<i>_allocated_peak_mib`
-# for each GPU. Few on purpose: every key lands in all of those places.
-LOG_KEYS = ("memory/process_tree_peak_mib",)
-# With several workers, checks happen on batch counts (the same step on every worker).
-MULTI_WORKER_CHECK_EVERY = 10
 # Between a watchdog ending a fit that raised and the training thread reusing the guard
 # (module-wide: a guard stays picklable, as KerasTuner and run_isolated need).
 _STALE_LOCK = threading.Lock()
@@ -229,59 +210,15 @@ class MemGuardCallback(keras.callbacks.Callback):
         preflight: str | bool = "cheap",
         evidence: bool | int | str = True,
     ) -> None:
+        settings = guard_settings(locals())  # first: the arguments by name, and no other
         super().__init__()
-        on_exceed = check_choice(
-            on_exceed, "on_exceed", ON_EXCEED, f"one of {', '.join(map(repr, ON_EXCEED))}"
-        )
-        self.check_interval = check_seconds(check_interval, "check_interval")
-        leak_warmup_epochs = check_non_negative_int(leak_warmup_epochs, "leak_warmup_epochs")
-        on_stuck = check_choice(on_stuck, "on_stuck", ON_STUCK, "'exit' or 'warn'")  # issue #24
-        self.on_stuck = on_stuck
+        for field in fields(settings):  # guard.bounds, guard.check_interval, ... (arguments.py)
+            setattr(self, field.name, getattr(settings, field.name))
         self._watchdog: Watchdog | None = None
         self._fit_callbacks: int | None = None  # id() of the fit's CallbackList
-        self.log_dir = os.fspath(log_dir) if log_dir is not None else None
-        self.max_process_memory = optional_size(max_process_memory, "max_process_memory")
-        self.min_available_memory = optional_size(min_available_memory, "min_available_memory")
-        self.max_gpu_memory = optional_size(max_gpu_memory, "max_gpu_memory")
-        check_gpu_fraction_has_totals(self.max_gpu_memory)
-        auto_floor = isinstance(emergency_available_memory, str) and (
-            emergency_available_memory.strip().lower() == "auto"
-        )
-        self.emergency_available_memory = (
-            None
-            if auto_floor
-            else optional_size(emergency_available_memory, "emergency_available_memory")
-        )
-        self.leak_threshold = parse_size(
-            leak_threshold, name="leak_threshold", allow_fraction=False
-        )
-        self.on_exceed = on_exceed
-        self.checkpoint_path = check_checkpoint_path(checkpoint_path)
-        self.check_every_n_batches = positive_int(
-            check_every_n_batches, "check_every_n_batches", allow_none=True
-        )
-        self.log_every_n_batches = positive_int(
-            log_every_n_batches, "log_every_n_batches", allow_none=True
-        )
-        self.leak_patience = positive_int(leak_patience, "leak_patience") or 1
-        self.leak_warmup_epochs = leak_warmup_epochs
-        self.trace_leaks = check_choice(
-            trace_leaks, "trace_leaks", (None, True, False), "None (auto), True or False"
-        )
-        self.add_to_logs = None if add_to_logs is None else bool(add_to_logs)
-        self.release_on_train_end = bool(release_on_train_end)
-        self.verbose = verbose
-        self.preflight = _preflight.check_preflight_mode(preflight)  # issue #25
-        self._evidence = EvidenceKeeper(check_evidence(evidence))  # issue #28
+        self._evidence = EvidenceKeeper(settings.evidence)  # issue #28
         self.estimate: Any = None
         self._predicted_peak: int | None = None
-        self.bounds = Bounds(
-            max_process_memory=self.max_process_memory,
-            min_available_memory=self.min_available_memory,
-            max_gpu_memory=self.max_gpu_memory,
-            emergency_available_memory=self.emergency_available_memory,
-            auto_floor=auto_floor,
-        )
         self.summary = MemGuardSummary()
         self.last_snapshot: MemorySnapshot | None = None
         self._run = MemoryRunWriter()  # this fit's TensorBoard run
@@ -314,24 +251,19 @@ class MemGuardCallback(keras.callbacks.Callback):
             self.trace_leaks,
             self.max_process_memory,
         )
-        # issue #23: growth per batch between checks, and the save's memory
-        self._reading: Reading | None = None
-        self._rates: dict[str, float] = {}
-        self._due_in: int | None = 1  # batches until the next check (warm-up: every one)
-        self._checks = 0
+        # issue #23: when to check (growth per batch between checks), the save's memory
+        self._cadence = Cadence(self.check_every_n_batches)
         self._hooks = 0  # batch-begin hooks seen in this fit, every phase
         self._save_bytes = 0
         self._step_marker: Any = None  # JAX: an output of the step last seen dispatched
         self._log_keys: list[str] | None = None
         self._adding_to_logs = bool(self.add_to_logs)
         self._workers = WorkerContext()
-        self._check_every = self.check_every_n_batches
         self._clear_phase_figures()
 
     def _clear_phase_figures(self) -> None:
         """The phase's check cadence and peaks start afresh."""
-        self._batches_since_check = 0
-        self._last_check = float("-inf")
+        self._cadence.new_phase()
         self._sampler = Sampler()
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
@@ -341,13 +273,20 @@ class MemGuardCallback(keras.callbacks.Callback):
         self._fit_callbacks = id(calling_callback_list(self._callback_list_type))
         self._reset_phase()
         self._workers = worker_context(self.model)
-        if self._workers.multi_worker and self._check_every is None:
-            self._check_every = MULTI_WORKER_CHECK_EVERY
-        self._save_bytes = _save_reserve(self.model, self.checkpoint_path)
+        if self._workers.multi_worker and self._cadence.check_every is None:
+            self._cadence.check_every = MULTI_WORKER_CHECK_EVERY
+        self._save_bytes = save_reserve(self.model, self.checkpoint_path)
         snap = self._sample()
         self.summary.start_process_tree = snap.process_tree
-        self._warn_unbounded_gpus(snap)
-        self._run_preflight(snap)  # issue #25: before the first step
+        missing = gpus_without_total(self.bounds, snap)  # no total: no bound, say it loudly
+        if missing:
+            message = unbounded_gpus_message(self.max_gpu_memory, missing)
+            warnings.warn(message, MemGuardWarning, stacklevel=2)
+        # issue #25: before the first step (an estimate that failed keeps the last one)
+        estimate, self._predicted_peak = _preflight.run_preflight(
+            self.model, self.preflight, snap, self.bounds
+        )
+        self.estimate = self.estimate if estimate is None else estimate
         run = self._workers.run_name
         self._run.open(self.log_dir, run, [gpu.index for gpu in snap.gpus])
         self._begin_evidence(run)  # issue #28
@@ -365,13 +304,13 @@ class MemGuardCallback(keras.callbacks.Callback):
         )
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        last_check = self._last_check
+        last_check = self._cadence.last_check
         self._state.begin_epoch(epoch)
         self._reset_phase()
         if self.summary.epochs:
             # Issue #23: the previous epoch's end checked a moment ago: no check forced
             # at this epoch's batch 0.
-            self._last_check = last_check
+            self._cadence.last_check = last_check
 
     def _reset_phase(self) -> None:
         """A phase (an epoch's training, evaluate, predict) starts: its cadence and peaks.
@@ -394,16 +333,11 @@ class MemGuardCallback(keras.callbacks.Callback):
         """The check of every phase, before a batch: by batch count or time, as configured."""
         if self._state.skips_batch_checks(self._workers.multi_worker):
             return
-        self._batches_since_check += 1
+        self._cadence.batches_since_check += 1
         self._hooks += 1
-        # By batch count where the growth asks for it (self._due_in, issue #23) or as
-        # configured, else by time. With several workers only by count: the same steps.
-        every, configured = self._due_in, self._check_every
-        if configured is not None and (every is None or configured < every):
-            every = configured
-        due = every is not None and self._batches_since_check >= every
-        if not due and configured is None:
-            due = time.monotonic() - self._last_check >= self.check_interval
+        # By batch count where the growth asks for it (issue #23) or as configured, else
+        # by time. With several workers only by count: the same steps (guard/cadence.py).
+        due = self._cadence.due(self.check_interval)
         if not (due or log_due):
             return
         self._wait_for_dispatched_steps()
@@ -411,7 +345,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         if log_due:
             self._run.scalars("memory_batch/", snap.metrics(), self._global_batch)
         if due:
-            self._batches_since_check = 0
+            self._cadence.batches_since_check = 0
             self._check(snap, batch)
 
     def _wait_for_dispatched_steps(self, all_of_them: bool = False) -> None:
@@ -467,7 +401,7 @@ class MemGuardCallback(keras.callbacks.Callback):
             self._wait_for_dispatched_steps(all_of_them=True)
             self._check(self._sample(), None)
             # The validation pass: keep the training epoch's peaks, check the same bounds.
-            self._batches_since_check = 0
+            self._cadence.batches_since_check = 0
             if self._state.begin_validation():
                 # Keras validates after a halt; stop it after its first batch, and keep
                 # its partial val_* out of `logs` (on_epoch_end).
@@ -505,12 +439,11 @@ class MemGuardCallback(keras.callbacks.Callback):
         """
         self._still_in_fit()  # a fit that raised ends first
         if not self._state.begin_standalone(phase):
-            self._batches_since_check = 0
+            self._cadence.batches_since_check = 0
             return
         self._workers = WorkerContext()
-        self._check_every = self.check_every_n_batches
         # issue #23: growth measured from this call's own checks, cadence as configured
-        self._reading, self._rates, self._due_in = None, {}, None
+        self._cadence.restart(self.check_every_n_batches)
         self._reset_phase()
         self._begin_evidence("memory")  # issue #28
 
@@ -535,12 +468,11 @@ class MemGuardCallback(keras.callbacks.Callback):
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
         self._run.scalars(PREFIX, metrics, epoch)
         if logs is not None and halted_now:
-            # NaN, not deletion: Keras's ModelCheckpoint saves unconditionally when its
-            # monitor is missing, while NaN is never an improvement.
-            for key in [k for k in logs if k.startswith("val_")]:
-                logs[key] = float("nan")
+            hide_partial_validation(logs)
         if self._adding_to_logs and logs is not None:
-            self._add_to_logs(logs, metrics, snap)
+            if self._log_keys is None:  # fixed at the fit's first epoch end
+                self._log_keys = log_keys(metrics, snap)
+            add_to_logs(logs, metrics, self._log_keys)
         self.summary.epochs += 1
         self._check(snap, None)
 
@@ -574,42 +506,10 @@ class MemGuardCallback(keras.callbacks.Callback):
         temporaries = _preflight.step_temporaries(self.estimate) if training else None
         snap = self._sampler.sample(self.summary, temporaries)
         self.last_snapshot = snap
-        self._last_check = time.monotonic()
+        self._cadence.last_check = time.monotonic()
         if self._watchdog is not None:
             self._watchdog.checked(snap)  # issue #24: the training thread is not stuck
         return snap
-
-    def _warn_unbounded_gpus(self, snap: MemorySnapshot) -> None:
-        """A fractional GPU bound without a total is no bound: say so, loudly, once."""
-        missing = gpus_without_total(self.bounds, snap)
-        if missing:
-            warnings.warn(
-                f"keras-memguard: max_gpu_memory={self.max_gpu_memory} is DISABLED for GPU(s) "
-                f"{missing}: their total memory is unknown (no NVML, and the framework "
-                "reports no limit). Give the bound in bytes, e.g. max_gpu_memory='12GiB', "
-                "or install nvidia-ml-py.",
-                MemGuardWarning,
-                stacklevel=3,
-            )
-
-    # ------------------------------------------------------ pre-flight (issue #25)
-    def _run_preflight(self, snap: MemorySnapshot) -> None:
-        """Estimates what this fit will add (guard/preflight.py) and warns if it won't fit."""
-        self._predicted_peak = None
-        if self.preflight is False:
-            return
-        try:
-            data = _preflight.fit_input(self.model)
-            self.estimate = _preflight.preflight_estimate(self.model, data, str(self.preflight))
-            resident = _preflight.resident_parts(self.model)
-            parts = self.estimate.parts
-            self._predicted_peak = _preflight.predicted_peak(parts, snap, resident)
-            message = _preflight.preflight_message(parts, snap, self.bounds, resident)
-        except Exception as err:  # an estimate must never stop training
-            warn_once("preflight", f"keras-memguard's pre-flight failed: {err!r}")
-            return
-        if message is not None:
-            warnings.warn(message, MemGuardWarning, stacklevel=3)
 
     # ---------------------------------------------------------------- thresholds
     def _check(self, snap: MemorySnapshot, batch: int | None) -> None:
@@ -617,11 +517,18 @@ class MemGuardCallback(keras.callbacks.Callback):
         state = self._state
         if state.checks_paused:
             return
-        self._warn_low_memory(snap)
+        if state.warn_low_memory(is_low_memory(snap)):
+            warnings.warn(low_memory_message(snap), MemGuardWarning, stacklevel=1)
         self._evidence.observe(snap)  # issue #28: recording on once memory nears a bound
-        found, near = self._project(snap, batch)
+        # issue #23: after a "stop" before a training batch, Keras still runs that batch
+        extra = int(self.on_exceed == "stop" and state.phase == "train" and batch is not None)
+        save = self._save_bytes if state.in_fit and self.on_exceed != "warn" else 0
+        batches = self._hooks - (batch is not None)
+        found, near = self._cadence.project(
+            self.bounds, snap, batches, save=save, extra_batches=extra, warmup=state.in_fit
+        )
         if self.on_exceed == "warn":
-            self._warn_crossings(found, batch)
+            warn_crossings(state, self.summary, found, batch)
             return
         # Every worker votes at this same step, so that all stop together or none does
         # (outside fit, each process decides alone); the cadence goes by the vote too.
@@ -629,11 +536,7 @@ class MemGuardCallback(keras.callbacks.Callback):
         if state.in_fit and self._workers.multi_worker:
             voted = vote(self._workers, found, near)
             self.summary.votes += 1
-            # Only the vote sets the cadence: this worker's own projection could differ.
-            self._due_in = None
-            self._check_every = (
-                1 if voted.near else self.check_every_n_batches or MULTI_WORKER_CHECK_EVERY
-            )
+            self._cadence.voted(voted.near, self.check_every_n_batches)
             cross = voted.crossing
             if voted.worker is not None and cross is not ANOTHER_WORKER:
                 by = self._workers.worker_name(voted.worker)
@@ -642,76 +545,17 @@ class MemGuardCallback(keras.callbacks.Callback):
         where = (state.epoch, batch, self.on_exceed, None, state.phase, cross.reserve, by)
         self._halt(Halt(cross.metric, cross.value, cross.bound, *where), cross.parameter, snap)
 
-    def _warn_crossings(self, found: list[Crossing], batch: int | None) -> None:
-        """``on_exceed="warn"``: one warning per crossing, again once it cleared."""
-        state = self._state
-        new = set(state.warn_once_per_crossing([c.metric for c in found]))
-        for crossing in found:
-            if crossing.metric not in new:
-                continue
-            new.discard(crossing.metric)
-            value, bound = crossing.value, crossing.bound
-            where = (state.epoch, batch, "warn", None, state.phase, crossing.reserve)
-            halt = Halt(crossing.metric, value, bound, *where)
-            self.summary.halts.append(halt)
-            warnings.warn(
-                f"keras-memguard: {halt.describe()} ({crossing.parameter}); "
-                f"{'training' if state.in_fit else state.phase} continues because "
-                "on_exceed='warn'.",
-                MemGuardWarning,
-                stacklevel=3,
-            )
-
-    def _project(self, snap: MemorySnapshot, batch: int | None) -> tuple[list[Any], bool]:
-        """Issue #23: the bounds the next check's memory (+ the save) crosses; the cadence.
-
-        Sets ``_due_in``, the batches until the next check (``None``: by time), and says
-        whether the growth asks for checks sooner than the multi-worker cadence.
-        """
-        now = reading(snap, self._hooks - (batch is not None))
-        rates = growth_per_batch(self._reading, now)
-        if rates is not None or self._reading is None:
-            self._reading, self._rates = now, rates or {}
-        # After a "stop" before a training batch, Keras still runs that batch.
-        extra = int(self.on_exceed == "stop" and self._state.phase == "train" and batch is not None)
-        save = self._save_bytes if self._state.in_fit and self.on_exceed != "warn" else 0
-        look = outlook(self.bounds, snap, self._rates, save=save, extra_batches=extra)
-        self._checks += 1
-        warmup = self._state.in_fit and self._checks <= WARMUP_CHECKS
-        self._due_in = 1 if warmup else look.batches_to_check
-        near = self._due_in is not None and self._due_in < MULTI_WORKER_CHECK_EVERY
-        return look.crossings, near
-
-    def _warn_low_memory(self, snap: MemorySnapshot) -> None:
-        if self._state.warn_low_memory(is_low_memory(snap)):
-            warnings.warn(
-                f"keras-memguard: only {format_bytes(snap.effective_available)} of "
-                f"{format_bytes(snap.effective_limit)} is available; set max_process_memory "
-                "or min_available_memory to stop cleanly before the OOM killer acts.",
-                MemGuardWarning,
-                stacklevel=2,
-            )
-
     def _halt(self, halt: Halt, parameter: str, snap: MemorySnapshot) -> None:
         """Carries out the state machine's ``HaltPlan``: save, record, say, then stop."""
         has_path = self.checkpoint_path is not None
         plan = self._state.halt(halt.batch, self.on_exceed, checkpoint=has_path)
-        saved = self._save_checkpoint() if plan.save else None
+        saved = (
+            save_checkpoint(self.model, self.checkpoint_path, self._workers) if plan.save else None
+        )
         halt = replace(halt, checkpoint=saved)
         self.summary.halts.append(halt)
-        line = f"keras-memguard: {plan.verb}: {halt.describe()} ({parameter})"
-        if plan.standalone or plan.nested:
-            line += f"; {halt.phase}() gives no partial result"
-        if saved:
-            line += f"; model saved to {saved}"
-        elif not plan.standalone and not has_path:
-            line += "; no checkpoint_path was given, so nothing was saved"
-        elif not plan.standalone and not self._workers.is_chief:
-            line += f"; {self._workers.chief_name} keeps the checkpoint"
-        kept = self._evidence.write(line, halt, snap)  # issue #28
-        line += f"; memory evidence in {kept}" if kept else ""
-        print(line, file=sys.stderr, flush=True)
-        self._run.text("memory/halt", line, self._state.epoch or 0)
+        line = halt_line(plan, halt, parameter, has_path=has_path, workers=self._workers)
+        line = say_halt(line, halt, snap, self._evidence, self._run, self._state.epoch or 0)
         if plan.stop_evaluating:
             self.model.stop_evaluating = True
         if plan.stop_training:
@@ -725,55 +569,9 @@ class MemGuardCallback(keras.callbacks.Callback):
                 self._run.close()
                 self._stop_watchdog("raised")  # issue #24
                 self._evidence.close()  # issue #28
-            raise MemoryLimitExceededError(
-                line,
-                snapshot=snap,
-                metric=halt.metric,
-                value=halt.value,
-                bound=halt.bound,
-                epoch=halt.epoch,
-                batch=halt.batch,
-            )
+            raise halt_error(line, halt, snap)
 
     @property
     def _model_for_flags(self) -> Any:
         """The model, for a stop flag: on JAX ``self.model`` also syncs its state."""
         return self._model if keras.backend.backend() == "jax" else self.model
-
-    def _save_checkpoint(self) -> str | None:
-        return save_checkpoint(self.model, self.checkpoint_path, self._workers)
-
-    # --------------------------------------------------------------------- logs
-    def _add_to_logs(
-        self, logs: dict[str, Any], metrics: dict[str, float], snap: MemorySnapshot
-    ) -> None:
-        if self._log_keys is None:
-            keys = list(LOG_KEYS)
-            for gpu in snap.gpus:
-                key = f"gpu{gpu.index}_allocated_peak_mib"
-                if key in metrics:  # only where the framework's allocator reports
-                    keys.append(PREFIX + key)
-            self._log_keys = keys
-        for key in self._log_keys:
-            logs[key] = metrics.get(key[len(PREFIX) :], float("nan"))
-
-
-def _save_reserve(model: Any, path: str | None) -> int:
-    """Bytes a save of ``model`` to ``path`` needs at its peak (``headroom.save_headroom``).
-
-    The saved state is the variables and the optimizer's state (``estimate.static``);
-    an optimizer that is not built yet is predicted from its class.
-    """
-    if path is None:
-        return 0
-    try:
-        from keras_memguard.estimate.static import model_parts, variables_bytes
-
-        state = sum(part.bytes or 0 for part in model_parts(model)[:2])
-        optimizer = getattr(model, "optimizer", None)
-        variables = [*model.weights, *(getattr(optimizer, "variables", None) or ())]
-        largest = max((variables_bytes([v])[0] for v in variables), default=0)
-    except Exception as err:  # an estimate must never stop training
-        warn_once("save-reserve", f"keras-memguard cannot size the checkpoint's save: {err}")
-        return 0
-    return save_headroom(path, state, largest)

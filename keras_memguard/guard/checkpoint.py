@@ -2,7 +2,8 @@
 
 A bad path found only at a halt would lose the model, so ``check_checkpoint_path`` runs
 in ``MemGuardCallback.__init__``; ``save_checkpoint`` never raises (a halt must happen
-even when saving fails) and says loudly when it could not save.
+even when saving fails) and says loudly when it could not save. ``save_reserve`` sizes
+that save at each fit's start: the guard keeps room for it (issue #23).
 
 Example:
     >>> path = check_checkpoint_path("checkpoints/guard.keras")
@@ -21,11 +22,11 @@ import warnings
 from typing import Any
 
 from keras_memguard.backends.base import tensorflow_kept_out
-from keras_memguard.errors import MemGuardWarning, invalid_argument
+from keras_memguard.errors import MemGuardWarning, invalid_argument, warn_once
 from keras_memguard.guard.distributed import WorkerContext
-from keras_memguard.guard.headroom import temporary_path
+from keras_memguard.guard.headroom import save_headroom, temporary_path
 
-__all__ = ["check_checkpoint_path", "save_checkpoint"]
+__all__ = ["check_checkpoint_path", "save_checkpoint", "save_reserve"]
 
 
 def check_checkpoint_path(path: str | os.PathLike[str] | None) -> str | None:
@@ -78,7 +79,7 @@ def save_checkpoint(model: Any, path: str | None, workers: WorkerContext) -> str
     if why is not None:  # the same answer on every worker: none enters the save
         message = f"keras-memguard: COULD NOT SAVE the checkpoint to {path}: {why}."
         print(message, file=sys.stderr, flush=True)
-        warnings.warn(message, MemGuardWarning, stacklevel=4)
+        warnings.warn(message, MemGuardWarning, stacklevel=3)
         return None
     if not workers.is_chief:
         if not workers.every_worker_saves:
@@ -110,5 +111,26 @@ def save_checkpoint(model: Any, path: str | None, workers: WorkerContext) -> str
             "halts anyway; the model is still in memory: save it from your script."
         )
         print(message, file=sys.stderr, flush=True)
-        warnings.warn(message, MemGuardWarning, stacklevel=4)
+        warnings.warn(message, MemGuardWarning, stacklevel=3)
         return None
+
+
+def save_reserve(model: Any, path: str | None) -> int:
+    """Bytes a save of ``model`` to ``path`` needs at its peak (``headroom.save_headroom``).
+
+    The saved state is the variables and the optimizer's state (``estimate.static``);
+    an optimizer that is not built yet is predicted from its class.
+    """
+    if path is None:
+        return 0
+    try:
+        from keras_memguard.estimate.static import model_parts, variables_bytes
+
+        state = sum(part.bytes or 0 for part in model_parts(model)[:2])
+        optimizer = getattr(model, "optimizer", None)
+        variables = [*model.weights, *(getattr(optimizer, "variables", None) or ())]
+        largest = max((variables_bytes([v])[0] for v in variables), default=0)
+    except Exception as err:  # an estimate must never stop training
+        warn_once("save-reserve", f"keras-memguard cannot size the checkpoint's save: {err}")
+        return 0
+    return save_headroom(path, state, largest)

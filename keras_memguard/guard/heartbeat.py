@@ -13,7 +13,8 @@ in place: a reader (or a kill mid-write) sees the old file or the new one, never
 ``state`` is ``"running"`` while the fit runs; ``"ended"`` at train end; ``"exited"``
 when the interpreter exits normally with the fit unfinished (it raised);
 ``"watchdog"`` when the guard's watchdog ended the process (``line`` says why). A
-file still ``"running"`` whose process is gone was killed.
+file still ``"running"`` whose process is gone was killed. ``heartbeat_header`` gives a
+fit's fixed fields (this process, the limit and its source, the bounds, the cgroup).
 
 Example:
     >>> beat = Heartbeat("logs/memory", {"pid": os.getpid()})
@@ -28,14 +29,26 @@ import atexit
 import contextlib
 import json
 import os
+import socket
 import threading
 import time
 import weakref
 from typing import Any
 
 from keras_memguard.errors import warn_once
+from keras_memguard.guard.policy import Bounds, available_floor
+from keras_memguard.memory_snapshot import MemorySnapshot
+from keras_memguard.probes.cgroup import read_container_memory
 
-__all__ = ["HEARTBEAT_FILE", "MIN_INTERVAL_S", "Heartbeat", "read_heartbeat", "write_json"]
+__all__ = [
+    "HEARTBEAT_FILE",
+    "MIN_INTERVAL_S",
+    "Heartbeat",
+    "heartbeat_header",
+    "limit_source",
+    "read_heartbeat",
+    "write_json",
+]
 
 HEARTBEAT_FILE = "memguard_heartbeat.json"
 MIN_INTERVAL_S = 1.0  # a write that is not forced waits at least this long after the last
@@ -128,3 +141,41 @@ def _at_exit() -> None:
 
 
 atexit.register(_at_exit)
+
+
+def heartbeat_header(snap: MemorySnapshot, bounds: Bounds, on_stuck: str) -> dict[str, Any]:
+    """A fit's fixed heartbeat fields: this process, the limit and bounds, its cgroup.
+
+    ``on_stuck`` is what the watchdog will do (``"warn"`` with several workers).
+
+    Example:
+        >>> beat = Heartbeat(run_dir, heartbeat_header(snapshot(), guard.bounds, "exit"))
+    """
+    container = read_container_memory()
+    floor = available_floor(bounds, snap)
+    bound = bounds.max_process_memory
+    return {
+        "version": 1,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.time(),
+        "on_stuck": on_stuck,
+        "limit": {"bytes": snap.effective_limit, "source": limit_source(snap)},
+        "bound_process": bound.resolve(snap.effective_limit) if bound else None,
+        "floor_available": None if floor is None else {"name": floor[0], "bytes": floor[1]},
+        "cgroup": None
+        if container is None
+        else {
+            "path": container.path,
+            "version": container.version,
+            "limit": container.limit,
+            "oom_kills_at_start": container.oom_kills,
+        },
+    }
+
+
+def limit_source(snap: MemorySnapshot) -> str:
+    """Which limit the effective limit is: the container's or the machine's RAM."""
+    if snap.container_limit is not None and snap.container_limit == snap.effective_limit:
+        return "container limit"
+    return "machine RAM"

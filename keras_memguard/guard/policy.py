@@ -36,8 +36,10 @@ __all__ = [
     "gpu_peaks_since_check",
     "gpus_without_total",
     "is_low_memory",
+    "low_memory_message",
     "slope",
     "train_end_release",
+    "unbounded_gpus_message",
 ]
 
 LOW_MEMORY_WARNING = 0.10  # warn (never halt) below this fraction of the effective limit
@@ -248,6 +250,16 @@ def gpus_without_total(bounds: Bounds, snap: MemorySnapshot) -> list[int]:
     return [gpu.index for gpu in snap.gpus if gpu.total is None]
 
 
+def unbounded_gpus_message(max_gpu_memory: Size | None, missing: list[int]) -> str:
+    """The warning that a fractional ``max_gpu_memory`` bounds none of ``missing``."""
+    return (
+        f"keras-memguard: max_gpu_memory={max_gpu_memory} is DISABLED for GPU(s) "
+        f"{missing}: their total memory is unknown (no NVML, and the framework "
+        "reports no limit). Give the bound in bytes, e.g. max_gpu_memory='12GiB', "
+        "or install nvidia-ml-py."
+    )
+
+
 def gpu_peaks_since_check(
     gpus: tuple[GpuSnapshot, ...], seen: dict[int, int], temporaries: int | None = None
 ) -> tuple[tuple[GpuSnapshot, ...], dict[int, int]]:
@@ -305,6 +317,15 @@ def is_low_memory(snap: MemorySnapshot) -> bool | None:
     if limit is None or available is None:
         return None
     return available < LOW_MEMORY_WARNING * limit
+
+
+def low_memory_message(snap: MemorySnapshot) -> str:
+    """The warning for ``is_low_memory``: how little is left, and the bounds to set."""
+    return (
+        f"keras-memguard: only {format_bytes(snap.effective_available)} of "
+        f"{format_bytes(snap.effective_limit)} is available; set max_process_memory "
+        "or min_available_memory to stop cleanly before the OOM killer acts."
+    )
 
 
 def mib(value: int | None) -> float:

@@ -21,7 +21,8 @@ Keras passes callbacks no data, so ``fit_input`` reads it from ``fit``'s own fra
 its ``data_adapter``. This is the one place that reads Keras internals for it; where
 they change, the pre-flight counts the model's parts only and warns once.
 
-``preflight_message`` (the decision) and ``predicted_peak`` are pure functions.
+``preflight_message`` (the decision) and ``predicted_peak`` are pure functions;
+``run_preflight`` runs them for the guard and warns.
 
 Example:
     >>> estimate = preflight_estimate(model, FitInput(dataset, None, None), "cheap")
@@ -31,13 +32,14 @@ Example:
 from __future__ import annotations
 
 import sys
+import warnings
 import weakref
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from keras_memguard.compat import keras as keras_compat
-from keras_memguard.errors import invalid_argument, warn_once
+from keras_memguard.errors import MemGuardWarning, invalid_argument, warn_once
 from keras_memguard.estimate import inputs as input_estimate
 from keras_memguard.estimate.inputs import INPUT_ARRAYS
 from keras_memguard.estimate.parts import EstimatePart, MemoryEstimate
@@ -61,6 +63,7 @@ __all__ = [
     "preflight_estimate",
     "preflight_message",
     "resident_parts",
+    "run_preflight",
     "step_temporaries",
 ]
 
@@ -330,3 +333,32 @@ def preflight_message(
     line += f"; {problem}"
     advice = ADVICE.get(top.name) if top is not None else None
     return line + (f"; {advice}." if advice else ".")
+
+
+def run_preflight(
+    model: Any, mode: str | bool, snap: MemorySnapshot, bounds: Bounds
+) -> tuple[MemoryEstimate | None, int | None]:
+    """The guard's pre-flight: ``(estimate, predicted peak)``; warns if the fit won't fit.
+
+    ``(None, None)`` with ``mode=False``. A failure warns once and never raises (an
+    estimate must never stop training); the estimate is then ``None`` unless it was
+    made before the failure.
+
+    Example:
+        >>> estimate, peak = run_preflight(model, "cheap", snapshot(), guard.bounds)
+    """
+    if mode is False:
+        return None, None
+    estimate = None
+    try:
+        data = fit_input(model)
+        estimate = preflight_estimate(model, data, str(mode))
+        resident = resident_parts(model)
+        peak = predicted_peak(estimate.parts, snap, resident)
+        message = preflight_message(estimate.parts, snap, bounds, resident)
+    except Exception as err:  # an estimate must never stop training
+        warn_once("preflight", f"keras-memguard's pre-flight failed: {err!r}")
+        return estimate, None
+    if message is not None:
+        warnings.warn(message, MemGuardWarning, stacklevel=3)
+    return estimate, peak

@@ -48,7 +48,6 @@ Example:
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 import time
@@ -58,10 +57,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from keras_memguard.errors import WATCHDOG_EXIT_CODE, warn_once
-from keras_memguard.guard.heartbeat import Heartbeat
+from keras_memguard.guard.heartbeat import Heartbeat, heartbeat_header, limit_source
 from keras_memguard.guard.policy import Bounds, available_floor
 from keras_memguard.memory_snapshot import MIB, MemorySnapshot, snapshot
-from keras_memguard.probes.cgroup import read_container_memory
 from keras_memguard.sizes import format_bytes
 
 __all__ = [
@@ -365,8 +363,7 @@ class Watchdog:
             return STUCK_POLL_S
         self._write_figures(snap, decision, waited)
         where = waiting_for([f.f_code.co_filename for f in self._training_stack()])
-        limit_source = _limit_source(snap)
-        line = describe(decision, reading, waited, where, limit_source)
+        line = describe(decision, reading, waited, where, limit_source(snap))
         if decision.action == "exit" and self.on_stuck == "exit" and where != "guard":
             self._end(snap, waited, line)
         elif decision.action not in self._said:  # one line per level and episode
@@ -478,28 +475,8 @@ def start_watchdog(
     """
     heartbeat = None
     if writer is not None:
-        container = read_container_memory()
-        floor = available_floor(bounds, snap)
-        bound = bounds.max_process_memory
-        fixed = {
-            "version": 1,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": time.time(),
-            "on_stuck": "warn" if multi_worker else on_stuck,
-            "limit": {"bytes": snap.effective_limit, "source": _limit_source(snap)},
-            "bound_process": bound.resolve(snap.effective_limit) if bound else None,
-            "floor_available": None if floor is None else {"name": floor[0], "bytes": floor[1]},
-            "cgroup": None
-            if container is None
-            else {
-                "path": container.path,
-                "version": container.version,
-                "limit": container.limit,
-                "oom_kills_at_start": container.oom_kills,
-            },
-        }
-        heartbeat = Heartbeat(writer.run_dir, fixed)
+        on_stuck_now = "warn" if multi_worker else on_stuck
+        heartbeat = Heartbeat(writer.run_dir, heartbeat_header(snap, bounds, on_stuck_now))
     dog = Watchdog(
         bounds,
         on_stuck,
@@ -511,10 +488,3 @@ def start_watchdog(
     )
     dog.start(snap)
     return dog
-
-
-def _limit_source(snap: MemorySnapshot) -> str:
-    """Which limit the effective limit is: the container's or the machine's RAM."""
-    if snap.container_limit is not None and snap.container_limit == snap.effective_limit:
-        return "container limit"
-    return "machine RAM"
