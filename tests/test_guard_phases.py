@@ -65,7 +65,10 @@ def assert_halted_within_one_check(halt, bound, phase):
     # Issue #23: halted once the next batch (and, after a stop in training, the batch
     # Keras still runs) would cross it, with the save's memory reserved: no later than
     # one batch past the bound, and with no more than that growth held back.
-    assert halt.value <= bound < halt.value + halt.reserve
+    # (1 MiB: what the process allocates beside the leak between the projection and the
+    # check; a PyTorch run under load once read 4 KiB past. A guard that only halts once
+    # crossed reads up to a whole 30 MiB batch past.)
+    assert halt.value <= bound + MIB and bound < halt.value + halt.reserve
     assert halt.reserve <= 2 * LEAK_MIB * MIB + 2 * SLACK
 
 
@@ -191,7 +194,10 @@ def test_default_time_based_check_halts_a_leak_mid_epoch(model):
     assert halt.batch is not None and halt.batch < 63  # mid-epoch, not at its end
     # Issue #23: the time-based checks (0.1 s, ~6 batches of 10 MiB) give way to a check
     # per batch as the bound nears: halted before it, not up to 6 batches past it.
-    assert halt.value <= bound < halt.value + halt.reserve
+    # (1 MiB: what the process allocates beside the leak between the projection and the
+    # check; a PyTorch run under load once read 4 KiB past. A guard that only halts once
+    # crossed reads up to a whole 30 MiB batch past.)
+    assert halt.value <= bound + MIB and bound < halt.value + halt.reserve
     assert len(history.history["loss"]) == 1
 
 
