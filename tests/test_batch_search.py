@@ -120,9 +120,9 @@ def test_train_fn_or_build_is_needed():
 
 def test_the_small_fit_makes_zeros_of_shape_pairs():
     # ((batch_shape, dtype), ...) pairs were taken apart as a structure: no small fit ran
-    from keras_memguard.isolation.calibrate import _small_fit_args
+    from keras_memguard.isolation.calibrate import small_fit_args
 
-    x, y = _small_fit_args((((None, 4, 4, 3), "float32"), ((None,), "int32")), 8, 2)
+    x, y = small_fit_args((((None, 4, 4, 3), "float32"), ((None,), "int32")), 8, 2)
     assert (x.shape, str(x.dtype), y.shape, str(y.dtype)) == (
         (16, 4, 4, 3),
         "float32",

@@ -166,10 +166,10 @@ def one_step(build: Callable[[], Any], batch_size: int) -> float | None:
     The attempt ``find_batch_size`` runs when it is given ``build`` without a training
     function; returns the step's loss where ``fit`` reports one.
     """
-    from keras_memguard.isolation.calibrate import _small_fit_args, unpack_build
+    from keras_memguard.isolation.calibrate import small_fit_args, unpack_build
 
     model, args, _ = unpack_build(build())
-    small_args = _small_fit_args(args, batch_size, 1)
+    small_args = small_fit_args(args, batch_size, 1)
     fit_kwargs: dict[str, Any] = {"epochs": 1, "verbose": 0}
     if small_args is args:
         fit_kwargs["steps_per_epoch"] = 1
@@ -190,14 +190,13 @@ def _device_total() -> int | None:
 def _predict_child(build: Callable[[], Any], sizes: tuple[int, ...]) -> dict[str, Any]:
     """In the child: build, measure a small real fit, estimate at ``sizes``."""
     from keras_memguard.backends.step import build_for_fit
-    from keras_memguard.estimate.fit import _only_shapes as only_shapes
-    from keras_memguard.estimate.fit import fit_added_bytes, shapes_part
+    from keras_memguard.estimate.fit import fit_added_bytes, only_shapes, shapes_part
     from keras_memguard.estimate.inputs import input_parts
     from keras_memguard.estimate.parts import MemoryEstimate
     from keras_memguard.estimate.specs import fit_spec
     from keras_memguard.estimate.static import model_parts
     from keras_memguard.estimate.step import step_part_estimator
-    from keras_memguard.isolation.calibrate import _small_fit_args, measure_fit_peak, unpack_build
+    from keras_memguard.isolation.calibrate import measure_fit_peak, small_fit_args, unpack_build
     from keras_memguard.probes.process import read_process_memory
 
     model, args, _ = unpack_build(build())
@@ -209,7 +208,7 @@ def _predict_child(build: Callable[[], Any], sizes: tuple[int, ...]) -> dict[str
     if resident[0].where == "host":  # measured first, in a process that compiled nothing
         memory = read_process_memory()
         figures["built"] = memory.rss if memory is not None else 0
-        small_args = _small_fit_args(args, sizes[0], CALIBRATION_STEPS)
+        small_args = small_fit_args(args, sizes[0], CALIBRATION_STEPS)
         if small_args is args:  # a pipeline runs at its own batch size
             figures["unknown"] = "build's data is a pipeline: give arrays or shapes"
             return figures
