@@ -11,6 +11,8 @@ append ``"<what> <pid> <batch size>"`` to it: which processes ran what. With
 ``max_memory`` (the ``limit`` it is given): ``"estimate"`` in a process that also ran
 ``build`` (the estimate's child: its leftovers larger than its figures said),
 ``"predicted"`` at a batch size at least the first one recorded (the prediction's).
+With ``BATCH_SEARCH_FAIL``, ``train`` raises ``RuntimeError`` (not about memory):
+``"estimate"`` in the estimate's child only, ``"always"`` everywhere.
 """
 
 from __future__ import annotations
@@ -109,6 +111,9 @@ def train(batch_size, limit=None, untraceable=False):
     import numpy as np
 
     _record("train", batch_size)
+    fail = os.environ.get("BATCH_SEARCH_FAIL")
+    if fail == "always" or (fail == "estimate" and _built):
+        raise RuntimeError(f"train failed at batch {batch_size} ({fail})")
     if limit is not None and _needs_ballast(batch_size):
         _fill_until_stopped(limit)
     model = _model(untraceable)

@@ -158,6 +158,38 @@ def test_a_prediction_that_does_not_fit_anywhere_falls_back_to_halving(bound, tm
     assert len({pid for _, pid, _ in training.records(record)}) == 3
 
 
+def test_without_train_fn_the_estimates_model_takes_the_step(bound, tmp_path):
+    record = tmp_path / "record"
+    found = find_batch_size(
+        None, START, build=training.build, max_memory=bound, env=recorded(record)
+    )
+    assert found.how == "predicted and confirmed"
+    assert [(a.batch_size, a.outcome, a.detail) for a in found.attempts] == [
+        (found.prediction.batch_size, "ok", "in the estimate's child")
+    ]
+    assert found.result > 0  # the step's loss
+    assert [what for what, _, _ in training.records(record)] == ["build"]  # built once
+
+
+def test_another_error_in_the_estimates_child_is_judged_in_a_fresh_one(bound, tmp_path):
+    # Only the estimate's child fails: the fresh child's confirmation is the search's.
+    train = functools.partial(training.train, limit=bound)
+    record = tmp_path / "record"
+    environment = recorded(record, BATCH_SEARCH_FAIL="estimate")
+    found = find_batch_size(train, START, build=training.build, max_memory=bound, env=environment)
+    picked = found.prediction.batch_size
+    assert found.how == "predicted and confirmed" and found.batch_size == picked
+    assert [(a.batch_size, a.outcome) for a in found.attempts] == [
+        (picked, "failed"),
+        (picked, "ok"),
+    ]
+    assert "RuntimeError: train failed" in found.attempts[0].detail
+    # An error of the training function's own is raised, as without a prediction.
+    environment = recorded(tmp_path / "always", BATCH_SEARCH_FAIL="always")
+    with pytest.raises(RuntimeError, match=r"train failed at batch \d+ \(always\)"):
+        find_batch_size(train, START, build=training.build, max_memory=bound, env=environment)
+
+
 def test_predict_batch_size_only_predicts(bound, tmp_path):
     record = tmp_path / "record"
     prediction = predict_batch_size(training.build, START, max_memory=bound, env=recorded(record))
