@@ -247,14 +247,14 @@ def _predict_child(
     with open(f"{saved}.part", "wb") as file:
         pickle.dump((prediction, reply["estimated_at"]), file)
     os.replace(f"{saved}.part", saved)
-    if confirm == ONE_STEP:
-        result = fit_one_step(model, args, prediction.batch_size)
-    elif callable(confirm):
+    if callable(confirm):
         import keras
 
         del model, args  # train_fn builds its own model, as in a fresh child
         keras.backend.clear_session()
         result = confirm(prediction.batch_size)
+    else:  # ONE_STEP: the model built above, one more step
+        result = fit_one_step(model, args, prediction.batch_size)
     return {**reply, "confirmed": True, "result": result}
 
 
@@ -329,6 +329,8 @@ def predict_in_one_child(
         >>> confirmed.prediction.batch_size, confirmed.error, confirmed.result
         (344, None, 0.42)
     """
+    if not (confirm is None or confirm == ONE_STEP or callable(confirm)):
+        raise invalid_argument("confirm", confirm, "a function of the batch size, ONE_STEP or None")
     host = _host_bound(max_memory)
     device = None if device_memory is None else parse_size(device_memory, name="device_memory")
     sizes = sample_sizes(batch_size)
