@@ -4,6 +4,15 @@
 ``train`` runs one real step of the same model at a batch size (what each attempt, and
 the confirmation, run in a child). ``build_untraceable`` is a model whose step reads a
 value out of the graph, so its step estimate is unknown.
+
+With ``BATCH_SEARCH_RECORD`` (a file) in the child's environment, ``build`` and ``train``
+append ``"<what> <pid> <batch size>"`` to it: which processes ran what. With
+``BATCH_SEARCH_BALLAST``, ``train`` allocates memory until ``run_isolated`` stops it at
+``max_memory`` (the ``limit`` it is given): ``"estimate"`` in a process that also ran
+``build`` (the estimate's child: its leftovers larger than its figures said),
+``"predicted"`` at a batch size at least the first one recorded (the prediction's).
+With ``BATCH_SEARCH_FAIL``, ``train`` raises ``RuntimeError`` (not about memory):
+``"estimate"`` in the estimate's child only, ``"always"`` everywhere.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 SHAPE = (48, 48, 3)
 CLASSES = 4
+MIB = 2**20
+_built = False  # build() ran in this process
 
 
 def _model(untraceable: bool = False):
@@ -35,7 +46,53 @@ def _model(untraceable: bool = False):
 
 def build():
     """The model and its input as shapes: what the predicting search estimates."""
+    global _built
+    _built = True
+    _record("build", None)
     return _model(), (((None, *SHAPE), "float32"), ((None,), "int32"))
+
+
+def _record(what, batch_size):
+    path = os.environ.get("BATCH_SEARCH_RECORD")
+    if path:
+        with open(path, "a") as file:
+            file.write(f"{what} {os.getpid()} {batch_size}\n")
+
+
+def records(path):
+    """``(what, pid, batch size)`` for each line ``build`` and ``train`` recorded."""
+    rows = [line.split() for line in path.read_text().splitlines()]
+    return [(what, int(pid), None if size == "None" else int(size)) for what, pid, size in rows]
+
+
+def _needs_ballast(batch_size):
+    mode = os.environ.get("BATCH_SEARCH_BALLAST")
+    if mode == "estimate":
+        return _built
+    if mode == "predicted":
+        import pathlib
+
+        trained = [
+            size
+            for what, _, size in records(pathlib.Path(os.environ["BATCH_SEARCH_RECORD"]))
+            if what == "train"
+        ]
+        return batch_size >= trained[0]
+    return False
+
+
+def _fill_until_stopped(limit):
+    """Real pages, 16 MiB at a time, to 64 MiB past ``limit``; then wait to be stopped."""
+    import time
+
+    import numpy as np
+    import psutil
+
+    ballast = []
+    while psutil.Process().memory_info().rss <= limit + 64 * MIB:
+        ballast.append(np.ones(16 * MIB, np.uint8))
+    time.sleep(30)  # run_isolated's watch stops this process within a poll or two
+    raise MemoryError(f"{len(ballast) * 16} MiB of ballast past {limit:,} B was not stopped")
 
 
 def build_untraceable():
@@ -53,6 +110,12 @@ def train(batch_size, limit=None, untraceable=False):
 
     import numpy as np
 
+    _record("train", batch_size)
+    fail = os.environ.get("BATCH_SEARCH_FAIL")
+    if fail == "always" or (fail == "estimate" and _built):
+        raise RuntimeError(f"train failed at batch {batch_size} ({fail})")
+    if limit is not None and _needs_ballast(batch_size):
+        _fill_until_stopped(limit)
     model = _model(untraceable)
     x = np.random.rand(batch_size, *SHAPE).astype("float32")
     y = np.random.randint(0, CLASSES, batch_size).astype("int32")

@@ -6,6 +6,8 @@ training function also checks against its exact peak RSS at the end. The bound
 is set from two measured children (one step at 8 and at the start batch) so that the
 start batch does not fit and half of it does,
 whatever the backend's own memory: the halving search needs one failing attempt.
+The children record which process ran ``build`` and ``train`` (``BATCH_SEARCH_RECORD``):
+the predicting search that fits runs both in one child.
 """
 
 from __future__ import annotations
@@ -28,37 +30,69 @@ MIB = 2**20
 
 
 @pytest.fixture(scope="module")
-def both_searches():
-    """Both searches under one bound where the largest batch that fits is about 3/4 START."""
+def bound():
+    """A bound under which the largest batch that fits is about 3/4 START."""
     with ThreadPoolExecutor(2) as pool:  # two fresh children: each peak measured alone
         low, high = pool.map(lambda size: run_isolated(training.peak_at, size), (8, START))
-    bound = int(low + (high - low) * (0.75 * START - 8) / (START - 8))
+    return int(low + (high - low) * (0.75 * START - 8) / (START - 8))
+
+
+def recorded(path, **variables):
+    """The child's environment: ``build``/``train`` record to ``path``, and ``variables``."""
+    return {"BATCH_SEARCH_RECORD": str(path), **variables}
+
+
+@pytest.fixture(scope="module")
+def both_searches(bound, tmp_path_factory):
+    """Both searches under ``bound``, and what their children recorded."""
+    folder = tmp_path_factory.mktemp("searches")
     train = functools.partial(training.train, limit=bound)
     try:
-        halving = find_batch_size(train, START, max_memory=bound, keep_warm=True)
+        halving = find_batch_size(
+            train, START, max_memory=bound, keep_warm=True, env=recorded(folder / "halving")
+        )
         predicting = find_batch_size(
-            train, START, build=training.build, max_memory=bound, keep_warm=True
+            train,
+            START,
+            build=training.build,
+            max_memory=bound,
+            keep_warm=True,
+            env=recorded(folder / "predicting"),
         )
     finally:
         shutdown_spares()
-    return bound, halving, predicting
+    return bound, halving, predicting, folder
 
 
 def test_the_halving_search_runs_out_of_memory_first(both_searches):
-    _, halving, _ = both_searches
+    _, halving, _, folder = both_searches
     assert halving.how == "searched" and halving.prediction is None
     outcomes = [a.outcome for a in halving.attempts]
     assert outcomes[0] == "out of memory" and outcomes[-1] == "ok"
     assert "passed" in halving.attempts[0].detail or "max_memory" in halving.attempts[0].detail
+    # one child per attempt
+    runs = training.records(folder / "halving")
+    assert [(what, size) for what, _, size in runs] == [
+        ("train", a.batch_size) for a in halving.attempts
+    ]
+    assert len({pid for _, pid, _ in runs}) == len(halving.attempts)
 
 
-def test_the_predicting_search_runs_one_attempt_that_fits(both_searches):
-    bound, _, predicting = both_searches
+def test_the_predicting_search_that_fits_takes_one_child(both_searches):
+    bound, _, predicting, folder = both_searches
     prediction = predicting.prediction
     assert predicting.how == "predicted and confirmed"
-    assert [(a.batch_size, a.outcome) for a in predicting.attempts] == [
-        (prediction.batch_size, "ok")
+    assert [(a.batch_size, a.outcome, a.detail) for a in predicting.attempts] == [
+        (prediction.batch_size, "ok", "in the estimate's child")
     ]
+    # the estimate (build) and the confirming step (train) ran in one process, once each
+    runs = training.records(folder / "predicting")
+    assert [(what, size) for what, _, size in runs] == [
+        ("build", None),
+        ("train", prediction.batch_size),
+    ]
+    assert len({pid for _, pid, _ in runs}) == 1
+    assert prediction.duration_s > 0 and predicting.attempts[0].duration_s > 0
     assert predicting.batch_size == prediction.batch_size
     assert predicting.result > 0  # the step's loss came back
     assert prediction.where == "host" and prediction.bound == bound
@@ -67,9 +101,100 @@ def test_the_predicting_search_runs_one_attempt_that_fits(both_searches):
 
 
 def test_both_searches_agree_within_one_halving_step(both_searches):
-    _, halving, predicting = both_searches
+    _, halving, predicting, _ = both_searches
     low, high = sorted((halving.batch_size, predicting.batch_size))
     assert high <= 2 * low, (halving.attempts, predicting.prediction)
+
+
+def test_a_confirmation_stopped_in_the_estimates_child_is_run_again_in_a_fresh_one(bound, tmp_path):
+    # The estimate's child holds more than its figures said: its confirmation allocates
+    # past max_memory and run_isolated stops it; a fresh child confirms the same size.
+    record = tmp_path / "record"
+    found = find_batch_size(
+        functools.partial(training.train, limit=bound),
+        START,
+        build=training.build,
+        max_memory=bound,
+        env=recorded(record, BATCH_SEARCH_BALLAST="estimate"),
+    )
+    picked = found.prediction.batch_size
+    assert found.how == "predicted and confirmed" and found.batch_size == picked
+    first, second = found.attempts
+    assert (first.batch_size, first.outcome) == (picked, "out of memory")
+    assert first.detail.startswith("in the estimate's child: ChildMemoryLimitError")
+    assert "max_memory" in first.detail
+    assert (second.batch_size, second.outcome, second.detail) == (picked, "ok", "")
+    # the figures survived the stopped child
+    assert found.prediction.bound == bound and found.prediction.per_sample > 0
+    assert [s for s, _ in found.prediction.sampled] == [8, START]
+    runs = training.records(record)
+    assert [(what, size) for what, _, size in runs] == [
+        ("build", None),
+        ("train", picked),
+        ("train", picked),
+    ]
+    assert runs[0][1] == runs[1][1] != runs[2][1]
+
+
+def test_a_prediction_that_does_not_fit_anywhere_falls_back_to_halving(bound, tmp_path):
+    # Every process at the predicted size runs out of memory: the estimate's child, then
+    # a fresh one at the same size; halving goes on from half of it.
+    record = tmp_path / "record"
+    found = find_batch_size(
+        functools.partial(training.train, limit=bound),
+        START,
+        build=training.build,
+        max_memory=bound,
+        env=recorded(record, BATCH_SEARCH_BALLAST="predicted"),
+    )
+    picked = found.prediction.batch_size
+    assert found.how == "searched" and found.prediction.per_sample > 0
+    assert [(a.batch_size, a.outcome) for a in found.attempts] == [
+        (picked, "out of memory"),
+        (picked, "out of memory"),
+        (picked // 2, "ok"),
+    ]
+    assert found.attempts[0].detail.startswith("in the estimate's child")
+    assert len({pid for _, pid, _ in training.records(record)}) == 3
+
+
+def test_without_train_fn_the_estimates_model_takes_the_step(bound, tmp_path):
+    record = tmp_path / "record"
+    found = find_batch_size(
+        None, START, build=training.build, max_memory=bound, env=recorded(record)
+    )
+    assert found.how == "predicted and confirmed"
+    assert [(a.batch_size, a.outcome, a.detail) for a in found.attempts] == [
+        (found.prediction.batch_size, "ok", "in the estimate's child")
+    ]
+    assert found.result > 0  # the step's loss
+    assert [what for what, _, _ in training.records(record)] == ["build"]  # built once
+
+
+def test_another_error_in_the_estimates_child_is_judged_in_a_fresh_one(bound, tmp_path):
+    # Only the estimate's child fails: the fresh child's confirmation is the search's.
+    train = functools.partial(training.train, limit=bound)
+    record = tmp_path / "record"
+    environment = recorded(record, BATCH_SEARCH_FAIL="estimate")
+    found = find_batch_size(train, START, build=training.build, max_memory=bound, env=environment)
+    picked = found.prediction.batch_size
+    assert found.how == "predicted and confirmed" and found.batch_size == picked
+    assert [(a.batch_size, a.outcome) for a in found.attempts] == [
+        (picked, "failed"),
+        (picked, "ok"),
+    ]
+    assert "RuntimeError: train failed" in found.attempts[0].detail
+    # An error of the training function's own is raised, as without a prediction.
+    environment = recorded(tmp_path / "always", BATCH_SEARCH_FAIL="always")
+    with pytest.raises(RuntimeError, match=r"train failed at batch \d+ \(always\)"):
+        find_batch_size(train, START, build=training.build, max_memory=bound, env=environment)
+
+
+def test_predict_batch_size_only_predicts(bound, tmp_path):
+    record = tmp_path / "record"
+    prediction = predict_batch_size(training.build, START, max_memory=bound, env=recorded(record))
+    assert prediction.batch_size is not None and prediction.peak(prediction.batch_size) < bound
+    assert [what for what, _, _ in training.records(record)] == ["build"]
 
 
 def test_an_unknown_estimate_falls_back_to_halving():
@@ -120,9 +245,9 @@ def test_train_fn_or_build_is_needed():
 
 def test_the_small_fit_makes_zeros_of_shape_pairs():
     # ((batch_shape, dtype), ...) pairs were taken apart as a structure: no small fit ran
-    from keras_memguard.isolation.calibrate import _small_fit_args
+    from keras_memguard.isolation.calibrate import small_fit_args
 
-    x, y = _small_fit_args((((None, 4, 4, 3), "float32"), ((None,), "int32")), 8, 2)
+    x, y = small_fit_args((((None, 4, 4, 3), "float32"), ((None,), "int32")), 8, 2)
     assert (x.shape, str(x.dtype), y.shape, str(y.dtype)) == (
         (16, 4, 4, 3),
         "float32",

@@ -32,7 +32,13 @@ from keras_memguard.estimate.specs import fit_spec, is_shape_spec
 from keras_memguard.estimate.static import OPTIMIZER_STATE, VARIABLES, model_parts
 from keras_memguard.estimate.step import step_part_estimator
 
-__all__ = ["RESIDENT_PARTS", "estimate_fit_memory", "fit_added_bytes", "shapes_part"]
+__all__ = [
+    "RESIDENT_PARTS",
+    "estimate_fit_memory",
+    "fit_added_bytes",
+    "only_shapes",
+    "shapes_part",
+]
 
 # Parts already in memory when fit starts (once the model and its optimizer are built).
 RESIDENT_PARTS = frozenset({VARIABLES, OPTIMIZER_STATE, INPUT_ARRAYS})
@@ -59,7 +65,13 @@ def fit_added_bytes(estimate: MemoryEstimate) -> int:
     )
 
 
-def _only_shapes(x: Any) -> bool:
+def only_shapes(x: Any) -> bool:
+    """Whether ``x`` is given only as shapes (``keras.Input``, ``(batch_shape, dtype)``...).
+
+    Example:
+        >>> only_shapes(keras.Input((32, 32, 3))), only_shapes(np.zeros((8, 3)))
+        (True, False)
+    """
     from keras import tree
 
     leaves = tree.flatten(x) if not is_shape_spec(x) else [x]
@@ -123,7 +135,7 @@ def estimate_fit_memory(
         parts.append(part)
     elif problem is not None:
         notes.append(problem)
-    if _only_shapes(x):
+    if only_shapes(x):
         parts.append(shapes_part(spec, size))
     else:
         parts.extend(input_parts(x if y is None else (x, y), batch_size=size))

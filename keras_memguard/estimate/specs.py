@@ -28,7 +28,7 @@ from keras_memguard.backends.step import BatchSpec
 from keras_memguard.backends.tensorflow.compat import DATASET_PARAMETERS
 from keras_memguard.errors import invalid_argument
 
-__all__ = ["ACCEPTED_INPUTS", "fit_spec", "is_shape_spec"]
+__all__ = ["ACCEPTED_INPUTS", "fit_spec", "is_shape_spec", "spec_leaves"]
 
 ACCEPTED_INPUTS = (
     "NumPy arrays or tensors (or a dict, list or tuple of them), a tf.data.Dataset, "
@@ -165,7 +165,7 @@ def fit_spec(x: Any, y: Any, batch_size: int | None, model: Any = None) -> tuple
             dims = _batch_dims(x)
         except TypeError as err:
             raise invalid_argument("x", x, ACCEPTED_INPUTS, str(err)) from None
-        if not any(is_shape_spec(leaf) for leaf in _leaves(x)):
+        if not any(is_shape_spec(leaf) for leaf in spec_leaves(x)):
             batch_size = batch_size or DEFAULT_BATCH_SIZE
         elif batch_size is None:
             found = next(iter(dims)) if len(dims) == 1 else None
@@ -192,7 +192,13 @@ def fit_spec(x: Any, y: Any, batch_size: int | None, model: Any = None) -> tuple
     return ((x_spec,) if y_spec is None else (x_spec, y_spec)), batch_size
 
 
-def _leaves(structure: Any) -> list[Any]:
+def spec_leaves(structure: Any) -> list[Any]:
+    """The leaves of ``structure``, a ``(batch_shape, dtype)`` pair counting as one.
+
+    Example:
+        >>> spec_leaves((((None, 4), "float32"), ((None,), "int32")))
+        [((None, 4), 'float32'), ((None,), 'int32')]
+    """
     leaves: list[Any] = []
     _map(structure, leaves.append)
     return leaves

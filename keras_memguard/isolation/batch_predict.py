@@ -17,6 +17,16 @@ On a GPU the peak is the estimate's known bytes on the device (variables, optimi
 state, gradients, the step's temporaries, the batch) at ``b``, against each device's
 memory; the runtime's workspaces are left to the margin.
 
+``find_batch_size`` confirms the pick in the same child (``predict_in_one_child``): the
+child picks the batch itself (the bounds and the margin travel to it) and runs the
+confirming real step there, so a search whose prediction fits costs one child, not two.
+A step that fits its bound there fits in a fresh child too: that child still holds the
+calibration fit's and the estimates' leftovers (compiled steps, allocator pools), which
+a fresh child does not. The converse does not hold, so a confirmation that runs out of
+memory there is tried once more in a fresh child before halving; the child writes its
+figures to a file the parent named before it confirms, so a child stopped at
+``max_memory`` or killed loses none of them.
+
 Example:
     >>> def build():                       # module level: it runs in a child
     ...     model = make_model(); model.compile("adam", "mse")
@@ -28,31 +38,38 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import pickle
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from keras_memguard.errors import invalid_argument, positive_int, warn_once
-from keras_memguard.estimate.parts import Method
+from keras_memguard.isolation.batch_measure import fit_one_step, measure_figures
 from keras_memguard.isolation.run import run_isolated
-from keras_memguard.sizes import format_bytes, parse_size
+from keras_memguard.sizes import Size, format_bytes, parse_size
 
 __all__ = [
     "DEFAULT_SAFETY_MARGIN",
+    "ONE_STEP",
     "BatchPrediction",
+    "ConfirmedPrediction",
     "check_margin",
+    "decide",
     "fit_line",
     "largest_batch",
-    "one_step",
     "predict_batch_size",
+    "predict_in_one_child",
     "sample_sizes",
 ]
 
 DEFAULT_SAFETY_MARGIN = 0.25
 CALIBRATION_BATCH_SIZE = 8
-CALIBRATION_STEPS = 2
+ONE_STEP = "one step of build's model"  # the confirmation when there is no train_fn
 
 
 @dataclass(frozen=True)
@@ -71,7 +88,8 @@ class BatchPrediction:
         per_sample: the bytes each sample adds (the line's slope).
         sampled: ``(batch_size, predicted peak)`` where the estimate was asked.
         reason: why there is no prediction, or ``""``.
-        duration_s: seconds the estimate's child took.
+        duration_s: seconds from the start of the estimate's child to its pick (a
+            confirmation run in the same child not counted).
     """
 
     batch_size: int | None
@@ -160,87 +178,96 @@ def check_margin(safety_margin: object) -> float:
     return float(safety_margin)
 
 
-def one_step(build: Callable[[], Any], batch_size: int) -> float | None:
-    """One real training step of ``build()``'s model at ``batch_size`` (in a child).
+def decide(
+    figures: Mapping[str, Any],
+    sizes: tuple[int, ...],
+    host: int | None,
+    device: Size | None,
+    safety_margin: float,
+    low: int,
+    high: int,
+) -> BatchPrediction:
+    """The prediction from the child's ``figures`` (pure; ``duration_s`` left at 0).
 
-    The attempt ``find_batch_size`` runs when it is given ``build`` without a training
-    function; returns the step's loss where ``fit`` reports one.
+    ``figures`` as ``measure_figures`` returns them: ``unknown`` (why there is no line, or
+    ``""``), ``where``, ``added`` and ``device`` (bytes at each of ``sizes``), and on
+    the host ``built`` and ``measured``, on a device ``total``. ``host`` is the host
+    bound in bytes; ``device`` the device bound (``None``: the device's total).
+
+    Example:
+        >>> figures = {"unknown": "", "where": "host", "added": [800, 1600],
+        ...            "device": [0, 0], "built": 10_000, "measured": 1_000}
+        >>> decide(figures, (8, 16), 20_000, None, 0.25, 1, 64).batch_size
+        64
     """
-    from keras_memguard.isolation.calibrate import _small_fit_args, unpack_build
-
-    model, args, _ = unpack_build(build())
-    small_args = _small_fit_args(args, batch_size, 1)
-    fit_kwargs: dict[str, Any] = {"epochs": 1, "verbose": 0}
-    if small_args is args:
-        fit_kwargs["steps_per_epoch"] = 1
+    if figures["unknown"]:
+        return BatchPrediction(None, safety_margin=safety_margin, reason=figures["unknown"])
+    where = figures["where"]
+    if where == "device":
+        bound = (device or parse_size(1.0, name="device_memory")).resolve(figures.get("total"))
+        intercept, slope = fit_line(tuple(zip(sizes, figures["device"], strict=True)))
     else:
-        fit_kwargs["batch_size"] = batch_size
-    history = model.fit(*small_args, **fit_kwargs)
-    loss = history.history.get("loss")
-    return float(loss[-1]) if loss else None
+        bound = host
+        _, slope = fit_line(tuple(zip(sizes, figures["added"], strict=True)))
+        intercept = figures["built"] + figures["measured"] - slope * sizes[0]
+    if bound is None:
+        name = "device_memory" if where == "device" else "max_memory"
+        reason = f"the {where} memory's total is unknown; give {name} as bytes"
+        return BatchPrediction(None, safety_margin=safety_margin, reason=reason)
+    picked = largest_batch(intercept, slope, bound, safety_margin, low, high)
+    sampled = tuple((size, int(intercept + slope * size)) for size in sizes)
+    prediction = BatchPrediction(picked, where, bound, safety_margin, intercept, slope, sampled)
+    if picked is None:
+        peak = format_bytes(prediction.peak(low))
+        reason = f"even batch {low} is predicted to need {peak}"
+        return dataclasses.replace(prediction, reason=reason)
+    return prediction
 
 
-def _device_total() -> int | None:
-    from keras_memguard.memory_snapshot import snapshot
+def _predict_child(
+    build: Callable[[], Any],
+    sizes: tuple[int, ...],
+    bounds: tuple[int | None, Size | None, float, int, int],
+    confirm: Callable[[int], Any] | str | None = None,
+    saved: str | None = None,
+) -> dict[str, Any]:
+    """In the child: build, measure, estimate, pick; then confirm the pick here.
 
-    totals = [gpu.total for gpu in snapshot().gpus if gpu.total]
-    return min(totals) if totals else None
-
-
-def _predict_child(build: Callable[[], Any], sizes: tuple[int, ...]) -> dict[str, Any]:
-    """In the child: build, measure a small real fit, estimate at ``sizes``."""
-    from keras_memguard.backends.step import build_for_fit
-    from keras_memguard.estimate.fit import _only_shapes as only_shapes
-    from keras_memguard.estimate.fit import fit_added_bytes, shapes_part
-    from keras_memguard.estimate.inputs import input_parts
-    from keras_memguard.estimate.parts import MemoryEstimate
-    from keras_memguard.estimate.specs import fit_spec
-    from keras_memguard.estimate.static import model_parts
-    from keras_memguard.estimate.step import step_part_estimator
-    from keras_memguard.isolation.calibrate import _small_fit_args, measure_fit_peak, unpack_build
-    from keras_memguard.probes.process import read_process_memory
+    Before the confirmation, the prediction and the time it was made are written to the
+    file ``saved`` (written whole, then renamed), so that a confirmation the parent
+    stops at ``max_memory`` or that the kernel kills loses none of the figures.
+    """
+    from keras_memguard.isolation.calibrate import unpack_build
 
     model, args, _ = unpack_build(build())
-    x, y = args[0], args[1] if len(args) > 1 else None
-    spec, _ = fit_spec(x, y, sizes[0], model=model)
-    build_for_fit(model, spec)
-    figures: dict[str, Any] = {"added": [], "device": [], "unknown": ""}
-    resident = model_parts(model)
-    if resident[0].where == "host":  # measured first, in a process that compiled nothing
-        memory = read_process_memory()
-        figures["built"] = memory.rss if memory is not None else 0
-        small_args = _small_fit_args(args, sizes[0], CALIBRATION_STEPS)
-        if small_args is args:  # a pipeline runs at its own batch size
-            figures["unknown"] = "build's data is a pipeline: give arrays or shapes"
-            return figures
-        try:
-            figures["measured"] = measure_fit_peak(
-                model, *small_args, batch_size=sizes[0], epochs=1
-            )
-        except Exception as err:  # said after the step's estimate, which may say more
-            figures["calibration"] = f"{type(err).__name__}: {err}"
-    step_at = step_part_estimator(model, spec)
-    for size in sizes:
-        step = step_at(size)
-        if step.method is Method.UNKNOWN:
-            figures["unknown"] = f"the step's temporaries at batch {size}: {step.detail}"
-            return figures
-        if only_shapes(x):
-            inputs: tuple[Any, ...] = (shapes_part(spec, size),)
-        else:
-            inputs = input_parts(x if y is None else (x, y), batch_size=size)
-        parts = (*resident, step, *inputs)
-        estimate = MemoryEstimate(parts=parts, where=step.where, batch_size=size)
-        figures["where"] = step.where
-        figures["added"].append(fit_added_bytes(estimate))
-        figures["device"].append(
-            sum(p.bytes for p in parts if p.bytes is not None and p.where == "device")
-        )
-    if figures["where"] == "device":
-        figures["total"] = _device_total()
-    elif "calibration" in figures:
-        figures["unknown"] = f"the small real fit failed: {figures['calibration']}"
-    return figures
+    prediction = decide(measure_figures(model, args, sizes), sizes, *bounds)
+    reply: dict[str, Any] = {"prediction": prediction, "estimated_at": time.time()}
+    if confirm is None or saved is None or prediction.batch_size is None:
+        return {**reply, "confirmed": False, "result": None}
+    with open(f"{saved}.part", "wb") as file:
+        pickle.dump((prediction, reply["estimated_at"]), file)
+    os.replace(f"{saved}.part", saved)
+    if callable(confirm):
+        import keras
+
+        del model, args  # train_fn builds its own model, as in a fresh child
+        keras.backend.clear_session()
+        result = confirm(prediction.batch_size)
+    else:  # ONE_STEP: the model built above, one more step
+        result = fit_one_step(model, args, prediction.batch_size)
+    return {**reply, "confirmed": True, "result": result}
+
+
+def _read_saved(path: str | None) -> tuple[BatchPrediction, float] | None:
+    """What ``_predict_child`` saved before its confirmation, or ``None``."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            saved: tuple[BatchPrediction, float] = pickle.load(file)
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return None
+    return saved
 
 
 def _host_bound(max_memory: int | float | str | None) -> int | None:
@@ -250,6 +277,124 @@ def _host_bound(max_memory: int | float | str | None) -> int | None:
     if max_memory is None:
         return limit
     return parse_size(max_memory, name="max_memory").resolve(limit)
+
+
+@dataclass(frozen=True)
+class ConfirmedPrediction:
+    """The prediction, and the confirmation run at its batch size in the same child.
+
+    Attributes:
+        prediction: the figures and the pick (``batch_size`` ``None``: no prediction).
+        ran: whether a confirmation ran in the estimate's child (not when there was no
+            pick, no ``confirm``, or the child failed before its pick).
+        result: what the confirmation returned (``None`` if it failed or did not run).
+        error: the confirmation's failure as ``run_isolated`` raised it (an OOM, the
+            ``max_memory`` stop, a kill, the training function's own error), or ``None``.
+        duration_s: seconds from the pick to the confirmation's end, as the parent saw.
+    """
+
+    prediction: BatchPrediction
+    ran: bool = False
+    result: Any = None
+    error: BaseException | None = None
+    duration_s: float = 0.0
+
+
+def predict_in_one_child(
+    build: Callable[[], Any],
+    batch_size: int,
+    confirm: Callable[[int], Any] | str | None = None,
+    *,
+    min_batch_size: int = 1,
+    max_memory: int | float | str | None = None,
+    device_memory: int | float | str | None = None,
+    safety_margin: float = DEFAULT_SAFETY_MARGIN,
+    timeout: float | None = 600,
+    env: Mapping[str, str] | None = None,
+    gpu_config: Mapping[str, Any] | None = None,
+    keep_warm: bool = False,
+    preload: tuple[str, ...] | None = None,
+) -> ConfirmedPrediction:
+    """Predicts in one child and, given ``confirm``, confirms the pick in that child.
+
+    ``confirm`` is a training function of the batch size, or ``ONE_STEP`` (one real step
+    of the model ``build`` built, reused). Arguments are ``predict_batch_size``'s,
+    checked by the caller; with ``confirm`` the child's timeout is twice ``timeout``
+    (the estimate's and the confirmation's). Never raises for a failed child: a failure
+    before the pick is the prediction's ``reason`` (with one warning), one after it is
+    the ``error``, with the figures read back from the file the child wrote.
+
+    Example:
+        >>> confirmed = predict_in_one_child(build, 1024, train, max_memory="4GiB")
+        >>> confirmed.prediction.batch_size, confirmed.error, confirmed.result
+        (344, None, 0.42)
+    """
+    if not (confirm is None or confirm == ONE_STEP or callable(confirm)):
+        raise invalid_argument("confirm", confirm, "a function of the batch size, ONE_STEP or None")
+    host = _host_bound(max_memory)
+    device = None if device_memory is None else parse_size(device_memory, name="device_memory")
+    sizes = sample_sizes(batch_size)
+    bounds = (host, device, safety_margin, min_batch_size, batch_size)
+    if confirm is not None and timeout is not None:
+        timeout = 2 * timeout
+    started = time.time()  # wall time: the child's clock is compared with it
+    saved = None
+    if confirm is not None:
+        handle, saved = tempfile.mkstemp(prefix="memguard-prediction-", suffix=".pickle")
+        os.close(handle)
+    try:
+        try:
+            reply = run_isolated(
+                _predict_child,
+                build,
+                sizes,
+                bounds,
+                confirm,
+                saved,
+                timeout=timeout,
+                max_memory=max_memory,
+                env=env,
+                gpu_config=gpu_config,
+                keep_warm=keep_warm,
+                preload=preload,
+            )
+        except Exception as err:
+            read = _read_saved(saved)
+            if read is None:
+                return _no_prediction(err, safety_margin, time.time() - started)
+            prediction, estimated_at = read
+            return ConfirmedPrediction(
+                dataclasses.replace(prediction, duration_s=max(0.0, estimated_at - started)),
+                ran=True,
+                error=err,
+                duration_s=max(0.0, time.time() - estimated_at),
+            )
+    finally:
+        if saved is not None:
+            for path in (saved, f"{saved}.part"):
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+    estimated_at = reply["estimated_at"]
+    prediction = dataclasses.replace(
+        reply["prediction"], duration_s=max(0.0, estimated_at - started)
+    )
+    if not reply["confirmed"]:
+        return ConfirmedPrediction(prediction)
+    return ConfirmedPrediction(
+        prediction, True, reply["result"], None, max(0.0, time.time() - estimated_at)
+    )
+
+
+def _no_prediction(err: Exception, safety_margin: float, duration_s: float) -> ConfirmedPrediction:
+    warn_once(
+        f"batch-prediction-{type(err).__name__}",
+        f"keras-memguard could not estimate the batch size's memory "
+        f"({type(err).__name__}: {err}); searching by halving instead",
+    )
+    reason = f"the estimate's child failed: {type(err).__name__}: {err}"
+    return ConfirmedPrediction(
+        BatchPrediction(None, safety_margin=safety_margin, reason=reason, duration_s=duration_s)
+    )
 
 
 def predict_batch_size(
@@ -301,64 +446,16 @@ def predict_batch_size(
     positive_int(batch_size, "batch_size")
     positive_int(min_batch_size, "min_batch_size")
     check_margin(safety_margin)
-    host = _host_bound(max_memory)
-    device = None if device_memory is None else parse_size(device_memory, name="device_memory")
-    sizes = sample_sizes(batch_size)
-    start = time.monotonic()
-
-    def nothing(reason: str) -> BatchPrediction:
-        return BatchPrediction(
-            None, safety_margin=safety_margin, reason=reason, duration_s=time.monotonic() - start
-        )
-
-    try:
-        figures = run_isolated(
-            _predict_child,
-            build,
-            sizes,
-            timeout=timeout,
-            max_memory=max_memory,
-            env=env,
-            gpu_config=gpu_config,
-            keep_warm=keep_warm,
-            preload=preload,
-        )
-    except Exception as err:
-        warn_once(
-            f"batch-prediction-{type(err).__name__}",
-            f"keras-memguard could not estimate the batch size's memory "
-            f"({type(err).__name__}: {err}); searching by halving instead",
-        )
-        return nothing(f"the estimate's child failed: {type(err).__name__}: {err}")
-    if figures["unknown"]:
-        return nothing(figures["unknown"])
-    where = figures["where"]
-    if where == "device":
-        total = figures.get("total")
-        bound = (device or parse_size(1.0, name="device_memory")).resolve(total)
-        intercept, slope = fit_line(tuple(zip(sizes, figures["device"], strict=True)))
-    else:
-        bound = host
-        _, slope = fit_line(tuple(zip(sizes, figures["added"], strict=True)))
-        intercept = figures["built"] + figures["measured"] - slope * sizes[0]
-    if bound is None:
-        name = "device_memory" if where == "device" else "max_memory"
-        return nothing(f"the {where} memory's total is unknown; give {name} as bytes")
-    picked = largest_batch(intercept, slope, bound, safety_margin, min_batch_size, batch_size)
-    sampled = tuple((size, int(intercept + slope * size)) for size in sizes)
-    prediction = BatchPrediction(
-        picked,
-        where,
-        bound,
-        safety_margin,
-        intercept,
-        slope,
-        sampled,
-        "",
-        time.monotonic() - start,
-    )
-    if picked is None:
-        peak = format_bytes(prediction.peak(min_batch_size))
-        reason = f"even batch {min_batch_size} is predicted to need {peak}"
-        return dataclasses.replace(prediction, reason=reason)
-    return prediction
+    return predict_in_one_child(
+        build,
+        batch_size,
+        min_batch_size=min_batch_size,
+        max_memory=max_memory,
+        device_memory=device_memory,
+        safety_margin=safety_margin,
+        timeout=timeout,
+        env=env,
+        gpu_config=gpu_config,
+        keep_warm=keep_warm,
+        preload=preload,
+    ).prediction

@@ -18,9 +18,11 @@ Example:
     >>> found.batch_size, found.result
 
 Given ``build`` (the model and its input's shapes), it predicts first
-(``batch_predict.py``): compile-only estimates at two batch sizes give the line, the
-largest batch under the bound is confirmed by one attempt, and the halving search is the
-fallback when the estimate is unknown or the confirmation runs out of memory.
+(``batch_predict.py``): compile-only estimates at two batch sizes give the line, and the
+largest batch under the bound is confirmed by one attempt in the estimate's own child
+(one child in all when it fits). If that attempt runs out of memory, one more runs at
+the same size in a fresh child; the halving search is the fallback when the estimate is
+unknown or the confirmation runs out of memory in the fresh child too.
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ from keras_memguard.errors import (
     invalid_argument,
     positive_int,
 )
+from keras_memguard.isolation.batch_measure import one_step
 from keras_memguard.isolation.batch_predict import (
     DEFAULT_SAFETY_MARGIN,
+    ONE_STEP,
     BatchPrediction,
+    ConfirmedPrediction,
     check_margin,
-    one_step,
-    predict_batch_size,
+    predict_in_one_child,
 )
 from keras_memguard.isolation.run import (
     ChildFailedError,
@@ -59,7 +63,13 @@ __all__ = ["Attempt", "BatchSizeResult", "BatchSizeSearchError", "find_batch_siz
 
 @dataclass(frozen=True)
 class Attempt:
-    """One try: the batch size, ``"ok"`` or ``"out of memory"``, and what happened."""
+    """One try: the batch size, its outcome, what happened and how long it took.
+
+    ``outcome`` is ``"ok"``, ``"out of memory"``, or ``"failed"`` (another error, only
+    for a confirmation in the estimate's child: it is tried again in a fresh child,
+    where any error other than an OOM is raised). ``detail`` starts with
+    ``"in the estimate's child"`` for the confirmation run there.
+    """
 
     batch_size: int
     outcome: str
@@ -69,16 +79,17 @@ class Attempt:
 
 PREDICTED = "predicted and confirmed"
 SEARCHED = "searched"
+IN_ESTIMATE_CHILD = "in the estimate's child"
 
 
 @dataclass(frozen=True)
 class BatchSizeResult:
     """The batch size that worked, what the training function returned, and every try.
 
-    ``how`` is ``"predicted and confirmed"`` (the prediction's batch size ran at the
-    first attempt) or ``"searched"`` (by halving: no ``build``, no prediction, or the
-    confirmation ran out of memory); ``prediction`` holds the figures, or why there are
-    none (``None`` without ``build``).
+    ``how`` is ``"predicted and confirmed"`` (the prediction's batch size ran: in the
+    estimate's child, or else in a fresh one) or ``"searched"`` (by halving: no
+    ``build``, no prediction, or both confirmations ran out of memory); ``prediction``
+    holds the figures, or why there are none (``None`` without ``build``).
     """
 
     batch_size: int
@@ -141,6 +152,17 @@ def _attempt(
     return Attempt(size, "ok", "", time.monotonic() - start), result
 
 
+def _in_child_attempt(confirmed: ConfirmedPrediction, backend: str | None) -> Attempt:
+    """The confirmation run in the estimate's child, as an ``Attempt``."""
+    size = confirmed.prediction.batch_size or 0
+    err = confirmed.error
+    if err is None:
+        return Attempt(size, "ok", IN_ESTIMATE_CHILD, confirmed.duration_s)
+    outcome = "out of memory" if is_out_of_memory(err, backend) else "failed"
+    detail = f"{IN_ESTIMATE_CHILD}: {type(err).__name__}: {err}"
+    return Attempt(size, outcome, detail, confirmed.duration_s)
+
+
 def find_batch_size(
     train_fn: Callable[..., Any] | None,
     batch_size: int,
@@ -160,11 +182,13 @@ def find_batch_size(
 ) -> BatchSizeResult:
     """Calls ``train_fn(batch_size)`` in a fresh process, shrinking the batch on OOM.
 
-    With ``build``, the batch size is predicted first (``predict_batch_size``): the
-    estimate at two batch sizes in one child, the line through them, the largest batch
-    under the bound keeping ``safety_margin`` of the room free, then one attempt at it.
-    The halving search runs when the estimate is unknown or that attempt runs out of
-    memory (from the next size down).
+    With ``build``, the batch size is predicted first (as ``predict_batch_size`` does):
+    the estimate at two batch sizes in one child, the line through them, the largest
+    batch under the bound keeping ``safety_margin`` of the room free, then one attempt
+    at it in the same child (which still holds the estimate's leftovers: what fits
+    there fits in a fresh child). If it runs out of memory there, one attempt at that
+    size in a fresh child; if that runs out of memory too, or the estimate is unknown,
+    the halving search runs (from the next size down).
 
     Args:
         train_fn: a module-level function taking the batch size; its return value
@@ -182,8 +206,8 @@ def find_batch_size(
         factor: each retry multiplies the batch size by this, in (0, 1). Defaults to `0.5`.
         min_batch_size: the smallest batch size to try. Defaults to `1`.
         max_attempts: how many tries at most. Defaults to `8`.
-        timeout: passed to `run_isolated` for each attempt (and the estimate).
-            Defaults to `None`.
+        timeout: passed to `run_isolated` for each attempt; the estimate's child,
+            which also runs the first attempt, gets twice as long. Defaults to `None`.
         max_memory: passed to `run_isolated` for each attempt; on the host, the bound
             the prediction uses (default: the effective limit). Defaults to `None`.
         env: passed to `run_isolated` for each attempt. Defaults to `None`.
@@ -221,6 +245,7 @@ def find_batch_size(
         raise invalid_argument("factor", factor, "a number between 0 and 1, such as 0.5")
     if build is not None and not callable(build):
         raise invalid_argument("build", build, "a function returning (model, data), or None")
+    confirm = ONE_STEP if train_fn is None else train_fn  # in the estimate's child
     if train_fn is None and build is not None:
         train_fn = functools.partial(one_step, build)
     if not callable(train_fn):
@@ -244,9 +269,10 @@ def find_batch_size(
     size = batch_size
     prediction = None
     if build is not None:
-        prediction = predict_batch_size(
+        confirmed = predict_in_one_child(
             build,
             batch_size,
+            confirm,
             min_batch_size=min_batch_size,
             max_memory=max_memory,
             device_memory=device_memory,
@@ -257,15 +283,26 @@ def find_batch_size(
             keep_warm=keep_warm,
             preload=preload,
         )
-        if prediction.batch_size is not None:
-            attempt, result = _attempt(run, prediction.batch_size, backend, options)
+        prediction = confirmed.prediction
+        picked = prediction.batch_size
+        if confirmed.ran:
+            attempts.append(_in_child_attempt(confirmed, backend))
+            if attempts[-1].outcome == "ok":
+                return BatchSizeResult(
+                    attempts[-1].batch_size,
+                    confirmed.result,
+                    tuple(attempts),
+                    PREDICTED,
+                    prediction,
+                )
+        if picked is not None and len(attempts) < max_attempts:
+            attempt, result = _attempt(run, picked, backend, options)
             attempts.append(attempt)
             if attempt.outcome == "ok":
-                return BatchSizeResult(
-                    attempt.batch_size, result, tuple(attempts), PREDICTED, prediction
-                )
-            size = max(min_batch_size, int(prediction.batch_size * factor))
-            if prediction.batch_size <= min_batch_size:
+                return BatchSizeResult(picked, result, tuple(attempts), PREDICTED, prediction)
+        if picked is not None:
+            size = max(min_batch_size, int(picked * factor))
+            if picked <= min_batch_size:
                 size = 0
     while size > 0 and len(attempts) < max_attempts:
         attempt, result = _attempt(run, size, backend, options)

@@ -40,6 +40,7 @@ __all__ = [
     "calibration_sizes",
     "gap_line",
     "measure_fit_peak",
+    "small_fit_args",
     "unpack_build",
 ]
 
@@ -126,14 +127,14 @@ def measure_fit_peak(model: Any, *args: Any, **fit_kwargs: Any) -> int:
     return max(0, peak - before)
 
 
-def _small_fit_args(args: tuple[Any, ...], batch_size: int, steps: int) -> tuple[Any, ...]:
+def small_fit_args(args: tuple[Any, ...], batch_size: int, steps: int) -> tuple[Any, ...]:
     """The first ``steps`` batches of in-memory arrays; shapes become zeros; else as is."""
     import numpy as np
     from keras import tree
 
-    from keras_memguard.estimate.specs import _leaves, fit_spec, is_shape_spec
+    from keras_memguard.estimate.specs import fit_spec, is_shape_spec, spec_leaves
 
-    leaves = [leaf for arg in args for leaf in _leaves(arg)]  # a (shape, dtype) pair is one
+    leaves = [leaf for arg in args for leaf in spec_leaves(arg)]  # a (shape, dtype) pair is one
     if leaves and all(is_shape_spec(leaf) for leaf in leaves):
         spec, _ = fit_spec(args[0], args[1] if len(args) > 1 else None, batch_size)
         count = batch_size * steps
@@ -158,7 +159,7 @@ def _calibration_child(
     spec, size = fit_spec(args[0], args[1] if len(args) > 1 else None, size, model=model)
     build_for_fit(model, spec)  # the optimizer's state is resident before fit, as in fit
     small = min(small, size)
-    small_args = _small_fit_args(args, small, steps)
+    small_args = small_fit_args(args, small, steps)
     in_memory = small_args is not args
     fit_kwargs: dict[str, Any] = {"epochs": 1}
     if in_memory:
