@@ -116,6 +116,7 @@ def test_a_confirmation_stopped_in_the_estimates_child_is_run_again_in_a_fresh_o
         build=training.build,
         max_memory=bound,
         env=recorded(record, BATCH_SEARCH_BALLAST="estimate"),
+        max_attempts=1,  # the estimate's child's attempt is not one of them
     )
     picked = found.prediction.batch_size
     assert found.how == "predicted and confirmed" and found.batch_size == picked
@@ -155,6 +156,8 @@ def test_a_prediction_that_does_not_fit_anywhere_falls_back_to_halving(bound, tm
         (picked // 2, "ok"),
     ]
     assert found.attempts[0].detail.startswith("in the estimate's child")
+    # stopped at max_memory both times (not some other memory error of the test's own)
+    assert all("ChildMemoryLimitError" in a.detail for a in found.attempts[:2])
     assert len({pid for _, pid, _ in training.records(record)}) == 3
 
 
