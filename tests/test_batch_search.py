@@ -193,6 +193,17 @@ def test_another_error_in_the_estimates_child_is_judged_in_a_fresh_one(bound, tm
         find_batch_size(train, START, build=training.build, max_memory=bound, env=environment)
 
 
+def test_a_confirmation_that_exits_the_estimates_child_keeps_the_prediction(bound, tmp_path):
+    # train_fn ends its process with sys.exit(0) (as a script's last line may): the
+    # child returns nothing, the figures come back from the file it wrote first.
+    train = functools.partial(training.train, limit=bound)
+    environment = recorded(tmp_path / "record", BATCH_SEARCH_FAIL="exit")
+    found = find_batch_size(train, START, build=training.build, max_memory=bound, env=environment)
+    assert found.how == "predicted and confirmed" and found.result is None
+    assert found.prediction.per_sample > 0 and found.batch_size == found.prediction.batch_size
+    assert [a.outcome for a in found.attempts] == ["ok"]
+
+
 def test_predict_batch_size_only_predicts(bound, tmp_path):
     record = tmp_path / "record"
     prediction = predict_batch_size(training.build, START, max_memory=bound, env=recorded(record))
@@ -232,6 +243,8 @@ def test_the_line_and_the_pick():
         ({"build": "model.py"}, "build"),
         ({"max_memory": "lots"}, "max_memory"),
         ({"device_memory": -1}, "device_memory"),
+        ({"timeout": "600"}, "timeout"),
+        ({"timeout": True}, "timeout"),
     ],
 )
 def test_bad_arguments_name_the_parameter(kwargs, name):
