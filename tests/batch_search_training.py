@@ -12,12 +12,14 @@ append ``"<what> <pid> <batch size>"`` to it: which processes ran what. With
 ``build`` (the estimate's child: its leftovers larger than its figures said),
 ``"predicted"`` at a batch size at least the first one recorded (the prediction's).
 With ``BATCH_SEARCH_FAIL``, ``train`` raises ``RuntimeError`` (not about memory):
-``"estimate"`` in the estimate's child only, ``"always"`` everywhere.
+``"estimate"`` in the estimate's child only, ``"always"`` everywhere; with ``"exit"``,
+``train`` ends the estimate's child with ``sys.exit(0)``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -114,6 +116,8 @@ def train(batch_size, limit=None, untraceable=False):
     fail = os.environ.get("BATCH_SEARCH_FAIL")
     if fail == "always" or (fail == "estimate" and _built):
         raise RuntimeError(f"train failed at batch {batch_size} ({fail})")
+    if fail == "exit" and _built:
+        sys.exit(0)
     if limit is not None and _needs_ballast(batch_size):
         _fill_until_stopped(limit)
     model = _model(untraceable)

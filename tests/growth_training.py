@@ -1,7 +1,7 @@
 """Real fit() runs that grow memory in one way each; the guard must say which kind.
 
 Usage: KERAS_BACKEND=... python growth_training.py SCENARIO WORKDIR
-SCENARIO: numpy, tensors, cycles, native, recompile (JAX only), healthy.
+SCENARIO: numpy, tensors, cycles, native, recompile (JAX only), healthy, churn (healthy).
 Each leaking scenario injects 512 KiB per batch, 8 batches per epoch: 4 MiB per epoch.
 Writes WORKDIR/result.json: the kinds of growth, leak sites, warnings and summary.
 The lines that allocate end in a ``# SITE: <name>`` comment; the tests look them up.
@@ -111,6 +111,14 @@ class Recompile(keras.callbacks.Callback):
         self.features(np.ones((self.rows, 16), "float32")).block_until_ready()
 
 
+class Churn(keras.callbacks.Callback):
+    """Each batch, 8 MiB of 1 KiB blocks from malloc, all freed again (healthy)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        blocks = [bytes(1024) for _ in range(8192)]
+        del blocks
+
+
 SCENARIOS = {
     "numpy": KeepArrays,
     "tensors": KeepTensors,
@@ -157,6 +165,8 @@ def fit(callbacks, trace_leaks=None):
 scenario, workdir = sys.argv[1], sys.argv[2]
 if scenario == "healthy":
     result = {"auto": fit([]), "traced": fit([], trace_leaks=True)}
+elif scenario == "churn":
+    result = fit([Churn()], trace_leaks=True)
 elif scenario in SCENARIOS:
     result = fit([SCENARIOS[scenario]()])
 else:

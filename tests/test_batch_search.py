@@ -116,6 +116,7 @@ def test_a_confirmation_stopped_in_the_estimates_child_is_run_again_in_a_fresh_o
         build=training.build,
         max_memory=bound,
         env=recorded(record, BATCH_SEARCH_BALLAST="estimate"),
+        max_attempts=1,  # the estimate's child's attempt is not one of them
     )
     picked = found.prediction.batch_size
     assert found.how == "predicted and confirmed" and found.batch_size == picked
@@ -155,6 +156,8 @@ def test_a_prediction_that_does_not_fit_anywhere_falls_back_to_halving(bound, tm
         (picked // 2, "ok"),
     ]
     assert found.attempts[0].detail.startswith("in the estimate's child")
+    # stopped at max_memory both times (not some other memory error of the test's own)
+    assert all("ChildMemoryLimitError" in a.detail for a in found.attempts[:2])
     assert len({pid for _, pid, _ in training.records(record)}) == 3
 
 
@@ -188,6 +191,17 @@ def test_another_error_in_the_estimates_child_is_judged_in_a_fresh_one(bound, tm
     environment = recorded(tmp_path / "always", BATCH_SEARCH_FAIL="always")
     with pytest.raises(RuntimeError, match=r"train failed at batch \d+ \(always\)"):
         find_batch_size(train, START, build=training.build, max_memory=bound, env=environment)
+
+
+def test_a_confirmation_that_exits_the_estimates_child_keeps_the_prediction(bound, tmp_path):
+    # train_fn ends its process with sys.exit(0) (as a script's last line may): the
+    # child returns nothing, the figures come back from the file it wrote first.
+    train = functools.partial(training.train, limit=bound)
+    environment = recorded(tmp_path / "record", BATCH_SEARCH_FAIL="exit")
+    found = find_batch_size(train, START, build=training.build, max_memory=bound, env=environment)
+    assert found.how == "predicted and confirmed" and found.result is None
+    assert found.prediction.per_sample > 0 and found.batch_size == found.prediction.batch_size
+    assert [a.outcome for a in found.attempts] == ["ok"]
 
 
 def test_predict_batch_size_only_predicts(bound, tmp_path):
@@ -229,6 +243,8 @@ def test_the_line_and_the_pick():
         ({"build": "model.py"}, "build"),
         ({"max_memory": "lots"}, "max_memory"),
         ({"device_memory": -1}, "device_memory"),
+        ({"timeout": "600"}, "timeout"),
+        ({"timeout": True}, "timeout"),
     ],
 )
 def test_bad_arguments_name_the_parameter(kwargs, name):

@@ -191,12 +191,15 @@ class GrowthProbe:
 
     Attributes:
         seconds: time spent in the probe since it was created (for benchmarks).
+        trims_gave_back: bytes its ``malloc_trim(0)`` calls returned to the system.
     """
 
     def __init__(self, floor: float, epochs: int = 2) -> None:
         self.floor = floor
         self.epochs = epochs
         self.seconds = 0.0
+        self.trims_gave_back = 0  # bytes: free pages the trims returned (the next epoch
+        # takes them again: not a drop the leak detector may count back)
         self.active = False
         self._reset()
 
@@ -213,6 +216,13 @@ class GrowthProbe:
         self._trimmed: int | None = None
         self._is_tensor: dict[type, bool] = {}
 
+    def _trim(self) -> tuple[int | None, int | None]:
+        """``_trimmed_rss()``, adding what the trim gave back to ``trims_gave_back``."""
+        raw, trimmed = _trimmed_rss()
+        if raw is not None and trimmed is not None:
+            self.trims_gave_back += max(0, raw - trimmed)
+        return raw, trimmed
+
     def _overhead(self) -> int:
         return tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0
 
@@ -224,7 +234,7 @@ class GrowthProbe:
             return
         start = time.perf_counter()
         try:
-            rss, overhead = _trimmed_rss()[1], self._overhead()
+            rss, overhead = self._trim()[1], self._overhead()
             last_rss, last_overhead = self._after
             if rss is not None and last_rss is not None:
                 self._growth.append(rss - last_rss - (overhead - last_overhead))
@@ -248,14 +258,14 @@ class GrowthProbe:
                 self.active = True
                 self._tensor_types = tensor_types()
                 gc.collect()  # older garbage: freed now, never counted as this window's
-                raw, trimmed = _trimmed_rss()
+                raw, trimmed = self._trim()
                 if raw is not None and trimmed is not None:
                     self._trimmed = raw - trimmed  # what glibc kept free since the fit began
                 self._counter = compile_counter()
                 if self._counter is not None:
                     self._counter.start()
                 self._device_start = _device()
-            self._after = (_trimmed_rss()[1], self._overhead())
+            self._after = (self._trim()[1], self._overhead())
         except Exception as err:
             self._fail(err)
         self.seconds += time.perf_counter() - start

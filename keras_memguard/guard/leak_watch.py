@@ -74,9 +74,10 @@ class LeakWatch:
             self.tracing_cost = max(self.tracing_cost, tracemalloc.get_tracemalloc_memory())
         if snap.process_tree is not None:
             # The guard's own epoch-end work is not the user's growth: what its collections
-            # and trims gave back would read as a drop (breaking a real leak's streak),
-            # what its snapshots left in the heap (~4 MiB when a trace ends) and what
-            # tracing holds as a rise (a false warning in a healthy run): both counted out.
+            # gave back would read as a drop (breaking a real leak's streak), what its
+            # snapshots left in the heap (~4 MiB when a trace ends) and what tracing holds
+            # as a rise (a false warning in a healthy run): both counted out. What its
+            # trims give back is not (the next epoch takes those pages again).
             tree = snap.process_tree - self.own_change - self.tracing_cost
             slope, warn = self.detector.update(epoch, tree / MIB)
         self._locate(epoch, summary, write_text, warned=warn)  # issue #16
@@ -100,12 +101,14 @@ class LeakWatch:
     ) -> None:
         """Issue #16: one tracer step; a finished report goes to the summary and TensorBoard."""
         before = current_rss()  # a /proc read per epoch
+        trimmed = self.probe.trims_gave_back
         self.probe.before_sample(epoch)  # issue #27: before the tracer samples
         report: LeakReport | None = self.tracer.epoch_end(epoch, suspected=self.detector.streak > 0)
         growth = self._classify(epoch, report, summary, write_text)  # issue #27
         after = current_rss() if before is not None else None
         if before is not None and after is not None:
-            self.own_change += after - before
+            # A trim returns free pages the next epoch takes again: not the guard's change.
+            self.own_change += after - before + (self.probe.trims_gave_back - trimmed)
         if report is None or not (report.sites or growth):
             return
         if report.sites:

@@ -50,7 +50,7 @@ from typing import Any
 
 from keras_memguard.errors import invalid_argument, positive_int, warn_once
 from keras_memguard.isolation.batch_measure import fit_one_step, measure_figures
-from keras_memguard.isolation.run import run_isolated
+from keras_memguard.isolation.run import check_timeout, run_isolated
 from keras_memguard.sizes import Size, format_bytes, parse_size
 
 __all__ = [
@@ -244,9 +244,10 @@ def _predict_child(
     reply: dict[str, Any] = {"prediction": prediction, "estimated_at": time.time()}
     if confirm is None or saved is None or prediction.batch_size is None:
         return {**reply, "confirmed": False, "result": None}
-    with open(f"{saved}.part", "wb") as file:
-        pickle.dump((prediction, reply["estimated_at"]), file)
-    os.replace(f"{saved}.part", saved)
+    with contextlib.suppress(OSError):  # unwritable: the reply still carries the figures
+        with open(f"{saved}.part", "wb") as file:
+            pickle.dump((prediction, reply["estimated_at"]), file)
+        os.replace(f"{saved}.part", saved)
     if callable(confirm):
         import keras
 
@@ -335,13 +336,17 @@ def predict_in_one_child(
     device = None if device_memory is None else parse_size(device_memory, name="device_memory")
     sizes = sample_sizes(batch_size)
     bounds = (host, device, safety_margin, min_batch_size, batch_size)
+    timeout = check_timeout(timeout)
     if confirm is not None and timeout is not None:
         timeout = 2 * timeout
     started = time.time()  # wall time: the child's clock is compared with it
     saved = None
     if confirm is not None:
-        handle, saved = tempfile.mkstemp(prefix="memguard-prediction-", suffix=".pickle")
-        os.close(handle)
+        try:
+            handle, saved = tempfile.mkstemp(prefix="memguard-prediction-", suffix=".pickle")
+            os.close(handle)
+        except OSError:  # no file for the figures: the child predicts, a fresh one confirms
+            saved = None
     try:
         try:
             reply = run_isolated(
@@ -369,6 +374,16 @@ def predict_in_one_child(
                 error=err,
                 duration_s=max(0.0, time.time() - estimated_at),
             )
+        if not isinstance(reply, dict):  # the confirmation ended the child (sys.exit(0))
+            read = _read_saved(saved)
+            if read is None:
+                return _no_prediction(
+                    RuntimeError("the estimate's child exited without its figures"),
+                    safety_margin,
+                    time.time() - started,
+                )
+            reply = {"prediction": read[0], "estimated_at": read[1], "confirmed": True}
+            reply["result"] = None
     finally:
         if saved is not None:
             for path in (saved, f"{saved}.part"):

@@ -54,6 +54,7 @@ from keras_memguard.isolation.run import (
     ChildKilledError,
     ChildMemoryLimitError,
     ChildSystemExit,
+    check_timeout,
     run_isolated,
 )
 from keras_memguard.sizes import parse_size
@@ -205,7 +206,8 @@ def find_batch_size(
             a fraction of its total. Defaults to `None` (its total).
         factor: each retry multiplies the batch size by this, in (0, 1). Defaults to `0.5`.
         min_batch_size: the smallest batch size to try. Defaults to `1`.
-        max_attempts: how many tries at most. Defaults to `8`.
+        max_attempts: how many tries in fresh children at most (the confirmation in
+            the estimate's child is not counted). Defaults to `8`.
         timeout: passed to `run_isolated` for each attempt; the estimate's child,
             which also runs the first attempt, gets twice as long. Defaults to `None`.
         max_memory: passed to `run_isolated` for each attempt; on the host, the bound
@@ -225,7 +227,9 @@ def find_batch_size(
     Raises:
         BatchSizeSearchError: no batch size down to `min_batch_size` fit.
         ValueError: an argument is out of range (named).
-        Exception: a failure that is not about memory, at once.
+        Exception: a failure that is not about memory, at once in a fresh child (one
+            in the estimate's child, which holds the estimate's leftovers, is tried
+            again in a fresh child first).
 
     Example:
         >>> find_batch_size(train, 256, min_batch_size=8).batch_size
@@ -251,6 +255,7 @@ def find_batch_size(
     if not callable(train_fn):
         raise invalid_argument("train_fn", train_fn, "a function of the batch size (or build)")
     check_margin(safety_margin)
+    check_timeout(timeout)
     for name, size_arg in (("max_memory", max_memory), ("device_memory", device_memory)):
         if size_arg is not None:
             parse_size(size_arg, name=name)
@@ -266,6 +271,7 @@ def find_batch_size(
     }
 
     attempts: list[Attempt] = []
+    in_child = 0  # the confirmation in the estimate's child is not one of max_attempts
     size = batch_size
     prediction = None
     if build is not None:
@@ -286,6 +292,7 @@ def find_batch_size(
         prediction = confirmed.prediction
         picked = prediction.batch_size
         if confirmed.ran:
+            in_child = 1
             attempts.append(_in_child_attempt(confirmed, backend))
             if attempts[-1].outcome == "ok":
                 return BatchSizeResult(
@@ -295,7 +302,7 @@ def find_batch_size(
                     PREDICTED,
                     prediction,
                 )
-        if picked is not None and len(attempts) < max_attempts:
+        if picked is not None and len(attempts) - in_child < max_attempts:
             attempt, result = _attempt(run, picked, backend, options)
             attempts.append(attempt)
             if attempt.outcome == "ok":
@@ -304,7 +311,7 @@ def find_batch_size(
             size = max(min_batch_size, int(picked * factor))
             if picked <= min_batch_size:
                 size = 0
-    while size > 0 and len(attempts) < max_attempts:
+    while size > 0 and len(attempts) - in_child < max_attempts:
         attempt, result = _attempt(run, size, backend, options)
         attempts.append(attempt)
         if attempt.outcome == "ok":

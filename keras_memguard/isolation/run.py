@@ -213,6 +213,20 @@ def default_preload() -> tuple[str, ...]:
     return (name,) if name in BACKENDS else ()  # each framework's package has its name
 
 
+def check_timeout(timeout: object) -> float | None:
+    """``timeout`` as seconds (a positive number) or ``None``; anything else is refused.
+
+    Example:
+        >>> check_timeout(600)
+        600.0
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise invalid_argument("timeout", timeout, "seconds as a positive number, or None")
+    return float(timeout)
+
+
 def run_isolated(
     fn: Callable[..., Any],
     *args: Any,
@@ -276,8 +290,7 @@ def run_isolated(
     """
     start = time.monotonic()  # the timeout counts from here: start-up and transfer too
     _transfer.refuse_while_preparing()
-    if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
-        raise invalid_argument("timeout", timeout, "seconds as a positive number, or None")
+    check_timeout(timeout)
     if not isinstance(poll_interval, (int, float)) or not poll_interval > 0:
         raise invalid_argument("poll_interval", poll_interval, "seconds as a positive number")
     bound_size = None if max_memory is None else parse_size(max_memory, name="max_memory")
