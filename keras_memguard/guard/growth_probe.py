@@ -191,15 +191,16 @@ class GrowthProbe:
 
     Attributes:
         seconds: time spent in the probe since it was created (for benchmarks).
-        trims_gave_back: bytes its ``malloc_trim(0)`` calls returned to the system.
+        trims_gave_back: bytes its ``malloc_trim(0)`` calls within a window returned to
+            the system (not the first, at the window's start).
     """
 
     def __init__(self, floor: float, epochs: int = 2) -> None:
         self.floor = floor
         self.epochs = epochs
         self.seconds = 0.0
-        self.trims_gave_back = 0  # bytes: free pages the trims returned (the next epoch
-        # takes them again: not a drop the leak detector may count back)
+        self.trims_gave_back = 0  # bytes: free pages the window's trims returned (the
+        # next epoch takes them again: not a drop the leak detector may count back)
         self.active = False
         self._reset()
 
@@ -258,7 +259,9 @@ class GrowthProbe:
                 self.active = True
                 self._tensor_types = tensor_types()
                 gc.collect()  # older garbage: freed now, never counted as this window's
-                raw, trimmed = self._trim()
+                # Not in trims_gave_back: this first trim returns what the process freed
+                # before the window (a lasting drop, counted back like the collection).
+                raw, trimmed = _trimmed_rss()
                 if raw is not None and trimmed is not None:
                     self._trimmed = raw - trimmed  # what glibc kept free since the fit began
                 self._counter = compile_counter()
