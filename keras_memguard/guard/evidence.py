@@ -35,7 +35,7 @@ from keras_memguard.backends.base import BACKENDS, backend_module, backend_name
 from keras_memguard.errors import invalid_argument, warn_once
 from keras_memguard.estimate.step import STEP_PART
 from keras_memguard.guard.evidence_bundle import DIRECTORY, Bundle
-from keras_memguard.guard.headroom import _gpu_bound
+from keras_memguard.guard.headroom import gpu_bound
 from keras_memguard.guard.policy import Bounds, Halt, MemGuardSummary, available_floor, bounds_mib
 from keras_memguard.memory_snapshot import MemorySnapshot
 from keras_memguard.sizes import format_bytes, parse_size
@@ -120,7 +120,7 @@ def bound_fractions(bounds: Bounds, snap: MemorySnapshot) -> dict[str, float]:
     if floor is not None and available is not None and limit is not None and limit > floor[1]:
         fractions["used"] = (limit - available) / (limit - floor[1])
     for gpu in snap.gpus:
-        guarded, bound = gpu.guarded, _gpu_bound(bounds, gpu.total, gpu.limit)
+        guarded, bound = gpu.guarded, gpu_bound(bounds, gpu.total, gpu.limit)
         if guarded is not None and bound:
             fractions[f"gpu{gpu.index}"] = guarded[1] / bound
     return fractions

@@ -44,7 +44,7 @@ from keras_memguard.backends.compiles import CompileLog
 from keras_memguard.errors import warn_once
 from keras_memguard.guard import leaks
 from keras_memguard.guard.growth import Compilations, Cycles, GrowthEvidence, GrowthReport, classify
-from keras_memguard.guard.release import _malloc_trim
+from keras_memguard.guard.release import malloc_trim
 from keras_memguard.probes import process
 
 __all__ = ["CycleSample", "GrowthProbe", "collect_cycles", "compile_counter"]
@@ -159,7 +159,7 @@ def current_rss() -> int | None:
 def _trimmed_rss() -> tuple[int | None, int | None]:
     """RSS, then RSS after ``malloc_trim(0)``: pages glibc keeps free are not growth."""
     before = current_rss()
-    trim = _malloc_trim()
+    trim = malloc_trim()
     if trim is None:
         return before, before
     trim(0)

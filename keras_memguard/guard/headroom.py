@@ -30,6 +30,7 @@ __all__ = [
     "WARMUP_CHECKS",
     "Outlook",
     "Reading",
+    "gpu_bound",
     "growth_per_batch",
     "outlook",
     "reading",
@@ -193,7 +194,7 @@ def outlook(
         judge("effective_available", floor[0], available - floor[1], rate, available, floor[1])
     for gpu in snap.gpus:
         guarded = gpu.guarded
-        bound = _gpu_bound(bounds, gpu.total, gpu.limit)
+        bound = gpu_bound(bounds, gpu.total, gpu.limit)
         if guarded is None or bound is None:
             continue
         parameter = "max_gpu_memory" if bounds.max_gpu_memory is not None else "the GPU's limit"
@@ -202,7 +203,7 @@ def outlook(
     return Outlook(found, min(checks) if checks else None)
 
 
-def _gpu_bound(bounds: Bounds, total: int | None, limit: int | None) -> int | None:
+def gpu_bound(bounds: Bounds, total: int | None, limit: int | None) -> int | None:
     """``max_gpu_memory``, else (a guard with no GPU bound) the allocator's limit less a floor.
 
     The allocator runs out at its own pool's limit where the framework has one (JAX

@@ -35,7 +35,7 @@ from keras_memguard.backends.base import DeviceMemory, current_backend
 from keras_memguard.errors import invalid_argument
 from keras_memguard.probes.process import read_process_memory
 
-__all__ = ["ReleaseResult", "release_memory"]
+__all__ = ["ReleaseResult", "malloc_trim", "release_memory"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,14 @@ class ReleaseResult:
 
 
 @lru_cache(maxsize=1)
-def _malloc_trim() -> Any:
+def malloc_trim() -> Any:
+    """glibc's ``malloc_trim`` (gives free heap pages back to the system), or ``None``.
+
+    Example:
+        >>> trim = malloc_trim()
+        >>> trim(0) if trim is not None else None
+        1
+    """
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -134,7 +141,7 @@ def release_memory(
     collected = gc.collect(generation)
     emptied = backend.empty_cache() if empty_cache else False
     trimmed = False
-    trim_fn = _malloc_trim() if trim else None
+    trim_fn = malloc_trim() if trim else None
     if trim_fn is not None:
         trim_fn(0)
         trimmed = True
