@@ -76,8 +76,9 @@ class LeakWatch:
             # The guard's own epoch-end work is not the user's growth: what its collections
             # gave back would read as a drop (breaking a real leak's streak), what its
             # snapshots left in the heap (~4 MiB when a trace ends) and what tracing holds
-            # as a rise (a false warning in a healthy run): both counted out. What its
-            # trims give back is not (the next epoch takes those pages again).
+            # as a rise (a false warning in a healthy run): both counted out. What the
+            # probe's trims give back within a window is not (the next epoch takes those
+            # pages again); its first trim, returning what was freed before, is.
             tree = snap.process_tree - self.own_change - self.tracing_cost
             slope, warn = self.detector.update(epoch, tree / MIB)
         self._locate(epoch, summary, write_text, warned=warn)  # issue #16

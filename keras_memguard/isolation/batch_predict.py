@@ -347,6 +347,7 @@ def predict_in_one_child(
             os.close(handle)
         except OSError:  # no file for the figures: the child predicts, a fresh one confirms
             saved = None
+    error: Exception | None = None
     try:
         try:
             reply = run_isolated(
@@ -364,24 +365,14 @@ def predict_in_one_child(
                 preload=preload,
             )
         except Exception as err:
+            reply, error = None, err
+        # No reply: the child failed, or its confirmation ended it (sys.exit(0)); the
+        # figures are those it saved before confirming, if it got that far.
+        if not isinstance(reply, dict):
             read = _read_saved(saved)
             if read is None:
-                return _no_prediction(err, safety_margin, time.time() - started)
-            prediction, estimated_at = read
-            return ConfirmedPrediction(
-                dataclasses.replace(prediction, duration_s=max(0.0, estimated_at - started)),
-                ran=True,
-                error=err,
-                duration_s=max(0.0, time.time() - estimated_at),
-            )
-        if not isinstance(reply, dict):  # the confirmation ended the child (sys.exit(0))
-            read = _read_saved(saved)
-            if read is None:
-                return _no_prediction(
-                    RuntimeError("the estimate's child exited without its figures"),
-                    safety_margin,
-                    time.time() - started,
-                )
+                failure = error or RuntimeError("the estimate's child exited without its figures")
+                return _no_prediction(failure, safety_margin, time.time() - started)
             reply = {"prediction": read[0], "estimated_at": read[1], "confirmed": True}
             reply["result"] = None
     finally:
@@ -396,7 +387,7 @@ def predict_in_one_child(
     if not reply["confirmed"]:
         return ConfirmedPrediction(prediction)
     return ConfirmedPrediction(
-        prediction, True, reply["result"], None, max(0.0, time.time() - estimated_at)
+        prediction, True, reply["result"], error, max(0.0, time.time() - estimated_at)
     )
 
 
