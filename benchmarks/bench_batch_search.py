@@ -18,6 +18,7 @@ Figures need a quiet machine: run alone.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -55,13 +56,24 @@ def build():
     return _model(), (((None, *SHAPE), "float32"), ((None,), "int32"))
 
 
-def train(batch_size):
-    """One real training step at ``batch_size``; the loss."""
+def train(batch_size, limit=None):
+    """One real training step at ``batch_size``; the loss.
+
+    With ``limit``, a process whose peak RSS (the kernel's ``ru_maxrss``) passed it
+    raises ``MemoryError``: the bound exact, as a container's is, where ``run_isolated``'s
+    sampling of the RSS (every 0.1 s) can miss a step's short peak (it let batch 256 pass
+    in one run, leaving halving two failing attempts instead of three).
+    """
+    import resource
+
     import numpy as np
 
     x = np.random.rand(batch_size, *SHAPE).astype("float32")
     y = np.random.randint(0, CLASSES, batch_size).astype("int32")
     history = _model().fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if limit is not None and peak > limit:
+        raise MemoryError(f"peak RSS {peak:,} B passed {limit:,} B at batch {batch_size}")
     return float(history.history["loss"][-1])
 
 
@@ -101,16 +113,19 @@ def main() -> None:
         f"peak at 8: {format_bytes(low)}, at 256: {format_bytes(high)}; bound {format_bytes(bound)}"
     )
     rows = []
+    bounded = functools.partial(train, limit=bound)
     start = time.monotonic()
-    halving = find_batch_size(train, START, max_memory=bound, keep_warm=warm)
+    halving = find_batch_size(bounded, START, max_memory=bound, keep_warm=warm)
     rows.append(_row("halving", halving, time.monotonic() - start))
     start = time.monotonic()
-    predicting = find_batch_size(train, START, build=build, max_memory=bound, keep_warm=warm)
+    predicting = find_batch_size(bounded, START, build=build, max_memory=bound, keep_warm=warm)
     rows.append(_row("predicting", predicting, time.monotonic() - start))
     shutdown_spares()
     for row in rows:
         print(json.dumps(row))
     print("prediction:", predicting.prediction)
+    halving_ooms = sum(a.outcome == "out of memory" for a in halving.attempts)
+    print(f"halving's failing attempts: {halving_ooms} (the set-up needs >= 3)")
     in_child = predicting.attempts[0]
     print(
         f"  estimate (its child's start to the pick): {predicting.prediction.duration_s:.1f} s; "

@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import batch_search_training as training
 import isolated_tasks as tasks
+import keras
 import pytest
 
 from keras_memguard import find_batch_size, predict_batch_size, run_isolated
-from keras_memguard.isolation.batch_predict import fit_line, largest_batch, sample_sizes
+from keras_memguard.isolation.batch_predict import decide, fit_line, largest_batch, sample_sizes
 from keras_memguard.isolation.run import shutdown_spares
 
 pytestmark = pytest.mark.backends
@@ -35,6 +36,19 @@ def bound():
     with ThreadPoolExecutor(2) as pool:  # two fresh children: each peak measured alone
         low, high = pool.map(lambda size: run_isolated(training.peak_at, size), (8, START))
     return int(low + (high - low) * (0.75 * START - 8) / (START - 8))
+
+
+def expected_line():
+    """How the line is obtained on this backend, and at which batch sizes.
+
+    TensorFlow without XLA: two small real fits (XLA's figure is only an upper bound
+    there); elsewhere the step's estimate at 8 and at the start batch.
+    """
+    return {
+        "tensorflow": ("measured", [8, 64]),
+        "jax": ("compiled", [8, START]),
+        "torch": ("traced", [8, START]),
+    }[keras.backend.backend()]
 
 
 def recorded(path, **variables):
@@ -96,7 +110,10 @@ def test_the_predicting_search_that_fits_takes_one_child(both_searches):
     assert predicting.batch_size == prediction.batch_size
     assert predicting.result > 0  # the step's loss came back
     assert prediction.where == "host" and prediction.bound == bound
-    assert prediction.per_sample > 0 and [s for s, _ in prediction.sampled] == [8, START]
+    assert prediction.per_sample > 0
+    line, sizes = expected_line()
+    assert prediction.line == line and [s for s, _ in prediction.sampled] == sizes
+    assert f"({line})" in str(prediction)
     assert prediction.peak(predicting.batch_size) < bound
 
 
@@ -127,7 +144,7 @@ def test_a_confirmation_stopped_in_the_estimates_child_is_run_again_in_a_fresh_o
     assert (second.batch_size, second.outcome, second.detail) == (picked, "ok", "")
     # the figures survived the stopped child
     assert found.prediction.bound == bound and found.prediction.per_sample > 0
-    assert [s for s, _ in found.prediction.sampled] == [8, START]
+    assert [s for s, _ in found.prediction.sampled] == expected_line()[1]
     runs = training.records(record)
     assert [(what, size) for what, _, size in runs] == [
         ("build", None),
@@ -223,6 +240,27 @@ def test_an_unknown_estimate_falls_back_to_halving():
         (64, "out of memory"),
         (32, "ok"),
     ]
+
+
+def test_a_measured_line_is_read_at_its_own_batch_sizes():
+    # Two small real fits (at 8 and 64) instead of the estimate at 8 and 512: 1 MiB a
+    # sample measured, 40 MiB built and 10 MiB added at batch 8.
+    figures = {
+        "unknown": "",
+        "where": "host",
+        "line": "measured",
+        "sizes": [8, 64],
+        "added": [10 * MIB, 66 * MIB],
+        "device": [0, 0],
+        "built": 40 * MIB,
+        "measured": 10 * MIB,
+    }
+    prediction = decide(figures, (8, 512), 200 * MIB, None, 0.25, 1, 512)
+    assert prediction.per_sample == pytest.approx(MIB)
+    assert prediction.fixed == pytest.approx(42 * MIB)  # 40 + 10 - 8 * 1
+    assert prediction.sampled == ((8, 50 * MIB), (64, 106 * MIB))
+    assert prediction.batch_size == int(0.75 * (200 - 42))  # 118
+    assert prediction.line == "measured"
 
 
 def test_the_line_and_the_pick():

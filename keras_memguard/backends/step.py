@@ -33,6 +33,7 @@ __all__ = [
     "StepMemory",
     "batch_structure",
     "build_for_fit",
+    "expected_step_method",
     "first_fit_runtime",
     "step_estimator",
 ]
@@ -114,6 +115,21 @@ def build_for_fit(model: Any, spec: Any) -> str | None:
     except Exception as err:  # an unbuildable model is an unknown part, not a crash
         return f"cannot build the model for this input: {type(err).__name__}: {err}"
     return None
+
+
+def expected_step_method(model: Any) -> str:
+    """The ``method`` the step estimate of ``model`` will report, known before any compile.
+
+    Example:
+        >>> expected_step_method(model)          # TensorFlow, jit_compile=False
+        'upper bound'
+    """
+    name = backend_name()
+    if name not in BACKENDS:
+        return "unknown"
+    module = importlib.import_module(f"keras_memguard.backends.{name}.estimate")
+    method: str = module.step_method(model)
+    return method
 
 
 def step_estimator(model: Any, spec: Any) -> StepEstimator:

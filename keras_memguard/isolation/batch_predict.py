@@ -86,8 +86,12 @@ class BatchPrediction:
             ``(1 - safety_margin) * (bound - fixed)``.
         fixed: the predicted peak at batch 0, in bytes.
         per_sample: the bytes each sample adds (the line's slope).
-        sampled: ``(batch_size, predicted peak)`` where the estimate was asked.
+        sampled: ``(batch_size, predicted peak)`` at the line's points (estimated or
+            measured).
         reason: why there is no prediction, or ``""``.
+        line: how the line was obtained: the step estimate's method (``"compiled"``,
+            ``"traced"``, ``"upper bound"`` on a device) or ``"measured"`` (two small
+            real fits, on the host where the estimate would only be an upper bound).
         duration_s: seconds from the start of the estimate's child to its pick (a
             confirmation run in the same child not counted).
     """
@@ -100,6 +104,7 @@ class BatchPrediction:
     per_sample: float | None = None
     sampled: tuple[tuple[int, int], ...] = ()
     reason: str = ""
+    line: str = ""
     duration_s: float = 0.0
 
     def peak(self, batch_size: int) -> int | None:
@@ -115,7 +120,7 @@ class BatchPrediction:
             f"batch {self.batch_size}: predicted peak ({self.where}) "
             f"{format_bytes(self.peak(self.batch_size))} of {format_bytes(self.bound)} "
             f"({self.safety_margin:.0%} of the room kept free); "
-            f"{format_bytes(self.per_sample)} per sample"
+            f"{format_bytes(self.per_sample)} per sample ({self.line})"
         )
 
 
@@ -190,9 +195,10 @@ def decide(
     """The prediction from the child's ``figures`` (pure; ``duration_s`` left at 0).
 
     ``figures`` as ``measure_figures`` returns them: ``unknown`` (why there is no line, or
-    ``""``), ``where``, ``added`` and ``device`` (bytes at each of ``sizes``), and on
-    the host ``built`` and ``measured``, on a device ``total``. ``host`` is the host
-    bound in bytes; ``device`` the device bound (``None``: the device's total).
+    ``""``), ``where``, ``line``, ``added`` and ``device`` (bytes at each of ``sizes``,
+    or of ``figures["sizes"]`` where given), and on the host ``built`` and ``measured``,
+    on a device ``total``. ``host`` is the host bound in bytes; ``device`` the device
+    bound (``None``: the device's total).
 
     Example:
         >>> figures = {"unknown": "", "where": "host", "added": [800, 1600],
@@ -203,6 +209,7 @@ def decide(
     if figures["unknown"]:
         return BatchPrediction(None, safety_margin=safety_margin, reason=figures["unknown"])
     where = figures["where"]
+    sizes = tuple(figures.get("sizes", sizes))
     if where == "device":
         bound = (device or parse_size(1.0, name="device_memory")).resolve(figures.get("total"))
         intercept, slope = fit_line(tuple(zip(sizes, figures["device"], strict=True)))
@@ -216,7 +223,9 @@ def decide(
         return BatchPrediction(None, safety_margin=safety_margin, reason=reason)
     picked = largest_batch(intercept, slope, bound, safety_margin, low, high)
     sampled = tuple((size, int(intercept + slope * size)) for size in sizes)
-    prediction = BatchPrediction(picked, where, bound, safety_margin, intercept, slope, sampled)
+    prediction = BatchPrediction(
+        picked, where, bound, safety_margin, intercept, slope, sampled, line=figures.get("line", "")
+    )
     if picked is None:
         peak = format_bytes(prediction.peak(low))
         reason = f"even batch {low} is predicted to need {peak}"

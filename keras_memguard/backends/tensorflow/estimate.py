@@ -28,7 +28,14 @@ from typing import Any
 from keras_memguard.backends.step import StepEstimator, StepMemory, batch_structure
 from keras_memguard.errors import warn_once
 
-__all__ = ["CHECKED", "FIRST_FIT_RUNTIME", "hlo_proto_class", "optimized_hlo", "step_estimator"]
+__all__ = [
+    "CHECKED",
+    "FIRST_FIT_RUNTIME",
+    "hlo_proto_class",
+    "optimized_hlo",
+    "step_estimator",
+    "step_method",
+]
 
 CHECKED = "tensorflow 2.21.0"
 # The runtime's own memory at a process's first fit on CPU (the eager context, tf.function
@@ -75,6 +82,12 @@ def _allocation_sizes(proto: Any) -> tuple[int, int, int]:
     return temp, arguments, outputs
 
 
+def step_method(model: Any) -> str:
+    """How the step's figure is obtained, known without compiling: ``"compiled"`` with
+    ``jit_compile=True`` (the step ``fit`` runs), else ``"upper bound"``."""
+    return "compiled" if bool(getattr(model, "jit_compile", False)) else "upper bound"
+
+
 def step_estimator(model: Any, spec: Any) -> StepEstimator:
     """``f(batch_size) -> StepMemory`` for a built, compiled ``model`` (see ``backends.step``)."""
     import tensorflow as tf
@@ -84,7 +97,7 @@ def step_estimator(model: Any, spec: Any) -> StepEstimator:
         return model.train_step(tree.pack_sequence_as(spec, list(flat)))
 
     function = tf.function(flat_step, jit_compile=True)
-    xla = bool(getattr(model, "jit_compile", False))
+    method = step_method(model)
 
     def at(batch_size: int) -> StepMemory:
         proto_class = hlo_proto_class()
@@ -98,11 +111,11 @@ def step_estimator(model: Any, spec: Any) -> StepEstimator:
             return StepMemory.unknown(f"XLA cannot compile train_step: {type(err).__name__}: {err}")
         temp, arguments, outputs = _allocation_sizes(proto)
         detail = f"XLA buffer assignment: {temp:,} B temporaries + {outputs:,} B outputs"
-        if not xla:
+        if method != "compiled":
             detail += "; the model runs without XLA (jit_compile=False), which needs less"
         return StepMemory(
             temporaries=temp + outputs,
-            method="compiled" if xla else "upper bound",
+            method=method,
             detail=detail,
             arguments=arguments,
             platform="gpu" if tf.config.list_logical_devices("GPU") else "cpu",

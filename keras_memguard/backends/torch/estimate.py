@@ -27,7 +27,14 @@ from keras_memguard.backends.torch.compat import FAKE_TENSOR_MODE, MEM_TRACKER
 from keras_memguard.compat import resolve
 from keras_memguard.errors import warn_once
 
-__all__ = ["CHECKED", "FIRST_FIT_RUNTIME", "fake_tensor_mode", "mem_tracker", "step_estimator"]
+__all__ = [
+    "CHECKED",
+    "FIRST_FIT_RUNTIME",
+    "fake_tensor_mode",
+    "mem_tracker",
+    "step_estimator",
+    "step_method",
+]
 
 CHECKED = "torch 2.14.1"
 # The runtime's own memory at a process's first fit on CPU (the autograd engine, the
@@ -79,6 +86,11 @@ def _peak_transient(tracker: Any) -> tuple[int, str]:
         if total > best:
             best, device = total, str(getattr(dev, "type", dev))
     return best, device
+
+
+def step_method(model: Any) -> str:
+    """How the step's figure is obtained, known without tracing: ``"traced"``."""
+    return "traced"
 
 
 def step_estimator(model: Any, spec: Any) -> StepEstimator:
