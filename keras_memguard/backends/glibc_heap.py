@@ -24,9 +24,9 @@ here (a trace of tensors counts only the live bytes):
   (by a smaller request) and merges with free neighbours only at the end of the step.
 
 The peak of the heap's extent plus the mapped blocks is the step's memory as the process
-sees it (resident: tensors write all they get). Measured against glibc's own ``brk``
-during real fits of dense and convolutional models: within 10-20%, where the live tensors'
-peak was 25-45% below it.
+sees it (resident: tensors write all they get). Against glibc's own ``brk`` during real
+3-step fits (the wide and conv models of docs/estimate.md, logged with an LD_PRELOAD
+shim): the replay read 2-17% above it, the live tensors' peak 20-43% below it.
 
 Example:
     >>> # 8 MiB, freed, 8 MiB again: the second does not fit the first's freed block

@@ -11,8 +11,8 @@ On CPU under glibc, the process holds more than the live tensors: PyTorch takes 
 tensor from ``posix_memalign`` and glibc keeps what a step frees in its heap, in blocks
 the next tensor of the same size does not fit. The trace's allocations and frees, in
 order, are replayed through those rules (``backends/glibc_heap.py``) and what the heap
-reaches beyond the live tensors is added (measured: 25-45% of the live peak on the
-dense and convolutional models of docs/estimate.md).
+reaches beyond the live tensors is added (in real fits of the dense and convolutional
+models of docs/estimate.md, glibc's heap reached 1.25-1.75 times the live tensors' peak).
 
 ``MemTracker`` (``torch.distributed._tools.mem_tracker``) and ``FakeTensorMode``
 (``torch._subclasses.fake_tensor``) are private (checked: torch 2.14.1); each is reached
