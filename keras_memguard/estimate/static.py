@@ -186,9 +186,19 @@ def model_parts(model: Any) -> tuple[EstimatePart, ...]:
     return parts
 
 
-_CONVOLUTIONS = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D")
-_CONVOLUTIONS += ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
-_CONVOLUTIONS += ("SeparableConv1D", "SeparableConv2D")
+# Keras's convolution layers (keras.layers), for the runtime's convolution figure.
+_CONVOLUTIONS = (
+    "Conv1D",
+    "Conv2D",
+    "Conv3D",
+    "Conv1DTranspose",
+    "Conv2DTranspose",
+    "Conv3DTranspose",
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
+    "SeparableConv1D",
+    "SeparableConv2D",
+)
 
 
 def has_convolution(model: Any) -> bool:
