@@ -41,7 +41,7 @@ from collections.abc import Hashable, Sequence
 
 __all__ = ["Event", "heap_peak", "live_peak"]
 
-Event = tuple[Hashable, "int | None"]  # (key, bytes) allocates; (key, None) frees that key
+Event = tuple[Hashable, int | None]  # (key, bytes) allocates; (key, None) frees that key
 
 _PAGE = 4096
 _MIN_CHUNK = 32
