@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -57,7 +58,10 @@ def test_raw_estimate_is_within_a_loose_ratio_of_the_measured_peak(measured, mod
     # The runtime's first-fit memory is counted: close at every batch, not only the largest
     # (without it, 0.1-0.3 at the smallest). JAX's first fit varies by up to ~25 MiB
     # between fresh processes (the wide model at 32 measured 61-87 MiB): room above 1.
-    assert all(0.4 < ratio < 1.6 for ratio in ratios), ratios
+    # PyTorch on CPU counts what glibc's heap keeps beyond the live tensors and the code its
+    # convolution kernels page in: within +-30% (it read 0.43-0.78 without them).
+    lower, upper = (0.7, 1.3) if keras.backend.backend() == "torch" else (0.4, 1.6)
+    assert all(lower < ratio < upper for ratio in ratios), ratios
     assert all(STEP_PART in " ".join(case["parts"]) for case in cases)
     assert all("runtime overhead" in " ".join(case["parts"]) for case in cases)
     # The step grows with the batch, as the measure does.
@@ -148,6 +152,28 @@ def test_shapes_give_the_same_step_as_arrays():
     )
     assert from_shapes.part(STEP_PART).bytes == from_arrays.part(STEP_PART).bytes
     assert from_shapes.part("input batch").bytes == 32 * (32 * 32 * 3 * 4 + 4)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="glibc's heap is replayed for PyTorch's CPU tensors"
+)
+def test_a_pytorch_cpu_step_adds_what_glibcs_heap_keeps_beyond_its_live_tensors(monkeypatch):
+    import platform
+
+    model, x, y = build("wide", 64)
+    step = estimate_fit_memory(model, x, y, batch_size=32).part(STEP_PART)
+    found = re.search(r"\+ ([\d,]+) B glibc's heap holds beyond the live tensors", step.detail)
+    assert found is not None, step.detail
+    extra = int(found.group(1).replace(",", ""))
+    assert 0 < extra < step.bytes
+    # a fit before leaves gradients on the parameters: the trace is the same
+    model.fit(x[:32], y[:32], batch_size=32, verbose=0)
+    assert estimate_fit_memory(model, x, y, batch_size=32).part(STEP_PART).bytes == step.bytes
+    # the rules replayed are glibc's: under another C library nothing is added, and it says so
+    monkeypatch.setattr(platform, "libc_ver", lambda *args, **kwargs: ("musl", "1.2.4"))
+    other = estimate_fit_memory(model, x, y, batch_size=32).part(STEP_PART)
+    assert other.bytes == step.bytes - extra
+    assert "modelled for glibc, not musl" in other.detail
 
 
 class Concrete(keras.layers.Layer):

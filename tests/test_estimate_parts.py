@@ -15,7 +15,7 @@ from keras_memguard import MemGuardCallback
 from keras_memguard.errors import MemGuardWarning
 from keras_memguard.estimate.inputs import input_parts
 from keras_memguard.estimate.parts import EstimatePart, Method
-from keras_memguard.estimate.static import model_parts, optimizer_slots
+from keras_memguard.estimate.static import has_convolution, model_parts, optimizer_slots
 from keras_memguard.guard import preflight
 from keras_memguard.guard.callback import memory_layout
 from keras_memguard.guard.policy import Bounds
@@ -92,6 +92,23 @@ def test_an_unknown_optimizer_and_an_unbuilt_model_are_unknown_with_a_reason():
     parts = model_parts(unbuilt)
     assert all(p.bytes is None and "not built" in p.detail for p in parts[:3])
     assert by_name(parts)["runtime overhead"].method is Method.UNKNOWN
+
+
+def test_a_convolutional_model_counts_the_runtime_measured_with_a_convolution():
+    from keras_memguard.backends.step import first_fit_runtime
+
+    dense = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    inputs = keras.Input((16, 16, 3))
+    nested = keras.Model(inputs, conv_model("adam")(inputs))  # the convolution one level down
+    assert has_convolution(nested) and not has_convolution(dense)
+    plain, with_convolution = first_fit_runtime(), first_fit_runtime(convolution=True)
+    assert plain is not None and with_convolution is not None
+    overhead = by_name(model_parts(nested))["runtime overhead"]
+    assert overhead.bytes == with_convolution[0]
+    assert by_name(model_parts(dense))["runtime overhead"].bytes == plain[0]
+    # PyTorch has a figure of its own for it (its convolution kernels page in more code)
+    kind = "convolutional model" if with_convolution != plain else "model"
+    assert f"for a tiny {kind} (not this one)" in overhead.detail
 
 
 def test_array_parts_count_keras_floatx_copy_and_one_batch():

@@ -151,12 +151,14 @@ def step_estimator(model: Any, spec: Any) -> StepEstimator:
     return estimator
 
 
-def first_fit_runtime() -> tuple[int, str] | None:
+def first_fit_runtime(convolution: bool = False) -> tuple[int, str] | None:
     """The framework's own memory at a process's first fit on CPU, and the version measured.
 
     A figure measured once per framework version (``FIRST_FIT_RUNTIME`` in
-    ``backends/<framework>/estimate.py``), not for this model; ``None`` for a backend
-    without one.
+    ``backends/<framework>/estimate.py``), not for this model; with ``convolution``, the
+    figure for a tiny convolutional model where the backend has one
+    (``FIRST_FIT_RUNTIME_CONVOLUTION``: PyTorch's convolution kernels page in more of
+    its library). ``None`` for a backend without one.
 
     Example:
         >>> first_fit_runtime()   # under JAX
@@ -167,4 +169,6 @@ def first_fit_runtime() -> tuple[int, str] | None:
         return None
     module = importlib.import_module(f"keras_memguard.backends.{name}.estimate")
     figure: tuple[int, str] | None = getattr(module, "FIRST_FIT_RUNTIME", None)
+    if convolution:
+        figure = getattr(module, "FIRST_FIT_RUNTIME_CONVOLUTION", figure)
     return figure

@@ -10,8 +10,10 @@
   pass and the update (exact);
 - ``runtime overhead``: the framework's own memory at a process's first fit on CPU
   (thread pools, the first compile or trace), a figure measured once per framework
-  version for a tiny model (``backends.step.first_fit_runtime``); unknown on a GPU.
-  It does not scale with the batch; calibration measures it for the model at hand.
+  version for a tiny model (``backends.step.first_fit_runtime``; under PyTorch, a tiny
+  convolutional one for a model with a convolution layer, whose kernels page in more of
+  its library); unknown on a GPU. It does not scale with the batch; calibration measures
+  it for the model at hand.
 
 Each part is ``where="device"`` when the model's variables live on a GPU, else
 ``"host"``. Counting takes well under a millisecond per hundred weights and is cached
@@ -40,6 +42,7 @@ __all__ = [
     "OPTIMIZER_STATE",
     "RUNTIME_OVERHEAD",
     "VARIABLES",
+    "has_convolution",
     "model_parts",
     "optimizer_slots",
     "variables_bytes",
@@ -183,11 +186,46 @@ def model_parts(model: Any) -> tuple[EstimatePart, ...]:
     return parts
 
 
-def _overhead(where: str) -> EstimatePart:
+# Keras's convolution layers (keras.layers), for the runtime's convolution figure.
+_CONVOLUTIONS = (
+    "Conv1D",
+    "Conv2D",
+    "Conv3D",
+    "Conv1DTranspose",
+    "Conv2DTranspose",
+    "Conv3DTranspose",
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
+    "SeparableConv1D",
+    "SeparableConv2D",
+)
+
+
+def has_convolution(model: Any) -> bool:
+    """Whether ``model`` (or a model nested in it) has a Keras convolution layer.
+
+    Example:
+        >>> has_convolution(keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3)]))
+        True
+    """
+    import keras
+
+    kinds = tuple(getattr(keras.layers, name) for name in _CONVOLUTIONS)
+    stack = list(getattr(model, "layers", None) or ())
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, kinds):
+            return True
+        stack.extend(getattr(layer, "layers", None) or ())
+    return False
+
+
+def _overhead(where: str, model: Any = None) -> EstimatePart:
     """The runtime's first-fit memory on CPU (measured per framework version), else unknown."""
     from keras_memguard.backends.step import first_fit_runtime
 
-    figure = first_fit_runtime() if where == "host" else None
+    convolution = model is not None and has_convolution(model)
+    figure = first_fit_runtime(convolution) if where == "host" else None
     if figure is None:
         why = (
             "the framework's own memory (kernels, allocator pools, workspaces) is not "
@@ -195,9 +233,10 @@ def _overhead(where: str) -> EstimatePart:
         )
         return EstimatePart(RUNTIME_OVERHEAD, None, Method.UNKNOWN, why)
     size, version = figure
+    kind = "convolutional model" if convolution and figure != first_fit_runtime() else "model"
     detail = (
         f"the framework's memory at a process's first fit on CPU, measured once with "
-        f"{version} for a tiny model (not this one); calibration measures it for this one"
+        f"{version} for a tiny {kind} (not this one); calibration measures it for this one"
     )
     return EstimatePart(RUNTIME_OVERHEAD, size, Method.MEASURED, detail)
 
@@ -221,7 +260,7 @@ def _count(model: Any) -> tuple[EstimatePart, ...]:
         f", {frozen} not trainable" if frozen else ""
     )
     grads, grad_values = variables_bytes(trainable)
-    overhead = _overhead(where)
+    overhead = _overhead(where, model)
     return (
         EstimatePart(VARIABLES, size, Method.EXACT, detail, where=where),
         _optimizer_part(model, trainable, where),

@@ -16,6 +16,7 @@ __all__ = [
     "HAS_PRIMARY_CONTEXT",
     "MEMORY_SNAPSHOT",
     "MEM_TRACKER",
+    "MEM_TRACKER_UPDATE",
     "RECORD_MEMORY_HISTORY",
     "SEGMENT_PLOT",
     "SYMBOLS",
@@ -56,6 +57,14 @@ MEM_TRACKER = PrivateSymbol(
 )
 """Counts a traced step's activations and temporaries by category (issue #25)."""
 
+MEM_TRACKER_UPDATE = PrivateSymbol(
+    "torch.distributed._tools.mem_tracker",
+    "MemTracker._update_snap",
+    CHECKED,
+    "the estimate leaves out what glibc's heap keeps beyond a step's live tensors",
+)
+"""Called with each storage the tracker sees made (``ADD``), resized or freed (``DEL``)."""
+
 DYNAMO_COUNTERS = PrivateSymbol(
     "torch._dynamo.utils",
     "counters",
@@ -91,6 +100,7 @@ SYMBOLS = (
     DYNAMO_COUNTERS,
     FAKE_TENSOR_MODE,
     MEM_TRACKER,
+    MEM_TRACKER_UPDATE,
     RECORD_MEMORY_HISTORY,
     MEMORY_SNAPSHOT,
     ATTACH_OOM_OBSERVER,
