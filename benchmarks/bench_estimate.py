@@ -1,17 +1,21 @@
 """The full fit-memory estimate (issue #25) against measured peaks, on one backend.
 
-Run: KERAS_BACKEND=jax python benchmarks/bench_estimate.py [--quick]   (and tensorflow, torch)
-Three models (``wide``: 1024-2048-2048-10 dense; ``conv``: 2 convs on 32x32x3; ``cnn``:
-3 convs on 64x64x3, the issue's CNN) x three batch sizes, Adam. Per row:
+Run: KERAS_BACKEND=jax python benchmarks/bench_estimate.py [--quick] [--repeats N]
+(and tensorflow, torch). Three models (``wide``: 1024-2048-2048-10 dense; ``conv``: 2
+convs on 32x32x3; ``cnn``: 3 convs on 64x64x3, the issue's CNN) x three batch sizes,
+Adam. Per row:
 - ``measured``: peak RSS during a real 3-step ``fit`` minus the RSS before it (model and
-  optimizer built), in a fresh process per row;
+  optimizer built), the median of ``--repeats`` fresh processes (default 3; the range is
+  printed): the first fit's own memory varies by 10-30 MiB between fresh processes (JAX's
+  wide model at 512: 92-122 MiB in ten), so one process is no reference for +-15%;
 - ``raw``: what the estimate says that fit adds (``fit_added_bytes``; the runtime's own
-  memory is the figure measured once per framework version for a tiny model);
-- ``calibrated``: raw plus the gap ``calibrate_estimate`` measured for that batch size:
-  2 real steps at batch 8 and at half the batch (at least 32), each in a fresh
-  child, a constant and a per-sample gap;
+  memory is the figure measured once per framework version for a tiny model), and
 - ``seconds``: time of one full ``estimate_fit_memory`` (the step compiled or traced;
-  on JAX with the compile cache cleared first).
+  on JAX with the compile cache cleared first), both from the median process;
+- ``calibrated``: raw plus the gap ``calibrate_estimate`` measured for that batch size
+  (one call, its defaults: 3 real steps at batch 8 and at half the batch, at least 32,
+  each in a fresh child; a per-sample gap only where the two gaps differ by more than
+  the noise between processes).
 Then the spread of raw/measured and calibrated/measured per model.
 Goals (issue #25): calibrated within +-15% of measured, raw within +-30% (TF without
 XLA: an upper bound), <= 5 s per estimate. ``--quick`` runs one model at two batch sizes.
@@ -94,7 +98,7 @@ def measure(name: str, batch_size: int) -> dict[str, Any]:
     }
 
 
-def _row(name: str, batch_size: int) -> dict[str, Any]:
+def _fresh(name: str, batch_size: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "row.json")
         subprocess.run(
@@ -105,6 +109,14 @@ def _row(name: str, batch_size: int) -> dict[str, Any]:
         )
         with open(out) as f:
             return dict(json.load(f))
+
+
+def _row(name: str, batch_size: int, repeats: int) -> dict[str, Any]:
+    """The median of ``repeats`` fresh processes' measured peaks (with its raw, seconds)."""
+    runs = sorted((_fresh(name, batch_size) for _ in range(repeats)), key=lambda r: r["measured"])
+    row = dict(runs[len(runs) // 2])
+    row["range"] = (runs[0]["measured"], runs[-1]["measured"])
+    return row
 
 
 def _gap(name: str, batch_size: int) -> int:
@@ -122,20 +134,29 @@ def _spread(values: list[float]) -> str:
 
 def main() -> None:
     quick = "--quick" in sys.argv
+    repeats = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 3
     models = {"conv": (16, 64)} if quick else MODELS
     mib = 2**20
-    print(f"backend {keras.backend.backend()}; measured = peak RSS during fit - RSS before")
-    print(f"{'model':>5} {'batch':>5} {'measured':>9} {'raw':>8} {'calib.':>8} {'s':>5} method")
+    print(
+        f"backend {keras.backend.backend()}; measured = peak RSS during fit - RSS before, "
+        f"median of {repeats} fresh processes (range)"
+    )
+    print(
+        f"{'model':>5} {'batch':>5} {'measured':>9} {'range':>9} {'raw':>8} {'calib.':>8} "
+        f"{'s':>5} method"
+    )
     for name, sizes in models.items():
         raw_ratios, calibrated_ratios = [], []
         for size in sizes:
-            row = _row(name, size)
+            row = _row(name, size, repeats)
             calibrated = row["raw"] + _gap(name, size)
             raw_ratios.append(row["raw"] / row["measured"])
             calibrated_ratios.append(calibrated / row["measured"])
+            low, high = (value / mib for value in row["range"])
             print(
-                f"{name:>5} {size:>5} {row['measured'] / mib:>7.0f}Mi {row['raw'] / mib:>6.0f}Mi "
-                f"{calibrated / mib:>6.0f}Mi {row['seconds']:>5.2f} {row['method']}"
+                f"{name:>5} {size:>5} {row['measured'] / mib:>7.0f}Mi {low:>4.0f}-{high:<4.0f} "
+                f"{row['raw'] / mib:>6.0f}Mi {calibrated / mib:>6.0f}Mi {row['seconds']:>5.2f} "
+                f"{row['method']}"
             )
         print(
             f"{name:>5} raw/measured {_spread(raw_ratios)}, calibrated/measured "

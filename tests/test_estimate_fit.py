@@ -86,7 +86,9 @@ def test_a_gap_line_through_two_smaller_fits_predicts_the_largest(measured, mode
     assert 0.65 < ratio < upper, (ratio, points)
 
 
-def test_calibrate_estimate_reports_raw_and_calibrated(measured):
+def test_calibrate_estimate_is_within_15_percent_of_the_median_measured_peak(
+    measured, tmp_path_factory
+):
     path = os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")])
     import estimate_models
 
@@ -97,12 +99,16 @@ def test_calibrate_estimate_reports_raw_and_calibrated(measured):
     assert estimate.calibrated_bytes is not None
     assert estimate.calibrated_bytes != estimate.known_bytes
     note = estimate.notes[-1]
-    assert note.startswith("calibrated by 2 real steps in a fresh child per batch size")
+    assert note.startswith("calibrated by 3 real steps in a fresh child per batch size")
     assert "at batch 8: measured" in note and "at batch 128: measured" in note
-    assert "per sample" in note
-    case = measured["conv", 256]
-    resident = estimate.known_bytes - case["predicted"]  # variables, optimizer, arrays
-    assert 0.75 < (estimate.calibrated_bytes - resident) / case["measured"] < 1.25
+    assert "per sample" in note or "the gaps' mean" in note
+    # The reference is the median of three fresh processes (the measured fixture's and two
+    # more): one process's first fit varies by 10-30 MiB, as each calibration point does.
+    peaks = [measured["conv", 256]["measured"]]
+    peaks += [_measure("conv", 256, tmp_path_factory.mktemp("again"))["measured"] for _ in "ab"]
+    resident = estimate.known_bytes - measured["conv", 256]["predicted"]  # variables, ...
+    ratio = (estimate.calibrated_bytes - resident) / sorted(peaks)[1]
+    assert 0.85 < ratio < 1.15, (ratio, peaks, note)
     assert "calibrated" in str(estimate)
 
 
@@ -113,6 +119,11 @@ def test_calibration_sizes_and_the_gap_line():
     assert calibration_sizes(8, 8) == (8,) and calibration_sizes(4, 8) == (4,)
     assert gap_line([(8, 50), (128, 170)]) == (42.0, 1.0)
     assert gap_line([(8, 50)]) == (50.0, 0.0)
+    # The larger fit measured less than the smaller: the first fit's own memory varying
+    # between fresh children (JAX's wide model read 83 MiB at batch 8 and 60 at 64 in a
+    # benchmark run, a line reading 36 MiB at 128 against 69 measured): the gaps' mean.
+    assert gap_line([(8, -4), (64, -27)], measured=[83, 60]) == (-15.5, 0.0)
+    assert gap_line([(8, 50), (128, 170)], measured=[90, 300]) == (42.0, 1.0)
 
 
 def _model_and_data(samples: int = 64):
