@@ -14,8 +14,8 @@ Adam. Per row:
   on JAX with the compile cache cleared first), both from the median process;
 - ``calibrated``: raw plus the gap ``calibrate_estimate`` measured for that batch size
   (one call, its defaults: 3 real steps at batch 8 and at half the batch, at least 32,
-  each in a fresh child; a per-sample gap only where the two gaps differ by more than
-  the noise between processes).
+  each in a fresh child; the gaps' mean, a constant, where the larger fit measured no
+  more than the smaller, else the line through both).
 Then the spread of raw/measured and calibrated/measured per model.
 Goals (issue #25): calibrated within +-15% of measured, raw within +-30% (TF without
 XLA: an upper bound), <= 5 s per estimate. ``--quick`` runs one model at two batch sizes.

@@ -263,6 +263,28 @@ def test_a_measured_line_is_read_at_its_own_batch_sizes():
     assert prediction.line == "measured"
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the line is measured only where the estimate is an upper bound: TF without XLA",
+)
+@pytest.mark.parametrize("case", ["no room under the bound", "too few samples"])
+def test_without_room_for_the_second_fit_the_line_is_the_estimates(case):
+    # A second real fit at 64 that the bound cannot hold would stop the child and lose
+    # every figure; one over fewer samples than 64 x steps would read a low slope.
+    import numpy as np
+
+    from keras_memguard.isolation.batch_measure import measure_figures
+    from keras_memguard.isolation.calibrate import unpack_build
+
+    model, data, _ = unpack_build(training.build())
+    if case == "too few samples":
+        data = (np.zeros((20, *training.SHAPE), "float32"), np.zeros((20,), "int32"))
+    bound = 1 if case == "no room under the bound" else None
+    figures = measure_figures(model, data, (8, 512), host_bound=bound)
+    assert figures["unknown"] == "" and figures["line"] == "upper bound"
+    assert figures["sizes"] == [8, 512]
+
+
 def test_the_line_and_the_pick():
     assert fit_line(((8, 800), (16, 1600), (32, 3200))) == pytest.approx((0.0, 100.0))
     # room 900 above the fixed 100, 20% kept free: 720 for the batch at 10 a sample

@@ -21,16 +21,15 @@ from collections.abc import Callable
 from typing import Any
 
 from keras_memguard.estimate.parts import Method
+from keras_memguard.isolation.calibrate import CALIBRATION_STEPS  # as calibration's: 3
 
 __all__ = [
-    "CALIBRATION_STEPS",
     "MEASURED_LINE_BATCH_SIZE",
     "fit_one_step",
     "measure_figures",
     "one_step",
 ]
 
-CALIBRATION_STEPS = 2
 # The second small real fit's batch size where the line is measured (see measure_figures):
 # 56 samples above the first fit's 8 give a slope well above the RSS's noise.
 MEASURED_LINE_BATCH_SIZE = 64
@@ -78,7 +77,9 @@ def _device_total() -> int | None:
     return min(totals) if totals else None
 
 
-def measure_figures(model: Any, args: tuple[Any, ...], sizes: tuple[int, ...]) -> dict[str, Any]:
+def measure_figures(
+    model: Any, args: tuple[Any, ...], sizes: tuple[int, ...], host_bound: int | None = None
+) -> dict[str, Any]:
     """In the child: a small real fit of the built model measured, the estimate at ``sizes``.
 
     Returns ``unknown`` (why there is no line, or ``""``), ``where`` (``"host"`` or
@@ -88,7 +89,9 @@ def measure_figures(model: Any, args: tuple[Any, ...], sizes: tuple[int, ...]) -
     the host ``built`` (the RSS once built) and ``measured`` (what the small fit added), on
     a device ``total`` (its memory). On the host, when the step estimate would only be an
     upper bound, the line's points are two small real fits, at ``sizes[0]`` and at
-    ``MEASURED_LINE_BATCH_SIZE`` (at most the largest size).
+    ``MEASURED_LINE_BATCH_SIZE`` (at most the largest size, the samples given, and what
+    ``host_bound`` leaves room for); the estimate's upper bound is used instead where
+    that second size would be under twice the first, or the two fits measured no growth.
     """
     from keras_memguard.backends.step import build_for_fit, expected_step_method
     from keras_memguard.estimate.fit import fit_added_bytes, only_shapes, shapes_part
@@ -119,7 +122,9 @@ def measure_figures(model: Any, args: tuple[Any, ...], sizes: tuple[int, ...]) -
         except Exception as err:  # said after the step's estimate, which may say more
             figures["calibration"] = f"{type(err).__name__}: {err}"
         if "calibration" not in figures and expected_step_method(model) == "upper bound":
-            return _measured_line(model, args, sizes, figures)
+            measured = _measured_line(model, args, sizes, figures, host_bound)
+            if measured is not None:
+                return measured
     figures["sizes"] = list(sizes)
     step_at = step_part_estimator(model, spec)
     for size in sizes:
@@ -147,19 +152,42 @@ def measure_figures(model: Any, args: tuple[Any, ...], sizes: tuple[int, ...]) -
 
 
 def _measured_line(
-    model: Any, args: tuple[Any, ...], sizes: tuple[int, ...], figures: dict[str, Any]
-) -> dict[str, Any]:
-    """``figures`` with the host line measured by a second small real fit.
+    model: Any,
+    args: tuple[Any, ...],
+    sizes: tuple[int, ...],
+    figures: dict[str, Any],
+    host_bound: int | None,
+) -> dict[str, Any] | None:
+    """``figures`` with the host line measured by a second small real fit, or ``None``.
 
     The points are the process's peak RSS (absolute, so that what the first fit left
     behind is not counted twice) above the RSS once built, at ``sizes[0]`` and at the
     second size; the second fit retraces the step, which makes the slope, if anything,
-    a little high.
+    a little high. The second size stays where the first fit's figure, scaled whole with
+    the batch (an overestimate), is under ``host_bound``: a child stopped there would
+    lose every figure. ``None`` (use the estimate) where no second size at least twice
+    the first is left, or where the second fit measured no more than the first: noise
+    larger than the step's memory per sample, which would read as "any batch fits".
     """
+    import numpy as np
+    from keras import tree
+
+    from keras_memguard.backends.step import first_fit_runtime
     from keras_memguard.isolation.calibrate import measure_fit_peak, small_fit_args
     from keras_memguard.probes.process import read_process_memory
 
     small, second = sizes[0], min(MEASURED_LINE_BATCH_SIZE, sizes[-1])
+    runtime = (first_fit_runtime() or (0, ""))[0]  # paid once, not per sample
+    scaled = figures["measured"] - runtime
+    if host_bound is not None and scaled > 0:
+        room = host_bound - figures["built"] - runtime
+        second = min(second, int(small * room / scaled))
+    if second >= 2 * small:  # fewer samples than asked for: as many as there are
+        second_args = small_fit_args(args, second, CALIBRATION_STEPS)
+        samples = min(int(np.shape(leaf)[0]) for leaf in tree.flatten(second_args))
+        second = min(second, samples // CALIBRATION_STEPS)
+    if second < 2 * small:
+        return None
     memory = read_process_memory()
     before = memory.rss if memory is not None else figures["built"]
     try:
@@ -169,11 +197,14 @@ def _measured_line(
     except Exception as err:
         figures["unknown"] = f"the second small real fit (batch {second}) failed: {err!r}"
         return figures
+    at_second = before + added - figures["built"]
+    if at_second <= figures["measured"]:
+        return None
     figures.update(
         where="host",
         line="measured",
         sizes=[small, second],
-        added=[figures["measured"], before + added - figures["built"]],
+        added=[figures["measured"], at_second],
         device=[0, 0],
     )
     return figures

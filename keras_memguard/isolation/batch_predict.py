@@ -8,7 +8,7 @@ peak stays under the bound less a safety margin.
 
 On the host the peak is the child's whole RSS, the quantity ``run_isolated``'s
 ``max_memory`` bounds: the RSS once the model and the optimizer are built, plus what a
-real 2-step ``fit`` at a small batch added (this measures the runtime's own memory, which
+real 3-step ``fit`` at a small batch added (this measures the runtime's own memory, which
 the estimate cannot see), plus the line's growth from that small batch to ``b``::
 
     peak(b) = rss_built + measured_small + per_sample * (b - small)
@@ -249,7 +249,7 @@ def _predict_child(
     from keras_memguard.isolation.calibrate import unpack_build
 
     model, args, _ = unpack_build(build())
-    prediction = decide(measure_figures(model, args, sizes), sizes, *bounds)
+    prediction = decide(measure_figures(model, args, sizes, bounds[0]), sizes, *bounds)
     reply: dict[str, Any] = {"prediction": prediction, "estimated_at": time.time()}
     if confirm is None or saved is None or prediction.batch_size is None:
         return {**reply, "confirmed": False, "result": None}
