@@ -182,18 +182,19 @@ def _measured_line(
     if host_bound is not None and scaled > 0:
         room = host_bound - figures["built"] - runtime
         second = min(second, int(small * room / scaled))
-    if second >= 2 * small:  # fewer samples than asked for: as many as there are
-        second_args = small_fit_args(args, second, CALIBRATION_STEPS)
-        samples = min(int(np.shape(leaf)[0]) for leaf in tree.flatten(second_args))
-        second = min(second, samples // CALIBRATION_STEPS)
     if second < 2 * small:
         return None
+    second_args = small_fit_args(args, second, CALIBRATION_STEPS)
+    samples = min(int(np.shape(leaf)[0]) for leaf in tree.flatten(second_args))
+    if samples < second * CALIBRATION_STEPS:  # fewer samples than asked for: as many
+        second = samples // CALIBRATION_STEPS
+        if second < 2 * small:
+            return None
+        second_args = small_fit_args(args, second, CALIBRATION_STEPS)
     memory = read_process_memory()
     before = memory.rss if memory is not None else figures["built"]
     try:
-        added = measure_fit_peak(
-            model, *small_fit_args(args, second, CALIBRATION_STEPS), batch_size=second, epochs=1
-        )
+        added = measure_fit_peak(model, *second_args, batch_size=second, epochs=1)
     except Exception as err:
         figures["unknown"] = f"the second small real fit (batch {second}) failed: {err!r}"
         return figures
